@@ -1,0 +1,561 @@
+//! The audit chain: one append-only, hash-chained log of everything that happens to access.
+//!
+//! Each entry is canonical JSON (keys sorted, no insignificant whitespace) holding its
+//! sequence number and the SHA-256 of the previous entry; its own hash covers all of it.
+//! Editing, deleting, inserting or reordering any entry breaks the chain at that entry,
+//! and [`ChainVerifier`] names the first place it breaks. Entries never carry secrets.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `prev_hash` of the first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened. Stable strings: consumers filter on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum AuditKind {
+    #[serde(rename = "grant.requested")]
+    GrantRequested,
+    #[serde(rename = "grant.decided")]
+    GrantDecided,
+    #[serde(rename = "grant.rejected")]
+    GrantRejected,
+    #[serde(rename = "grant.failed")]
+    GrantFailed,
+    #[serde(rename = "lease.issued")]
+    LeaseIssued,
+    #[serde(rename = "lease.renewed")]
+    LeaseRenewed,
+    #[serde(rename = "lease.renewal_rejected")]
+    LeaseRenewalRejected,
+    #[serde(rename = "lease.revoking")]
+    LeaseRevoking,
+    #[serde(rename = "lease.revoke_failed")]
+    LeaseRevokeFailed,
+    #[serde(rename = "lease.revoked")]
+    LeaseRevoked,
+    #[serde(rename = "lease.expired")]
+    LeaseExpired,
+    #[serde(rename = "identity.created")]
+    IdentityCreated,
+    #[serde(rename = "identity.disabled")]
+    IdentityDisabled,
+    #[serde(rename = "identity.enabled")]
+    IdentityEnabled,
+    #[serde(rename = "target.created")]
+    TargetCreated,
+    #[serde(rename = "auth.failed")]
+    AuthFailed,
+    #[serde(rename = "key.created")]
+    KeyCreated,
+    #[serde(rename = "key.rotated")]
+    KeyRotated,
+    #[serde(rename = "token.introspected")]
+    TokenIntrospected,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        // Must agree with the serde renames; a unit test checks every variant.
+        match self {
+            AuditKind::GrantRequested => "grant.requested",
+            AuditKind::GrantDecided => "grant.decided",
+            AuditKind::GrantRejected => "grant.rejected",
+            AuditKind::GrantFailed => "grant.failed",
+            AuditKind::LeaseIssued => "lease.issued",
+            AuditKind::LeaseRenewed => "lease.renewed",
+            AuditKind::LeaseRenewalRejected => "lease.renewal_rejected",
+            AuditKind::LeaseRevoking => "lease.revoking",
+            AuditKind::LeaseRevokeFailed => "lease.revoke_failed",
+            AuditKind::LeaseRevoked => "lease.revoked",
+            AuditKind::LeaseExpired => "lease.expired",
+            AuditKind::IdentityCreated => "identity.created",
+            AuditKind::IdentityDisabled => "identity.disabled",
+            AuditKind::IdentityEnabled => "identity.enabled",
+            AuditKind::TargetCreated => "target.created",
+            AuditKind::AuthFailed => "auth.failed",
+            AuditKind::KeyCreated => "key.created",
+            AuditKind::KeyRotated => "key.rotated",
+            AuditKind::TokenIntrospected => "token.introspected",
+        }
+    }
+}
+
+/// An event before the store places it in the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    pub kind: AuditKind,
+    /// Who caused it: `operator`, `identity:<id>`, `system:expiry`, …
+    pub actor: String,
+    pub identity: Option<String>,
+    pub owner: Option<String>,
+    pub target: Option<String>,
+    pub task: Option<String>,
+    pub grant_id: Option<Uuid>,
+    pub lease_id: Option<Uuid>,
+    /// Event-specific facts (decision, reason, TTLs). Never a secret.
+    pub detail: serde_json::Value,
+}
+
+impl AuditDraft {
+    pub fn new(kind: AuditKind, actor: impl Into<String>) -> Self {
+        AuditDraft {
+            kind,
+            actor: actor.into(),
+            identity: None,
+            owner: None,
+            target: None,
+            task: None,
+            grant_id: None,
+            lease_id: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// Fills the who/what/why fields from a grant.
+    pub fn for_grant(mut self, g: &crate::model::Grant) -> Self {
+        self.identity = Some(g.identity.clone());
+        self.owner = Some(g.owner.clone());
+        self.target = Some(g.target.clone());
+        self.task = Some(g.task.clone());
+        self.grant_id = Some(g.id);
+        self
+    }
+
+    /// Fills the fields from a lease; `owner` is left as set.
+    pub fn for_lease(mut self, l: &crate::model::Lease) -> Self {
+        self.identity = Some(l.identity.clone());
+        self.target = Some(l.target.clone());
+        self.task = Some(l.task.clone());
+        self.grant_id = Some(l.grant_id);
+        self.lease_id = Some(l.id);
+        self
+    }
+
+    /// Places the draft in the chain after `prev_hash`, computing its hash.
+    pub fn seal(self, seq: u64, at: OffsetDateTime, prev_hash: &str) -> AuditEvent {
+        let mut event = AuditEvent {
+            seq,
+            at,
+            kind: self.kind,
+            actor: self.actor,
+            identity: self.identity,
+            owner: self.owner,
+            target: self.target,
+            task: self.task,
+            grant_id: self.grant_id,
+            lease_id: self.lease_id,
+            detail: self.detail,
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        event.hash = hash_entry(&event.canonical_body());
+        event
+    }
+}
+
+/// An entry of the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    pub kind: AuditKind,
+    pub actor: String,
+    pub identity: Option<String>,
+    pub owner: Option<String>,
+    pub target: Option<String>,
+    pub task: Option<String>,
+    pub grant_id: Option<Uuid>,
+    pub lease_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    /// SHA-256 (hex) of the canonical body, which includes `prev_hash` but not this field.
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// The canonical JSON text that is hashed and stored: every field but `hash`.
+    pub fn canonical_body(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(map) = &mut value {
+            map.remove("hash");
+        }
+        canonical_json(&value)
+    }
+
+    /// Rebuilds an event from its stored canonical body and hash.
+    pub fn from_stored(body: &str, hash: &str) -> Result<AuditEvent, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_str(body)?;
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert("hash".into(), serde_json::Value::String(hash.to_string()));
+        }
+        serde_json::from_value(value)
+    }
+}
+
+/// SHA-256 of a canonical body, lowercase hex.
+pub fn hash_entry(canonical_body: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical_body.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Serialises JSON with object keys sorted at every level and no extra whitespace, so the
+/// same event always hashes the same, whatever map type produced it.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(k) {
+                    write_canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Where and how the chain is broken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "problem")]
+pub enum ChainBreak {
+    /// The entry's content no longer matches its hash.
+    Edited { seq: u64 },
+    /// Entries are missing before this one (sequence jumps ahead).
+    Deleted { seq: u64, missing_from: u64 },
+    /// An entry appears that the chain did not have here (sequence goes back or repeats,
+    /// or the link to the previous entry does not match).
+    InsertedOrReordered { seq: u64 },
+    /// The stored body cannot be read back.
+    Unreadable { seq: u64 },
+    /// The last entry does not match the recorded chain head: entries were cut off the end.
+    Truncated { head_seq: u64, last_seq: u64 },
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainBreak::Edited { seq } => write!(f, "entry {seq} was edited (hash mismatch)"),
+            ChainBreak::Deleted { seq, missing_from } => {
+                write!(f, "entries {missing_from}..{} were deleted (next present is {seq})", seq - 1)
+            }
+            ChainBreak::InsertedOrReordered { seq } => write!(
+                f,
+                "entry {seq} was inserted or reordered (it does not link to the entry before it)"
+            ),
+            ChainBreak::Unreadable { seq } => write!(f, "entry {seq} cannot be parsed"),
+            ChainBreak::Truncated { head_seq, last_seq } => write!(
+                f,
+                "chain ends at {last_seq} but its head records {head_seq}: entries were removed from the end"
+            ),
+        }
+    }
+}
+
+/// Result of walking the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub last_seq: Option<u64>,
+    pub last_hash: Option<String>,
+    /// The first break found; `None` means the chain is intact.
+    pub first_break: Option<ChainBreak>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.first_break.is_none()
+    }
+}
+
+/// Streaming verifier: feed stored rows in `seq` order, in constant memory.
+pub struct ChainVerifier {
+    expected_seq: u64,
+    prev_hash: String,
+    entries: u64,
+    first_break: Option<ChainBreak>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        ChainVerifier {
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+            entries: 0,
+            first_break: None,
+        }
+    }
+
+    /// Whether a break has been found (callers may stop reading).
+    pub fn broken(&self) -> bool {
+        self.first_break.is_some()
+    }
+
+    /// Checks one stored row: its `seq` column, canonical body and stored hash.
+    pub fn push(&mut self, row_seq: u64, body: &str, stored_hash: &str) {
+        if self.first_break.is_some() {
+            return;
+        }
+        self.entries += 1;
+        let brk = self.check(row_seq, body, stored_hash);
+        // Continue from what the row claims, so one break is reported, not a cascade.
+        self.expected_seq = row_seq + 1;
+        self.prev_hash = stored_hash.to_string();
+        self.first_break = brk;
+    }
+
+    fn check(&self, row_seq: u64, body: &str, stored_hash: &str) -> Option<ChainBreak> {
+        if row_seq > self.expected_seq {
+            return Some(ChainBreak::Deleted {
+                seq: row_seq,
+                missing_from: self.expected_seq,
+            });
+        }
+        if row_seq < self.expected_seq {
+            return Some(ChainBreak::InsertedOrReordered { seq: row_seq });
+        }
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+            return Some(ChainBreak::Unreadable { seq: row_seq });
+        };
+        // A body that is not in canonical form, or whose hash differs, was edited.
+        if canonical_json(&value) != body || hash_entry(body) != stored_hash {
+            return Some(ChainBreak::Edited { seq: row_seq });
+        }
+        let body_seq = value.get("seq").and_then(|v| v.as_u64());
+        let body_prev = value.get("prev_hash").and_then(|v| v.as_str());
+        if body_seq != Some(row_seq) || body_prev != Some(self.prev_hash.as_str()) {
+            return Some(ChainBreak::InsertedOrReordered { seq: row_seq });
+        }
+        None
+    }
+
+    /// Finishes the walk, comparing the last entry with the recorded chain head.
+    pub fn finish(self, head: Option<(u64, String)>) -> VerifyReport {
+        let last_seq = (self.expected_seq > 1).then(|| self.expected_seq - 1);
+        let mut first_break = self.first_break;
+        if first_break.is_none() {
+            if let Some((head_seq, head_hash)) = head {
+                if Some(head_seq) != last_seq || head_hash != self.prev_hash {
+                    first_break = Some(ChainBreak::Truncated {
+                        head_seq,
+                        last_seq: last_seq.unwrap_or(0),
+                    });
+                }
+            }
+        }
+        VerifyReport {
+            entries: self.entries,
+            last_hash: last_seq.map(|_| self.prev_hash),
+            last_seq,
+            first_break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_string();
+        let at = crate::now();
+        (1..=n)
+            .map(|seq| {
+                let e = AuditDraft::new(AuditKind::GrantRequested, "operator")
+                    .detail(serde_json::json!({"n": seq, "b": [1, {"z": 1, "a": 2}]}))
+                    .seal(seq, at, &prev);
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    fn verify(rows: &[(u64, String, String)], head: Option<(u64, String)>) -> VerifyReport {
+        let mut v = ChainVerifier::new();
+        for (seq, body, hash) in rows {
+            v.push(*seq, body, hash);
+        }
+        v.finish(head)
+    }
+
+    fn rows(events: &[AuditEvent]) -> Vec<(u64, String, String)> {
+        events
+            .iter()
+            .map(|e| (e.seq, e.canonical_body(), e.hash.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn kind_text_matches_serde() {
+        use AuditKind::*;
+        for k in [
+            GrantRequested,
+            GrantDecided,
+            GrantRejected,
+            GrantFailed,
+            LeaseIssued,
+            LeaseRenewed,
+            LeaseRenewalRejected,
+            LeaseRevoking,
+            LeaseRevokeFailed,
+            LeaseRevoked,
+            LeaseExpired,
+            IdentityCreated,
+            IdentityDisabled,
+            IdentityEnabled,
+            TargetCreated,
+            AuthFailed,
+            KeyCreated,
+            KeyRotated,
+            TokenIntrospected,
+        ] {
+            assert_eq!(
+                serde_json::to_value(k).ok(),
+                Some(serde_json::json!(k.as_str()))
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let v = serde_json::json!({"b": 1, "a": {"d": [3, {"y": 1, "x": 2}], "c": null}});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":null,"d":[3,{"x":2,"y":1}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn stored_event_round_trips() {
+        let e = &chain(1)[0];
+        let back = AuditEvent::from_stored(&e.canonical_body(), &e.hash);
+        assert_eq!(back.ok().as_ref(), Some(e));
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let events = chain(5);
+        let head = Some((5, events[4].hash.clone()));
+        let report = verify(&rows(&events), head);
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.entries, 5);
+        assert_eq!(verify(&[], None).first_break, None);
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_named() {
+        let events = chain(5);
+        let head = Some((5, events[4].hash.clone()));
+
+        let mut edited = rows(&events);
+        edited[2].1 = edited[2].1.replace("\"n\":3", "\"n\":4");
+        assert_eq!(
+            verify(&edited, head.clone()).first_break,
+            Some(ChainBreak::Edited { seq: 3 })
+        );
+
+        // Rewriting the hash too does not help: the next entry no longer links to it.
+        let mut rehashed = edited.clone();
+        rehashed[2].2 = hash_entry(&rehashed[2].1);
+        assert_eq!(
+            verify(&rehashed, head.clone()).first_break,
+            Some(ChainBreak::InsertedOrReordered { seq: 4 })
+        );
+
+        let mut deleted = rows(&events);
+        deleted.remove(1);
+        assert_eq!(
+            verify(&deleted, head.clone()).first_break,
+            Some(ChainBreak::Deleted {
+                seq: 3,
+                missing_from: 2
+            })
+        );
+
+        let mut reordered = rows(&events);
+        reordered.swap(1, 2);
+        assert_eq!(
+            verify(&reordered, head.clone()).first_break,
+            Some(ChainBreak::Deleted {
+                seq: 3,
+                missing_from: 2
+            })
+        );
+
+        // An entry forged with a valid hash and the right seq still fails to link.
+        let mut inserted = rows(&events);
+        let forged = AuditDraft::new(AuditKind::LeaseRevoked, "attacker").seal(
+            3,
+            crate::now(),
+            GENESIS_HASH,
+        );
+        inserted[2] = (3, forged.canonical_body(), forged.hash);
+        assert_eq!(
+            verify(&inserted, head.clone()).first_break,
+            Some(ChainBreak::InsertedOrReordered { seq: 3 })
+        );
+
+        let truncated = rows(&events[..4]);
+        assert_eq!(
+            verify(&truncated, head).first_break,
+            Some(ChainBreak::Truncated {
+                head_seq: 5,
+                last_seq: 4
+            })
+        );
+
+        let mut garbage = rows(&events);
+        garbage[0].1 = "{not json".into();
+        assert_eq!(
+            verify(&garbage, None).first_break,
+            Some(ChainBreak::Unreadable { seq: 1 })
+        );
+    }
+}

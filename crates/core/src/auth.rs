@@ -1,0 +1,175 @@
+//! Who is calling: the authenticated principal and the authenticator extension point.
+//!
+//! Authenticators only *prove* a credential and name the Mayfly identity it binds to; the
+//! server then checks that identity exists, is enabled and unexpired, in one place for all
+//! authenticators.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{Identity, IdentityKind};
+
+/// What a caller presented. Borrowed from the request; never stored or logged.
+#[derive(Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// The `Authorization: Bearer` value.
+    pub bearer: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presented")
+            .field("bearer", &self.bearer.map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// A credential an authenticator accepted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Proven {
+    /// An operator (administration only; never a workload).
+    Operator { name: String },
+    /// A workload whose credential binds it to `identity`.
+    Workload(WorkloadClaims),
+}
+
+/// The verified facts about a workload credential.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkloadClaims {
+    /// The Mayfly identity the credential binds to.
+    pub identity: String,
+    /// `oidc`, `spiffe-x509`, `jwt-svid`, …
+    pub method: String,
+    /// Issuer URL or SPIFFE trust domain.
+    pub issuer: String,
+    pub subject: String,
+    /// Claims selected by the binding rules, for policy.
+    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// When the presented credential stops being valid (unix seconds), if it says.
+    pub expires_at: Option<i64>,
+}
+
+/// The authenticated caller as handlers and policy see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Principal {
+    Operator {
+        name: String,
+    },
+    Workload {
+        #[serde(flatten)]
+        claims: WorkloadClaims,
+        kind: IdentityKind,
+        owner: String,
+    },
+}
+
+impl Principal {
+    pub fn workload(claims: WorkloadClaims, identity: &Identity) -> Principal {
+        Principal::Workload {
+            claims,
+            kind: identity.kind,
+            owner: identity.owner.clone(),
+        }
+    }
+
+    /// The `actor` recorded in audit events.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Operator { name } => format!("operator:{name}"),
+            Principal::Workload { claims, .. } => format!("identity:{}", claims.identity),
+        }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Principal::Operator { .. })
+    }
+
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            Principal::Workload { claims, .. } => Some(&claims.identity),
+            Principal::Operator { .. } => None,
+        }
+    }
+}
+
+/// Why a credential was refused. The message is safe to return to the caller: it never
+/// contains the credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRejection {
+    #[error("no credential presented; send Authorization: Bearer <token>")]
+    Missing,
+    #[error("credential is malformed: {0}")]
+    Malformed(String),
+    #[error("operator token is not valid")]
+    BadOperatorToken,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience is not accepted by this issuer's configuration")]
+    WrongAudience,
+    #[error("token issuer {0:?} is not trusted")]
+    UntrustedIssuer(String),
+    #[error("token key id {0:?} is unknown to the issuer's JWKS")]
+    UnknownKey(String),
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token algorithm {0} is not allowed")]
+    AlgorithmNotAllowed(String),
+    #[error("token is missing required claim {0:?}")]
+    MissingClaim(String),
+    #[error("no identity binding rule matched the token's claims")]
+    NoRuleMatched,
+    #[error("identity {0:?} does not exist")]
+    UnknownIdentity(String),
+    #[error("identity {0:?} is disabled")]
+    IdentityDisabled(String),
+    #[error("identity {0:?} is past its expiry date")]
+    IdentityExpired(String),
+    #[error("issuer keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl AuthRejection {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthRejection::Missing => "missing_credential",
+            AuthRejection::Malformed(_) => "malformed_credential",
+            AuthRejection::BadOperatorToken => "bad_operator_token",
+            AuthRejection::Expired => "expired",
+            AuthRejection::NotYetValid => "not_yet_valid",
+            AuthRejection::WrongAudience => "wrong_audience",
+            AuthRejection::UntrustedIssuer(_) => "untrusted_issuer",
+            AuthRejection::UnknownKey(_) => "unknown_kid",
+            AuthRejection::BadSignature => "bad_signature",
+            AuthRejection::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthRejection::MissingClaim(_) => "missing_claim",
+            AuthRejection::NoRuleMatched => "no_rule_matched",
+            AuthRejection::UnknownIdentity(_) => "unknown_identity",
+            AuthRejection::IdentityDisabled(_) => "identity_disabled",
+            AuthRejection::IdentityExpired(_) => "identity_expired",
+            AuthRejection::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+}
+
+/// What an authenticator made of a presented credential.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// Not a credential this authenticator handles; try the next.
+    NotMine,
+    Accepted(Proven),
+    Rejected(AuthRejection),
+}
+
+/// An authentication method. Implementations are registered once at start; the server
+/// asks each in order until one answers other than [`AuthOutcome::NotMine`].
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync {
+    /// Short name for logs and metrics (`operator-token`, `oidc`).
+    fn name(&self) -> &'static str;
+    async fn authenticate(&self, presented: &Presented<'_>) -> AuthOutcome;
+}

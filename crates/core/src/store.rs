@@ -1,0 +1,214 @@
+//! The storage contract. Backends (SQLite embedded, PostgreSQL for scale-out) implement
+//! [`Store`] and all run the same conformance suite.
+//!
+//! Every write that changes access state also appends its audit events in the same
+//! transaction: an acknowledged grant, renewal or revocation always has its audit entry,
+//! and an audit entry never describes something that did not happen.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::{AuditDraft, AuditEvent, VerifyReport};
+use crate::model::{
+    Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+};
+use crate::CoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    /// A record with that key already exists.
+    #[error("{what} {id:?} already exists")]
+    Conflict { what: &'static str, id: String },
+    /// The operation is not allowed in the record's current state.
+    #[error("{0}")]
+    Rejected(#[from] CoreError),
+    /// The database cannot be reached or is shutting down; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data cannot be read back (corruption, wrong master key, newer schema).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Filter for listing grants. Empty fields match everything.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GrantFilter {
+    pub identity: Option<String>,
+    pub task: Option<String>,
+    pub state: Option<GrantState>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LeaseFilter {
+    pub identity: Option<String>,
+    pub task: Option<String>,
+    pub grant_id: Option<Uuid>,
+    pub state: Option<LeaseState>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub identity: Option<String>,
+    pub task: Option<String>,
+    pub grant_id: Option<Uuid>,
+    /// Only entries with a larger sequence number (for paging and following).
+    pub after_seq: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// How many leases a revocation ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevokeOutcome {
+    /// Ended now (self-contained credentials such as tokens).
+    pub revoked: u64,
+    /// Marked for revocation on their target; the revocation worker completes them.
+    pub revoking: u64,
+}
+
+impl RevokeOutcome {
+    pub fn total(&self) -> u64 {
+        self.revoked + self.revoking
+    }
+}
+
+/// A signing key as stored: private half sealed under the master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub alg: String,
+    /// The public JWK, published in the JWKS.
+    pub public_jwk: serde_json::Value,
+    /// PKCS#8, sealed with context `signing-key:<kid>`.
+    pub private_sealed: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    /// When it stopped signing; `None` for the active key.
+    pub retired_at: Option<OffsetDateTime>,
+    /// Published until then, so tokens it signed still verify.
+    pub publish_until: Option<OffsetDateTime>,
+}
+
+/// An operator token, kept only as its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorTokenRecord {
+    pub name: String,
+    pub token_sha256: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Counts for metrics and health.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub active_leases: u64,
+    pub revoking_leases: u64,
+    pub audit_entries: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap reachability check for `/healthz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // --- identities -------------------------------------------------------------------
+    /// Creates an identity; `Conflict` if the id is taken.
+    async fn create_identity(
+        &self,
+        identity: &Identity,
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError>;
+    async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
+    /// Re-enables an identity. (Disabling is [`Store::disable_identity`]: it also revokes.)
+    async fn enable_identity(&self, id: &str, event: AuditDraft) -> Result<Identity, StoreError>;
+    /// Kill switch: disables the identity and revokes every lease it holds, atomically.
+    async fn disable_identity(
+        &self,
+        id: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError>;
+
+    // --- targets ----------------------------------------------------------------------
+    /// Creates a target; `Conflict` if the name is taken.
+    async fn create_target(&self, target: &Target, event: AuditDraft) -> Result<(), StoreError>;
+    async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError>;
+    async fn list_targets(&self) -> Result<Vec<Target>, StoreError>;
+
+    // --- grants and leases --------------------------------------------------------------
+    /// Records a decided grant, its lease if one was issued, and their audit events, in
+    /// one transaction. Nothing is acknowledged before this returns `Ok`.
+    async fn record_grant(
+        &self,
+        grant: &Grant,
+        lease: Option<&Lease>,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError>;
+    async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
+    async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError>;
+    async fn get_lease(&self, id: Uuid) -> Result<Option<Lease>, StoreError>;
+    async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError>;
+
+    /// Extends an active lease to `min(requested, max_expires_at)`. Fails with `Rejected`
+    /// when the lease is not active or already past its expiry.
+    async fn renew_lease(
+        &self,
+        id: Uuid,
+        requested_expiry: OffsetDateTime,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Lease, StoreError>;
+
+    /// Revokes every live lease the selector matches (each exactly once) and marks their
+    /// grants revoked. Self-contained leases end now; external ones become `revoking`.
+    async fn revoke(
+        &self,
+        selector: &LeaseSelector,
+        reason: RevocationReason,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError>;
+
+    /// Ends up to `limit` active leases whose expiry is at or before `now`, oldest first.
+    /// Returns the leases it changed (external ones are now `revoking`).
+    async fn expire_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Lease>, StoreError>;
+
+    /// The earliest expiry among active leases, from the index (no scan).
+    async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    // --- audit --------------------------------------------------------------------------
+    /// Appends events that accompany no state change (rejected requests, failed logins).
+    async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Walks the whole chain in order, in constant memory.
+    async fn verify_audit(&self) -> Result<VerifyReport, StoreError>;
+
+    // --- keys and operator tokens -----------------------------------------------------------
+    /// Adds a signing key. When `retire_active` is set, the current active key is retired
+    /// at the new key's creation time and published until that instant — in the same
+    /// transaction, so there is always exactly one active key.
+    async fn add_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_active: Option<OffsetDateTime>,
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError>;
+    async fn find_operator_token(
+        &self,
+        sha256: &[u8],
+    ) -> Result<Option<OperatorTokenRecord>, StoreError>;
+    async fn count_operator_tokens(&self) -> Result<u64, StoreError>;
+
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+}
