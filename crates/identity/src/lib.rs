@@ -15,6 +15,9 @@
 pub mod oidc;
 pub mod operator;
 
+#[cfg(test)]
+mod test_store;
+
 use std::sync::Arc;
 
 use mayfly_core::auth::{AuthOutcome, AuthRejection, Authenticator, Presented, Proven};
@@ -66,5 +69,147 @@ impl std::fmt::Debug for AuthChain {
         f.debug_list()
             .entries(self.0.iter().map(|a| a.name()))
             .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mayfly_core::store::{OperatorTokenRecord, Store};
+
+    use super::*;
+    use crate::test_store::TokenStore;
+
+    /// Answers a fixed outcome and counts how often it was asked.
+    struct Fixed {
+        answer: fn() -> AuthOutcome,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Authenticator for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        async fn authenticate(&self, _: &Presented<'_>) -> AuthOutcome {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            (self.answer)()
+        }
+    }
+
+    fn fixed(answer: fn() -> AuthOutcome) -> Arc<Fixed> {
+        Arc::new(Fixed {
+            answer,
+            asked: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn chain_asks_in_order_until_someone_answers() {
+        let not_mine = fixed(|| AuthOutcome::NotMine);
+        let rejects = fixed(|| AuthOutcome::Rejected(AuthRejection::Expired));
+        let accepts = fixed(|| AuthOutcome::Accepted(Proven::Operator { name: "bob".into() }));
+        let bearer = Presented {
+            bearer: Some("something"),
+        };
+
+        let chain = AuthChain::new(vec![not_mine.clone(), rejects.clone(), accepts.clone()]);
+        assert_eq!(
+            chain.authenticate(&bearer).await,
+            Err(AuthRejection::Expired)
+        );
+        assert_eq!(
+            accepts.asked.load(Ordering::SeqCst),
+            0,
+            "a rejection is final"
+        );
+
+        let chain = AuthChain(vec![not_mine.clone(), accepts.clone()]);
+        assert_eq!(
+            chain.authenticate(&bearer).await,
+            Ok(Proven::Operator { name: "bob".into() })
+        );
+
+        let chain = AuthChain(vec![not_mine.clone(), not_mine.clone()]);
+        assert_eq!(
+            chain.authenticate(&bearer).await,
+            Err(AuthRejection::Malformed("unrecognised credential".into()))
+        );
+        assert_eq!(
+            AuthChain::default()
+                .authenticate(&bearer)
+                .await
+                .unwrap_err()
+                .code(),
+            "malformed_credential"
+        );
+
+        let asked_before = accepts.asked.load(Ordering::SeqCst);
+        let chain = AuthChain(vec![accepts.clone()]);
+        for missing in [None, Some(""), Some("   ")] {
+            let presented = Presented { bearer: missing };
+            assert_eq!(
+                chain.authenticate(&presented).await,
+                Err(AuthRejection::Missing)
+            );
+        }
+        assert_eq!(accepts.asked.load(Ordering::SeqCst), asked_before);
+        assert_eq!(format!("{chain:?}"), "[\"fixed\"]");
+    }
+
+    #[tokio::test]
+    async fn operator_and_oidc_side_by_side() {
+        let store = Arc::new(TokenStore::default());
+        let (token, hash) = generate_operator_token().unwrap();
+        store
+            .add_operator_token(&OperatorTokenRecord {
+                name: "root".into(),
+                token_sha256: hash,
+                created_at: mayfly_core::now(),
+            })
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+        let oidc: OidcIssuerConfig = serde_json::from_value(serde_json::json!({
+            "issuer": "https://issuer.example",
+            "audiences": ["mayfly"],
+            "jwks_file": jwks,
+            "rules": [{"identity": "x", "claims": {"sub": "y"}}],
+        }))
+        .unwrap();
+        let chain = AuthChain::new(vec![
+            Arc::new(OperatorTokenAuthenticator::new(store)),
+            Arc::new(OidcAuthenticator::new(vec![oidc]).unwrap()),
+        ]);
+
+        let op = Presented {
+            bearer: Some(token.expose()),
+        };
+        assert_eq!(
+            chain.authenticate(&op).await,
+            Ok(Proven::Operator {
+                name: "root".into()
+            })
+        );
+        // A JWT goes past the operator authenticator to OIDC (which has no usable keys).
+        let header = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0"; // {"alg":"EdDSA","kid":"k1"}
+        let payload = "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIn0"; // {"iss":"https://issuer.example"}
+        let jwt = format!("{header}.{payload}.c2ln");
+        let rejection = chain
+            .authenticate(&Presented { bearer: Some(&jwt) })
+            .await
+            .unwrap_err();
+        assert_eq!(rejection.code(), "keys_unavailable");
+        let opaque = Presented {
+            bearer: Some("some-opaque-token"),
+        };
+        assert_eq!(
+            chain.authenticate(&opaque).await.unwrap_err().code(),
+            "malformed_credential"
+        );
     }
 }

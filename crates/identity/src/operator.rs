@@ -127,3 +127,147 @@ impl Authenticator for OperatorTokenAuthenticator {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
+
+    use mayfly_core::store::OperatorTokenRecord;
+
+    use super::*;
+    use crate::test_store::TokenStore;
+
+    async fn store_with(name: &str) -> (Arc<TokenStore>, SecretString) {
+        let store = Arc::new(TokenStore::default());
+        let (token, hash) = generate_operator_token().unwrap();
+        store
+            .add_operator_token(&OperatorTokenRecord {
+                name: name.into(),
+                token_sha256: hash,
+                created_at: mayfly_core::now(),
+            })
+            .await
+            .unwrap();
+        (store, token)
+    }
+
+    #[test]
+    fn generated_tokens_have_the_documented_shape() {
+        let mut seen = HashSet::new();
+        for _ in 0..100 {
+            let (token, hash) = generate_operator_token().unwrap();
+            let text = token.expose();
+            assert!(text.starts_with("mfy_op_"));
+            assert_eq!(text.len(), OPERATOR_TOKEN_PREFIX.len() + TOKEN_B64_LEN);
+            assert!(is_well_formed_operator_token(text));
+            assert_eq!(URL_SAFE_NO_PAD.decode(&text[7..]).unwrap().len(), 32);
+            assert_eq!(hash.len(), 32);
+            assert_eq!(hash, hash_operator_token(text));
+            assert!(seen.insert(text.to_string()), "tokens must not repeat");
+            // The secret never prints.
+            assert_eq!(format!("{token:?}"), "[redacted]");
+        }
+    }
+
+    #[tokio::test]
+    async fn outcomes() {
+        let (store, token) = store_with("alice").await;
+        let auth = OperatorTokenAuthenticator::new(store.clone());
+        let (unknown, _) = generate_operator_token().unwrap();
+        let mut flipped = token.expose().to_string();
+        let last = flipped.pop().unwrap();
+        flipped.push(if last == 'A' { 'B' } else { 'A' });
+
+        enum Want {
+            Operator(&'static str),
+            Rejected(&'static str),
+            NotMine,
+        }
+        let cases: Vec<(&str, Option<String>, Want)> = vec![
+            (
+                "valid",
+                Some(token.expose().into()),
+                Want::Operator("alice"),
+            ),
+            (
+                "unknown token",
+                Some(unknown.expose().into()),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "one character changed",
+                Some(flipped),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "prefix only",
+                Some("mfy_op_".into()),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "truncated",
+                Some(token.expose()[..30].into()),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "extra characters",
+                Some(format!("{}x", token.expose())),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "bad alphabet",
+                Some(format!("mfy_op_{}", "+".repeat(43))),
+                Want::Rejected("bad_operator_token"),
+            ),
+            (
+                "a JWT",
+                Some("eyJhbGciOiJFZERTQSJ9.e30.c2ln".into()),
+                Want::NotMine,
+            ),
+            ("other prefix", Some("mfy_xx_abc".into()), Want::NotMine),
+            ("no bearer", None, Want::NotMine),
+        ];
+        for (name, bearer, want) in cases {
+            let outcome = auth
+                .authenticate(&Presented {
+                    bearer: bearer.as_deref(),
+                })
+                .await;
+            match (outcome, want) {
+                (AuthOutcome::Accepted(Proven::Operator { name: got }), Want::Operator(n)) => {
+                    assert_eq!(got, n, "{name}")
+                }
+                (AuthOutcome::Rejected(r), Want::Rejected(code)) => {
+                    assert_eq!(r.code(), code, "{name}");
+                    let bearer = bearer.unwrap();
+                    assert!(!r.to_string().contains(bearer.as_str()), "{name} leaks");
+                }
+                (AuthOutcome::NotMine, Want::NotMine) => {}
+                (other, _) => panic!("{name}: unexpected {other:?}"),
+            }
+        }
+        // Malformed tokens are refused without a store round-trip.
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn store_failure_is_unavailable_not_a_bad_token() {
+        let (store, token) = store_with("alice").await;
+        store.down.store(true, Ordering::SeqCst);
+        let auth = OperatorTokenAuthenticator::new(store);
+        match auth
+            .authenticate(&Presented {
+                bearer: Some(token.expose()),
+            })
+            .await
+        {
+            AuthOutcome::Rejected(r) => {
+                assert_eq!(r.code(), "keys_unavailable");
+                assert!(!r.to_string().contains(token.expose()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

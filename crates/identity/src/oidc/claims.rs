@@ -5,9 +5,9 @@ use serde_json::{Map, Value};
 use super::config::OidcRule;
 
 /// Looks up a claim by its configured name: a top-level claim, or a JSON pointer (leading
-/// `/` implied) when the name contains `/`. Null counts as absent.
+/// `/` implied) when the name contains `/` or `~`. Null counts as absent.
 pub(crate) fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    let found = if name.contains('/') {
+    let found = if name.contains(['/', '~']) {
         let mut parts = name.split('/').map(unescape_pointer_token);
         let first = parts.next()?;
         let mut current = claims.get(first.as_str())?;

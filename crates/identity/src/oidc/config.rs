@@ -22,7 +22,7 @@
 //! ```
 //!
 //! Claim names (in `required_claims`, `attributes` and rule `claims`) are top-level claim
-//! names unless they contain `/`, in which case they are a JSON pointer into the claims
+//! names unless they contain `/` or `~`, in which case they are a JSON pointer into the claims
 //! with the leading `/` implied: `kubernetes.io/namespace` reads
 //! `{"kubernetes.io": {"namespace": …}}`. A top-level claim whose name itself contains `/`
 //! (e.g. `https://example.com/roles`) is written with JSON-pointer escaping, `~1` for `/`

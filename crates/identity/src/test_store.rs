@@ -1,0 +1,155 @@
+//! An in-memory [`Store`] that implements only operator tokens, for this crate's tests.
+//! Everything else answers with an error so an accidental dependency shows up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Mutex;
+
+use mayfly_core::audit::{AuditDraft, AuditEvent, VerifyReport};
+use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
+use mayfly_core::store::{
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
+    Store, StoreError, StoreStats,
+};
+use mayfly_core::{OffsetDateTime, Uuid};
+
+#[derive(Default)]
+pub(crate) struct TokenStore {
+    pub tokens: Mutex<Vec<OperatorTokenRecord>>,
+    /// When set, every call fails as if the database were down.
+    pub down: std::sync::atomic::AtomicBool,
+    pub lookups: std::sync::atomic::AtomicUsize,
+}
+
+fn unused<T>() -> Result<T, StoreError> {
+    Err(StoreError::Backend(
+        "not implemented in the test store".into(),
+    ))
+}
+
+#[async_trait::async_trait]
+impl Store for TokenStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn create_identity(&self, _: &Identity, _: AuditDraft) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn get_identity(&self, _: &str) -> Result<Option<Identity>, StoreError> {
+        unused()
+    }
+    async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
+        unused()
+    }
+    async fn enable_identity(&self, _: &str, _: AuditDraft) -> Result<Identity, StoreError> {
+        unused()
+    }
+    async fn disable_identity(
+        &self,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        unused()
+    }
+    async fn create_target(&self, _: &Target, _: AuditDraft) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn get_target(&self, _: &str) -> Result<Option<Target>, StoreError> {
+        unused()
+    }
+    async fn list_targets(&self) -> Result<Vec<Target>, StoreError> {
+        unused()
+    }
+    async fn record_grant(
+        &self,
+        _: &Grant,
+        _: Option<&Lease>,
+        _: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn get_grant(&self, _: Uuid) -> Result<Option<Grant>, StoreError> {
+        unused()
+    }
+    async fn list_grants(&self, _: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
+        unused()
+    }
+    async fn get_lease(&self, _: Uuid) -> Result<Option<Lease>, StoreError> {
+        unused()
+    }
+    async fn list_leases(&self, _: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        unused()
+    }
+    async fn renew_lease(
+        &self,
+        _: Uuid,
+        _: OffsetDateTime,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<Lease, StoreError> {
+        unused()
+    }
+    async fn revoke(
+        &self,
+        _: &LeaseSelector,
+        _: RevocationReason,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        unused()
+    }
+    async fn expire_due(&self, _: OffsetDateTime, _: u32) -> Result<Vec<Lease>, StoreError> {
+        unused()
+    }
+    async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        unused()
+    }
+    async fn append_audit(&self, _: Vec<AuditDraft>) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn list_audit(&self, _: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        unused()
+    }
+    async fn verify_audit(&self) -> Result<VerifyReport, StoreError> {
+        unused()
+    }
+    async fn add_signing_key(
+        &self,
+        _: &SigningKeyRecord,
+        _: Option<OffsetDateTime>,
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        unused()
+    }
+    async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {
+        self.tokens.lock().unwrap().push(token.clone());
+        Ok(())
+    }
+    async fn find_operator_token(
+        &self,
+        sha256: &[u8],
+    ) -> Result<Option<OperatorTokenRecord>, StoreError> {
+        use std::sync::atomic::Ordering;
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("database is down".into()));
+        }
+        Ok(self
+            .tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.token_sha256 == sha256)
+            .cloned())
+    }
+    async fn count_operator_tokens(&self) -> Result<u64, StoreError> {
+        Ok(self.tokens.lock().unwrap().len() as u64)
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        unused()
+    }
+}
