@@ -20,7 +20,7 @@
 //!    secret), must be in the issuer's `algorithms`, and `crit` must be absent; otherwise
 //!    `AlgorithmNotAllowed` / `Malformed`. Header `jwk`, `jku`, `x5u` and `x5c` are
 //!    ignored: keys come only from the configured JWKS.
-//! 2. Key lookup by `kid` in the issuer's JWKS (see [`jwks`] for caching): unknown ->
+//! 2. Key lookup by `kid` in the issuer's JWKS (cached per issuer, see below): unknown ->
 //!    `UnknownKey`; nothing loadable -> `KeysUnavailable`; the key's type (and its `alg`,
 //!    if the JWK pins one) must fit the token's `alg` -> else `AlgorithmNotAllowed`.
 //! 3. Signature -> `BadSignature`.
@@ -30,6 +30,21 @@
 //!    audiences (`WrongAudience`, also when absent); `sub` and every `required_claims`
 //!    entry must be present (`MissingClaim`).
 //! 5. Rules in order, first match wins -> `Proven::Workload`; none -> `NoRuleMatched`.
+//!
+//! # Key caching
+//!
+//! Keys are cached per issuer for the JWKS response's `Cache-Control: max-age` (default
+//! 5 minutes, clamped to 30 s – 24 h; files: 5 minutes). An unknown `kid` triggers a
+//! refresh, but any two fetches of one issuer are at least 30 s apart and concurrent
+//! requests share a single fetch, so made-up `kid`s cannot cause a refetch storm. A failed
+//! refresh keeps the previous keys. Requests with a known key never wait for a refresh
+//! someone else is running; the request that finds stale keys refreshes inline (bounded
+//! by the 5 s HTTP timeout).
+//!
+//! A successfully verified token is remembered (by SHA-256, bounded) until its `exp` plus
+//! skew, and only while the key that verified it is still in the fresh key set, so
+//! presenting the same token again skips signature verification without ever extending
+//! its validity.
 
 mod claims;
 pub mod config;
