@@ -1,1 +1,677 @@
-fn main() {}
+//! `mayfly`: runs the broker (`serve`) and drives it over its HTTP API (everything else).
+//! Only `serve` and offline maintenance (`audit verify --store`) open the store directly.
+
+mod client;
+mod output;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{CommandFactory, Parser, Subcommand};
+use mayfly_core::duration::Ttl;
+use serde_json::{json, Value};
+
+use client::Client;
+use output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "mayfly",
+    version,
+    about = "Just-in-time access broker for non-human identities"
+)]
+struct Cli {
+    /// Broker address for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_ADDR",
+        default_value = "http://127.0.0.1:8740"
+    )]
+    addr: String,
+    /// Bearer token: an operator token, or a workload's OIDC JWT.
+    #[arg(long, global = true, env = "MAYFLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format for listings and records.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "MAYFLY_OUTPUT"
+    )]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (zero config: SQLite in the user data dir, 127.0.0.1:8740).
+    Serve(Box<serve::ServeArgs>),
+    /// Manage non-human identities.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// Manage targets (things access is granted to).
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Request access: policy decides now; a credential is issued for the TTL.
+    Request(RequestArgs),
+    /// List grants.
+    Grants {
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// List leases (issued credentials).
+    Leases {
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        grant: Option<String>,
+        /// active, revoking, revoked, expired, creating
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Extend a lease (never beyond its cap).
+    Renew {
+        lease: String,
+        #[arg(long)]
+        ttl: Option<Ttl>,
+    },
+    /// Revoke a grant, or everything of a task, identity or owner.
+    Revoke(RevokeArgs),
+    /// The audit chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Ask the broker whether a token it issued is still active (RFC 7662).
+    Introspect {
+        /// The access token to check.
+        #[arg(value_name = "TOKEN")]
+        access_token: String,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Register an identity.
+    Add {
+        id: String,
+        /// service, pipeline, agent or other
+        #[arg(long)]
+        kind: String,
+        /// Accountable person or team.
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        purpose: String,
+        /// Lifetime of the identity itself.
+        #[arg(long, default_value = "90d")]
+        expires: Ttl,
+        /// key=value (repeatable)
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    /// Kill switch: disable and revoke everything it holds.
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    /// How the broker sees the presented credential.
+    Whoami,
+}
+
+#[derive(Subcommand)]
+enum TargetCmd {
+    Add {
+        name: String,
+        #[arg(long, default_value = "token")]
+        kind: String,
+        /// Allowed action (repeatable).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        #[arg(long, default_value = "15m")]
+        default_ttl: Ttl,
+        #[arg(long, default_value = "1h")]
+        max_ttl: Ttl,
+        /// Identity, `owner:<team>` or `*` allowed to request (repeatable). Default: nobody.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Token audience (token targets); default the target name.
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    /// Identity to grant to (operators; workloads default to themselves).
+    #[arg(long)]
+    identity: Option<String>,
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long)]
+    purpose: String,
+    #[arg(long)]
+    task: String,
+    #[arg(long)]
+    ttl: Option<Ttl>,
+    /// key=value for policy (repeatable).
+    #[arg(long = "context")]
+    context: Vec<String>,
+    /// Print only the secret (e.g. the access token), for `TOKEN=$(mayfly request …)`.
+    #[arg(long)]
+    token_only: bool,
+}
+
+#[derive(clap::Args)]
+struct RevokeArgs {
+    /// Grant id.
+    grant: Option<String>,
+    #[arg(long, conflicts_with_all = ["grant", "identity", "owner"])]
+    task: Option<String>,
+    #[arg(long, conflicts_with_all = ["grant", "task", "owner"])]
+    identity: Option<String>,
+    #[arg(long, conflicts_with_all = ["grant", "task", "identity"])]
+    owner: Option<String>,
+    /// task_complete, task_failed, timeout, admin
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the chain; exit non-zero at the first edited, deleted, inserted or reordered entry.
+    Verify {
+        /// Verify a store offline instead of asking the broker (e.g. sqlite:///path/mayfly.db).
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// A credential's whole story, in order.
+    List {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        grant: Option<String>,
+        /// Only entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// New signing key; old ones stay in the JWKS until their tokens expire.
+    Rotate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One plain line: the chain of causes joined.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                line.push_str(": ");
+                line.push_str(&cause.to_string());
+            }
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key_values(field: &str, items: &[String]) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut map = serde_json::Map::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("{field} {item:?}: expected key=value"))?;
+        map.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(map)
+}
+
+fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+        .collect()
+}
+
+const GRANT_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("IDENTITY", "/identity"),
+    ("TARGET", "/target"),
+    ("ACTION", "/action"),
+    ("TASK", "/task"),
+    ("STATE", "/state"),
+    ("TTL", "/granted_ttl"),
+    ("CREATED", "/created_at"),
+];
+const LEASE_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("IDENTITY", "/identity"),
+    ("TARGET", "/target"),
+    ("TASK", "/task"),
+    ("STATE", "/state"),
+    ("EXPIRES", "/expires_at"),
+    ("REASON", "/revocation_reason"),
+    ("ERROR", "/last_error"),
+];
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = cli.output;
+    if let Command::Serve(args) = cli.command {
+        return serve::run(*args).await.map(|()| ExitCode::SUCCESS);
+    }
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Audit(AuditCmd::Verify { store: Some(url) }) = &cli.command {
+        let store = mayfly_store::open(url, mayfly_store::Durability::Fsync)
+            .await
+            .context("cannot open store")?;
+        let report = store.verify_audit().await.context("verification failed")?;
+        return Ok(print_verify(out, &serde_json::to_value(&report)?));
+    }
+    let client = Client::new(&cli.addr, cli.token.clone())?;
+    match cli.command {
+        // Answered above, before a client exists.
+        Command::Serve(_)
+        | Command::Completions { .. }
+        | Command::Audit(AuditCmd::Verify { store: Some(_) }) => {}
+        Command::Identity(cmd) => identity(&client, out, cmd).await?,
+        Command::Target(cmd) => target(&client, out, cmd).await?,
+        Command::Request(args) => request(&client, out, args).await?,
+        Command::Grants {
+            identity,
+            task,
+            state,
+            limit,
+        } => {
+            let q = query(&[
+                ("identity", identity),
+                ("task", task),
+                ("state", state),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let items: Vec<Value> = client.get("/v1/grants", &q).await?;
+            output::list(out, &items, GRANT_COLUMNS);
+        }
+        Command::Leases {
+            identity,
+            task,
+            grant,
+            state,
+            limit,
+        } => {
+            let q = query(&[
+                ("identity", identity),
+                ("task", task),
+                ("grant", grant),
+                ("state", state),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let items: Vec<Value> = client.get("/v1/leases", &q).await?;
+            output::list(out, &items, LEASE_COLUMNS);
+        }
+        Command::Renew { lease, ttl } => {
+            let body = match ttl {
+                Some(t) => json!({"ttl": t}),
+                None => json!({}),
+            };
+            let v: Value = client
+                .post(&format!("/v1/leases/{lease}/renew"), body)
+                .await?;
+            output::object(out, &v);
+        }
+        Command::Revoke(args) => {
+            let v: Value = match (&args.grant, &args.task, &args.identity, &args.owner) {
+                (Some(g), None, None, None) => {
+                    let body = args
+                        .reason
+                        .as_ref()
+                        .map(|r| json!({"reason": r}))
+                        .unwrap_or(json!({}));
+                    client.post(&format!("/v1/grants/{g}/revoke"), body).await?
+                }
+                (None, task, identity, owner)
+                    if task.is_some() || identity.is_some() || owner.is_some() =>
+                {
+                    let mut body = json!({"task": task, "identity": identity, "owner": owner});
+                    if let Some(r) = &args.reason {
+                        body["reason"] = json!(r);
+                    }
+                    client.post("/v1/revoke", body).await?
+                }
+                _ => bail!("name a grant id, or one of --task, --identity, --owner"),
+            };
+            match out {
+                Format::Json => println!("{v}"),
+                Format::Table => println!(
+                    "revoked {} lease(s)",
+                    v.get("total").and_then(Value::as_u64).unwrap_or(0)
+                ),
+            }
+        }
+        Command::Audit(AuditCmd::Verify { store: None }) => {
+            let v: Value = client.get("/v1/audit/verify", &[]).await?;
+            return Ok(print_verify(out, &v));
+        }
+        Command::Audit(AuditCmd::List {
+            task,
+            identity,
+            grant,
+            after,
+            limit,
+        }) => audit_list(&client, out, task, identity, grant, after, limit).await?,
+        Command::Keys(KeysCmd::Rotate) => {
+            let v: Value = client.post("/v1/keys/rotate", json!({})).await?;
+            output::object(out, &v);
+        }
+        Command::Introspect { access_token } => {
+            let v: Value = client
+                .post_form("/oauth2/introspect", &[("token", access_token.as_str())])
+                .await?;
+            output::object(out, &v);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_verify(out: Format, report: &Value) -> ExitCode {
+    let broken = report.get("first_break").is_some_and(|b| !b.is_null());
+    match out {
+        Format::Json => println!("{report}"),
+        Format::Table => {
+            let entries = report.get("entries").and_then(Value::as_u64).unwrap_or(0);
+            if broken {
+                let b = &report["first_break"];
+                let seq = b
+                    .get("seq")
+                    .or_else(|| b.get("head_seq"))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                println!(
+                    "audit chain BROKEN at entry {seq}: {} ({entries} entries read)",
+                    b.get("problem").and_then(Value::as_str).unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "audit chain intact: {entries} entries, head {}",
+                    output::cell(report.get("last_hash"))
+                );
+            }
+        }
+    }
+    if broken {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn audit_list(
+    client: &Client,
+    out: Format,
+    task: Option<String>,
+    identity: Option<String>,
+    grant: Option<String>,
+    mut after: Option<u64>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    // Page through the chain so long stories stream instead of loading at once.
+    let mut printed = 0u32;
+    let mut rows = Vec::new();
+    while printed < limit {
+        let page = (limit - printed).min(1000);
+        let q = query(&[
+            ("task", task.clone()),
+            ("identity", identity.clone()),
+            ("grant", grant.clone()),
+            ("after", after.map(|a| a.to_string())),
+            ("limit", Some(page.to_string())),
+        ]);
+        let items: Vec<Value> = client.get("/v1/audit", &q).await?;
+        let n = items.len() as u32;
+        for item in items {
+            after = item.get("seq").and_then(Value::as_u64);
+            match out {
+                Format::Json => println!("{item}"),
+                Format::Table => rows.push(vec![
+                    output::cell(item.get("seq")),
+                    output::cell(item.get("at")),
+                    output::cell(item.get("kind")),
+                    output::cell(item.get("actor")),
+                    output::cell(item.get("identity")),
+                    output::cell(item.get("task")),
+                    output::cell(item.get("lease_id")),
+                    summary(item.get("detail")),
+                ]),
+            }
+        }
+        printed += n;
+        if n < page {
+            break;
+        }
+    }
+    if out == Format::Table {
+        let headers = [
+            "SEQ", "AT", "KIND", "ACTOR", "IDENTITY", "TASK", "LEASE", "DETAIL",
+        ]
+        .map(String::from);
+        output::print_table(&headers, &rows);
+    }
+    Ok(())
+}
+
+fn summary(detail: Option<&Value>) -> String {
+    let Some(Value::Object(map)) = detail else {
+        return "-".into();
+    };
+    for key in ["reason", "code"] {
+        if let Some(v) = map.get(key) {
+            return format!("{key}={}", output::cell(Some(v)));
+        }
+    }
+    if let Some(outcome) = map.get("decision").and_then(|d| d.get("outcome")) {
+        return format!("outcome={}", output::cell(Some(outcome)));
+    }
+    "-".into()
+}
+
+async fn identity(client: &Client, out: Format, cmd: IdentityCmd) -> anyhow::Result<()> {
+    const COLUMNS: &[(&str, &str)] = &[
+        ("ID", "/id"),
+        ("KIND", "/kind"),
+        ("OWNER", "/owner"),
+        ("ENABLED", "/enabled"),
+        ("EXPIRES", "/expires_at"),
+        ("PURPOSE", "/purpose"),
+    ];
+    match cmd {
+        IdentityCmd::Add {
+            id,
+            kind,
+            owner,
+            purpose,
+            expires,
+            labels,
+        } => {
+            let expires_at = (mayfly_core::now() + expires.as_time())
+                .format(&time::format_description::well_known::Rfc3339)
+                .context("cannot format expiry")?;
+            let body = json!({"id": id, "kind": kind, "owner": owner, "purpose": purpose, "expires_at": expires_at, "labels": key_values("label", &labels)?});
+            let v: Value = client.post("/v1/identities", body).await?;
+            output::object(out, &v);
+        }
+        IdentityCmd::List => {
+            let items: Vec<Value> = client.get("/v1/identities", &[]).await?;
+            output::list(out, &items, COLUMNS);
+        }
+        IdentityCmd::Show { id } => output::object(
+            out,
+            &client
+                .get::<Value>(&format!("/v1/identities/{id}"), &[])
+                .await?,
+        ),
+        IdentityCmd::Disable { id } => {
+            let v: Value = client
+                .post(&format!("/v1/identities/{id}/disable"), json!({}))
+                .await?;
+            match out {
+                Format::Json => println!("{v}"),
+                Format::Table => {
+                    let revoked = &v["revoked"];
+                    let total = revoked["revoked"].as_u64().unwrap_or(0)
+                        + revoked["revoking"].as_u64().unwrap_or(0);
+                    println!("identity {id} disabled; {total} lease(s) revoked");
+                }
+            }
+        }
+        IdentityCmd::Enable { id } => output::object(
+            out,
+            &client
+                .post::<Value>(&format!("/v1/identities/{id}/enable"), json!({}))
+                .await?,
+        ),
+        IdentityCmd::Whoami => output::object(out, &client.get::<Value>("/v1/whoami", &[]).await?),
+    }
+    Ok(())
+}
+
+async fn target(client: &Client, out: Format, cmd: TargetCmd) -> anyhow::Result<()> {
+    match cmd {
+        TargetCmd::Add {
+            name,
+            kind,
+            actions,
+            default_ttl,
+            max_ttl,
+            allow,
+            audience,
+        } => {
+            let mut settings = serde_json::Map::new();
+            if let Some(a) = audience {
+                settings.insert("audience".into(), Value::String(a));
+            }
+            let body = json!({"name": name, "kind": kind, "actions": actions, "default_ttl": default_ttl, "max_ttl": max_ttl, "allow": allow, "settings": settings});
+            output::object(out, &client.post::<Value>("/v1/targets", body).await?);
+        }
+        TargetCmd::List => {
+            let items: Vec<Value> = client.get("/v1/targets", &[]).await?;
+            let columns = [
+                ("NAME", "/name"),
+                ("KIND", "/kind"),
+                ("ACTIONS", "/actions"),
+                ("DEFAULT TTL", "/default_ttl"),
+                ("MAX TTL", "/max_ttl"),
+                ("ALLOW", "/allow"),
+            ];
+            output::list(out, &items, &columns);
+        }
+        TargetCmd::Show { name } => output::object(
+            out,
+            &client
+                .get::<Value>(&format!("/v1/targets/{name}"), &[])
+                .await?,
+        ),
+    }
+    Ok(())
+}
+
+async fn request(client: &Client, out: Format, args: RequestArgs) -> anyhow::Result<()> {
+    let mut body = json!({
+        "target": args.target, "purpose": args.purpose, "task": args.task,
+        "context": key_values("context", &args.context)?,
+    });
+    if let Some(i) = args.identity {
+        body["identity"] = json!(i);
+    }
+    if let Some(a) = args.action {
+        body["action"] = json!(a);
+    }
+    if let Some(t) = args.ttl {
+        body["ttl"] = json!(t);
+    }
+    let v: Value = client.post("/v1/grants", body).await?;
+    if args.token_only {
+        let secret = v["credential"]["access_token"]
+            .as_str()
+            .or_else(|| v["credential"]["password"].as_str());
+        match secret {
+            Some(s) => println!("{s}"),
+            None => bail!(
+                "the grant was recorded but no credential was issued (state {})",
+                output::cell(v.pointer("/grant/state"))
+            ),
+        }
+        return Ok(());
+    }
+    match out {
+        Format::Json => println!("{v}"),
+        Format::Table => {
+            let mut summary = serde_json::Map::new();
+            summary.insert("grant".into(), v["grant"]["id"].clone());
+            summary.insert("state".into(), v["grant"]["state"].clone());
+            summary.insert("lease".into(), v["lease"]["id"].clone());
+            summary.insert("expires_at".into(), v["lease"]["expires_at"].clone());
+            if let Value::Object(c) = &v["credential"] {
+                for (k, val) in c {
+                    summary.insert(k.clone(), val.clone());
+                }
+            }
+            output::object(out, &Value::Object(summary));
+            if std::io::stdout().is_terminal() {
+                eprintln!("(the credential is shown once; it is not stored)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,300 @@
+//! The Mayfly broker as a server: HTTP API (axum), token signing, key management and the
+//! background schedulers, wired to the adapters (store, authenticators, policy, providers)
+//! through their core traits.
+//!
+//! [`app`] builds the router from a state (handlers are tested without a socket);
+//! [`Server::prepare`] performs first-start bootstrap and [`Server::serve`] runs it.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use mayfly_core::auth::Authenticator;
+use mayfly_core::duration::Ttl;
+use mayfly_core::policy::{PolicyEngine, TargetAllowList};
+use mayfly_core::seal::MasterKey;
+use mayfly_core::secret::SecretString;
+use mayfly_core::store::{OperatorTokenRecord, Store};
+use mayfly_identity::oidc::{OidcAuthenticator, OidcIssuerConfig};
+use mayfly_identity::operator::{generate_operator_token, OperatorTokenAuthenticator};
+use mayfly_identity::AuthChain;
+use serde::Deserialize;
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod scheduler;
+pub mod state;
+pub mod token;
+
+pub use state::AppState;
+
+/// Largest accepted request body. Grant requests are small; anything bigger is a mistake
+/// or an attack.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Server configuration: the `mayfly.toml` file, overridden by `MAYFLY_*` variables and
+/// flags (the CLI does the layering).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded store and the generated master key live.
+    pub data_dir: PathBuf,
+    /// Store URL; default `sqlite://<data_dir>/mayfly.db`.
+    pub store: Option<String>,
+    /// `fsync` (every acknowledged grant survives power loss) or `crash-safe` (survives a
+    /// process crash; the last moments may be lost on power loss).
+    pub durability: String,
+    /// `iss` of issued tokens; default `http://<listen>`.
+    pub issuer: Option<String>,
+    /// Key-encryption key file (base64, 32 bytes); default `<data_dir>/master.key`,
+    /// generated on first start. `MAYFLY_MASTER_KEY` takes precedence.
+    pub master_key_file: Option<PathBuf>,
+    /// Longest lifetime of any token; retired signing keys stay published this long.
+    pub token_max_ttl: Ttl,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Trusted OIDC issuers whose JWTs identify workloads.
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8740)),
+            data_dir: PathBuf::from("mayfly-data"),
+            store: None,
+            durability: "fsync".into(),
+            issuer: None,
+            master_key_file: None,
+            token_max_ttl: Ttl::from_secs(24 * 3600),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("master key {path}: {reason}")]
+    MasterKey { path: String, reason: String },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] mayfly_core::store::StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What first start created, for the CLI to tell the operator once.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// The first operator token; shown once, stored only as a hash.
+    pub operator_token: Option<SecretString>,
+    /// Set when a master key was generated; it must be backed up.
+    pub master_key_created: Option<PathBuf>,
+}
+
+pub struct Server {
+    state: AppState,
+}
+
+/// Builds the router for a state.
+pub fn app(state: AppState) -> Router {
+    api::routes()
+        .fallback(|| async {
+            error::ApiError::NotFound {
+                what: "route",
+                id: "this path".into(),
+                field: None,
+            }
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn load_master_key(
+    config: &Config,
+    from_env: Option<SecretString>,
+) -> Result<(MasterKey, Option<PathBuf>), StartError> {
+    if let Some(text) = from_env {
+        let key = MasterKey::from_base64(text.expose()).map_err(|e| StartError::MasterKey {
+            path: "MAYFLY_MASTER_KEY".into(),
+            reason: e.to_string(),
+        })?;
+        return Ok((key, None));
+    }
+    let path = config
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("master.key"));
+    let bad = |reason: String| StartError::MasterKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((
+            MasterKey::from_base64(&text).map_err(|e| bad(e.to_string()))?,
+            None,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate().map_err(|e| bad(e.to_string()))?;
+            write_private_file(&path, key.to_base64().as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((key, Some(path)))
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Creates a file readable only by its owner, failing if it exists (never overwrite a key).
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+impl Server {
+    /// Opens the store, loads or creates the master key, signing key and first operator
+    /// token, and wires the adapters.
+    pub async fn prepare(
+        config: Config,
+        master_key_env: Option<SecretString>,
+    ) -> Result<(Server, Bootstrap), StartError> {
+        let mut bootstrap = Bootstrap::default();
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let (master, created) = load_master_key(&config, master_key_env)?;
+        bootstrap.master_key_created = created;
+        let durability = config
+            .durability
+            .parse::<mayfly_store::Durability>()
+            .map_err(|_| {
+                StartError::Config(format!(
+                    "durability {:?}: expected fsync or crash-safe",
+                    config.durability
+                ))
+            })?;
+        let url = config
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("mayfly.db").display()));
+        let store: Arc<dyn Store> = mayfly_store::open(&url, durability).await?;
+
+        let keys = Arc::new(
+            keys::Keyring::load_or_create(store.clone(), Arc::new(master), config.token_max_ttl)
+                .await?,
+        );
+
+        if store.count_operator_tokens().await? == 0 {
+            let (token, sha256) =
+                generate_operator_token().map_err(|e| StartError::Config(e.to_string()))?;
+            store
+                .add_operator_token(&OperatorTokenRecord {
+                    name: "bootstrap".into(),
+                    token_sha256: sha256,
+                    created_at: mayfly_core::now(),
+                })
+                .await?;
+            bootstrap.operator_token = Some(token);
+        }
+
+        let mut authenticators: Vec<Arc<dyn Authenticator>> =
+            vec![Arc::new(OperatorTokenAuthenticator::new(store.clone()))];
+        if !config.auth.oidc.is_empty() {
+            let oidc = OidcAuthenticator::new(config.auth.oidc.clone())
+                .map_err(|e| StartError::Config(format!("auth.oidc: {e}")))?;
+            authenticators.push(Arc::new(oidc));
+        }
+
+        let issuer = config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen));
+        let mut providers = state::Providers::default();
+        providers.register(Arc::new(token::TokenProvider::new(
+            keys.clone(),
+            issuer.clone(),
+        )));
+        let policy: Arc<dyn PolicyEngine> = Arc::new(TargetAllowList);
+
+        let state = AppState(Arc::new(state::Inner {
+            store,
+            auth: AuthChain::new(authenticators),
+            policy,
+            providers,
+            keys,
+            metrics: metrics::Metrics::new(),
+            issuer,
+            token_max_ttl: config.token_max_ttl,
+            expiry_wake: tokio::sync::Notify::new(),
+            next_expiry_wake_ms: AtomicI64::new(0),
+        }));
+        Ok((Server { state }, bootstrap))
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Binds an address. Bind before [`Server::prepare`] and put the bound address in the
+    /// config, so a port chosen by the OS (`:0`) is the one the default issuer names.
+    pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })
+    }
+
+    /// Serves until `shutdown` resolves, running the schedulers alongside.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let expiry = tokio::spawn(scheduler::run_expiry(self.state.clone()));
+        let refresh = tokio::spawn(scheduler::run_key_refresh(
+            self.state.clone(),
+            Duration::from_secs(5),
+        ));
+        let result = axum::serve(listener, app(self.state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartError::Serve);
+        expiry.abort();
+        refresh.abort();
+        result
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP client every command but `serve` uses: the same API workloads use.
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("cannot build HTTP client")?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(Method::GET, path, query, None).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> anyhow::Result<T> {
+        self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn post_form<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.finish(req).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .query(query);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.finish(req).await
+    }
+
+    async fn finish<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let response = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(
+                    "cannot reach mayfly at {} (is `mayfly serve` running? set MAYFLY_ADDR)",
+                    self.base
+                )
+            } else if e.is_timeout() {
+                anyhow!("mayfly at {} did not answer in time", self.base)
+            } else {
+                anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = response.status();
+        let text = response.text().await.context("cannot read the response")?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .with_context(|| format!("unexpected response from mayfly: {}", truncate(&text)));
+        }
+        bail!("{}", problem_line(status, &text))
+    }
+}
+
+/// One plain line from a problem+json answer: the detail, and the field when named.
+fn problem_line(status: StatusCode, text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(p) => {
+            let detail = p
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or("request failed");
+            let code = p.get("code").and_then(Value::as_str).unwrap_or("");
+            let hint = if status == StatusCode::UNAUTHORIZED {
+                " (set MAYFLY_TOKEN)"
+            } else {
+                ""
+            };
+            format!("{detail} [{} {code}]{hint}", status.as_u16())
+        }
+        Err(_) => format!("HTTP {}: {}", status.as_u16(), truncate(text)),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    let one_line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    one_line
+}

@@ -1,0 +1,84 @@
+//! Human tables and machine JSON for listings.
+
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Prints rows as an aligned table, or the values as JSON lines.
+pub fn list(format: Format, items: &[Value], columns: &[(&str, &str)]) {
+    match format {
+        Format::Json => {
+            for item in items {
+                println!("{item}");
+            }
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|item| {
+                    columns
+                        .iter()
+                        .map(|(_, pointer)| cell(item.pointer(pointer)))
+                        .collect()
+                })
+                .collect();
+            let headers: Vec<String> = columns.iter().map(|(h, _)| h.to_string()).collect();
+            print_table(&headers, &rows);
+        }
+    }
+}
+
+pub fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| cell(Some(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn print_table(headers: &[String], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers);
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Prints one object as `key: value` lines, or as one JSON document.
+pub fn object(format: Format, value: &Value) {
+    match format {
+        Format::Json => println!("{value}"),
+        Format::Table => {
+            if let Value::Object(map) = value {
+                let width = map.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in map {
+                    println!("{k:<width$}  {}", cell(Some(v)));
+                }
+            } else {
+                println!("{value}");
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Shared support for the black-box tests: start the real `mayfly` binary on an ephemeral
+//! port with its own data directory, and talk to it over HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mayfly");
+
+pub struct Broker {
+    pub child: Child,
+    pub addr: String,
+    pub token: String,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+    /// Lines the server wrote to stderr after start-up.
+    pub log: mpsc::Receiver<String>,
+}
+
+pub struct Options {
+    pub config: Option<String>,
+    pub durability: &'static str,
+    pub token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: None,
+            durability: "crash-safe",
+            token: None,
+        }
+    }
+}
+
+impl Broker {
+    /// Starts a fresh broker in a new temporary data dir.
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap().keep();
+        Broker::start_in(&dir, Options::default())
+    }
+
+    /// Starts (or restarts) a broker on an existing data dir.
+    pub fn start_in(dir: &Path, opts: Options) -> Broker {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--durability")
+            .arg(opts.durability)
+            .env_remove("MAYFLY_MASTER_KEY")
+            .env_remove("MAYFLY_CONFIG")
+            .env("MAYFLY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(config) = &opts.config {
+            let path = dir.join("mayfly.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().expect("spawn mayfly serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut token = opts.token;
+        let mut addr = None;
+        let mut seen = Vec::new();
+        while addr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "mayfly serve did not start; stderr so far:\n{}",
+                    seen.join("\n")
+                ),
+            };
+            if let Some(t) = line.trim().strip_prefix("export MAYFLY_TOKEN=") {
+                token = Some(t.to_string());
+            }
+            if let Some(a) = line.strip_prefix("mayfly: listening on ") {
+                addr = Some(a.trim().to_string());
+            }
+            seen.push(line);
+        }
+        Broker {
+            child,
+            addr: addr.unwrap(),
+            token: token.expect("no operator token: pass the one from the first start"),
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::new(),
+            log: rx,
+        }
+    }
+
+    /// Stops the process abruptly (as a crash would) and returns what is needed to restart.
+    pub fn kill(mut self) -> (PathBuf, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.dir.clone(), self.token.clone())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value, String) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value, ctype)
+    }
+
+    /// Operator GET expecting 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body, _) = self
+            .call(reqwest::Method::GET, path, Some(&self.token), None)
+            .await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Operator POST; returns status and body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, body, _) = self
+            .call(reqwest::Method::POST, path, Some(&self.token), Some(body))
+            .await;
+        (status, body)
+    }
+
+    pub async fn add_identity(&self, id: &str, owner: &str) -> Value {
+        let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let (status, body) = self
+            .post("/v1/identities", json!({"id": id, "kind": "pipeline", "owner": owner, "purpose": "tests", "expires_at": expires}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn add_token_target(&self, name: &str, allow: &[&str]) -> Value {
+        let (status, body) = self
+            .post("/v1/targets", json!({"name": name, "kind": "token", "actions": ["read", "write"], "default_ttl": "5m", "max_ttl": "1h", "allow": allow}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn grant(&self, identity: &str, target: &str, task: &str, ttl: &str) -> Value {
+        let (status, body) = self
+            .post("/v1/grants", json!({"identity": identity, "target": target, "action": "read", "purpose": "test", "task": task, "ttl": ttl}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Runs the CLI against this broker.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("MAYFLY_ADDR", &self.addr)
+            .env("MAYFLY_TOKEN", &self.token)
+            .env_remove("MAYFLY_OUTPUT")
+            .output()
+            .unwrap()
+    }
+
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        self.get(&format!("/v1/audit?{query}"))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Polls until `check` holds or the timeout passes.
+    pub async fn wait_for<F, Fut>(&self, timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn store_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("mayfly.db").display())
+}

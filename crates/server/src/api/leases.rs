@@ -1,0 +1,123 @@
+//! `/v1/leases`: issued credentials, and their renewal.
+
+use axum::extract::State;
+use axum::Json;
+use mayfly_core::duration::Ttl;
+use mayfly_core::model::{Lease, LeaseState};
+use mayfly_core::store::LeaseFilter;
+use mayfly_core::Uuid;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::grants::{credential_json, load_grant};
+use super::{ApiPath, ApiQuery, OptionalJson};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseListQuery {
+    pub identity: Option<String>,
+    pub task: Option<String>,
+    pub grant: Option<Uuid>,
+    pub state: Option<LeaseState>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/leases", responses((status = 200, body = [Lease])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<LeaseListQuery>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    let identity = caller.0.identity().map(str::to_string).or(q.identity);
+    let filter = LeaseFilter {
+        identity,
+        task: q.task,
+        grant_id: q.grant,
+        state: q.state,
+        limit: q.limit,
+    };
+    Ok(Json(state.store.list_leases(&filter).await?))
+}
+
+async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Lease, ApiError> {
+    let not_found = || ApiError::NotFound {
+        what: "lease",
+        id: id.to_string(),
+        field: None,
+    };
+    let lease = state.store.get_lease(id).await?.ok_or_else(not_found)?;
+    if caller.0.identity().is_some_and(|own| own != lease.identity) {
+        return Err(not_found());
+    }
+    Ok(lease)
+}
+
+#[utoipa::path(get, path = "/v1/leases/{id}", responses((status = 200, body = Lease), (status = 404, body = crate::error::Problem)))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Lease>, ApiError> {
+    Ok(Json(load(&state, &caller, id).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// New lifetime from now; defaults to the grant's TTL. Capped at the lease's maximum.
+    pub ttl: Option<Ttl>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenewResponse {
+    pub lease: Lease,
+    /// A replacement credential when the kind cannot be extended in place (tokens).
+    #[schema(value_type = Option<Object>)]
+    pub credential: Option<serde_json::Value>,
+}
+
+/// Extends an active lease, never beyond its `max_expires_at`.
+#[utoipa::path(post, path = "/v1/leases/{id}/renew", request_body = RenewRequest,
+    responses((status = 200, body = RenewResponse), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+pub async fn renew(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RenewRequest>,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let lease = load(&state, &caller, id).await?;
+    let grant = load_grant(&state, &caller, lease.grant_id).await?;
+    let ttl = body.ttl.or(grant.granted_ttl).unwrap_or(Ttl::from_secs(0));
+    if ttl.as_secs() == 0 {
+        return Err(ApiError::field("ttl", "must be greater than zero"));
+    }
+    let now = mayfly_core::now();
+    let renewed = state
+        .store
+        .renew_lease(id, now + ttl.as_time(), &caller.0.actor(), now)
+        .await?;
+    let target = state
+        .store
+        .get_target(&lease.target)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(format!(
+                "lease {id} names missing target {:?}",
+                lease.target
+            ))
+        })?;
+    let provider = state
+        .providers
+        .get(&lease.kind)
+        .ok_or_else(|| ApiError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
+    let credential = provider
+        .renew(&renewed, &grant, &target, renewed.expires_at)
+        .await?;
+    Ok(Json(RenewResponse {
+        credential: credential.as_ref().map(credential_json),
+        lease: renewed,
+    }))
+}

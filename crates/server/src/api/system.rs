@@ -1,0 +1,149 @@
+//! Health, metrics, discovery (JWKS, OpenID configuration), OpenAPI, introspection, keys.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mayfly_core::auth::Principal;
+use mayfly_core::model::LeaseState;
+use mayfly_core::Uuid;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::token::AccessTokenClaims;
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200), (status = 503)))]
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => {
+            state.metrics.store_up.set(1);
+            Json(serde_json::json!({"status": "ok", "store": "ok"})).into_response()
+        }
+        Err(e) => {
+            state.metrics.store_up.set(0);
+            let body = serde_json::json!({"status": "unavailable", "store": e.to_string()});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(stats) = state.store.stats().await {
+        state.metrics.active_leases.set(stats.active_leases as i64);
+        state
+            .metrics
+            .revoking_leases
+            .set(stats.revoking_leases as i64);
+        state.metrics.audit_entries.set(stats.audit_entries as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, body = Object)))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    // Short cache: a rotated key must reach verifiers well within a token's lifetime.
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.keys.jwks()),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/.well-known/openid-configuration", responses((status = 200, body = Object)))]
+pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let iss = state.issuer.trim_end_matches('/');
+    Json(serde_json::json!({
+        "issuer": state.issuer,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{iss}/oauth2/introspect"),
+        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "access_token_signing_alg_values_supported": ["EdDSA"],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "service_documentation": format!("{iss}/openapi.json"),
+    }))
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
+}
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Object)))]
+pub async fn whoami(caller: Caller) -> Json<Principal> {
+    Json(caller.0)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotateResponse {
+    pub kid: String,
+}
+
+#[utoipa::path(post, path = "/v1/keys/rotate", responses((status = 200, body = RotateResponse)))]
+pub async fn rotate_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RotateResponse>, ApiError> {
+    caller.require_operator()?;
+    let kid = state
+        .keys
+        .rotate(&caller.0.actor())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(RotateResponse { kid }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct IntrospectRequest {
+    pub token: String,
+    pub token_type_hint: Option<String>,
+}
+
+/// RFC 7662 token introspection: `active` is true only for a token this broker signed,
+/// unexpired, whose lease is still active. The caller must authenticate.
+#[utoipa::path(post, path = "/oauth2/introspect", request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = Object)))]
+pub async fn introspect(
+    State(state): State<AppState>,
+    _caller: Caller,
+    form: Result<axum::Form<IntrospectRequest>, axum::extract::rejection::FormRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::Form(req) = form.map_err(|e| ApiError::field("token", e.body_text()))?;
+    let inactive = Json(serde_json::json!({"active": false}));
+    let Ok(claims) = state.keys.verify::<AccessTokenClaims>(&req.token) else {
+        return Ok(inactive);
+    };
+    let now = mayfly_core::now();
+    if claims.exp <= now.unix_timestamp() {
+        return Ok(inactive);
+    }
+    let Ok(lease_id) = claims.jti.parse::<Uuid>() else {
+        return Ok(inactive);
+    };
+    let active = state
+        .store
+        .get_lease(lease_id)
+        .await?
+        .is_some_and(|l| l.state == LeaseState::Active && l.expires_at > now);
+    if !active {
+        return Ok(inactive);
+    }
+    let mut body = serde_json::to_value(&claims).unwrap_or_default();
+    if let serde_json::Value::Object(map) = &mut body {
+        map.insert("active".into(), true.into());
+        map.insert("token_type".into(), "Bearer".into());
+    }
+    Ok(Json(body))
+}

@@ -1,0 +1,106 @@
+//! Authentication at the HTTP edge: one extractor for every handler.
+//!
+//! Authenticators prove the credential; this layer then checks the bound identity exists,
+//! is enabled and unexpired, and audits every rejection (without the credential).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::auth::{AuthRejection, Presented, Principal, Proven};
+
+use crate::error::ApiError;
+use crate::metrics::CodeLabel;
+use crate::state::AppState;
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Administration endpoints: operators only.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.0.is_operator() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                code: "operator_only",
+                detail: "this endpoint is for operators; workloads may only request, renew and revoke their own grants".into(),
+            })
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, AuthRejection> {
+    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthRejection::Malformed("Authorization header is not ASCII".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| AuthRejection::Malformed("expected Authorization: Bearer <token>".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthRejection::Malformed(
+            "expected Authorization: Bearer <token>".into(),
+        ));
+    }
+    Ok(Some(token.trim()))
+}
+
+pub async fn authenticate(
+    state: &AppState,
+    bearer: Option<&str>,
+) -> Result<Principal, AuthRejection> {
+    let proven = state.auth.authenticate(&Presented { bearer }).await?;
+    match proven {
+        Proven::Operator { name } => Ok(Principal::Operator { name }),
+        Proven::Workload(claims) => {
+            let identity = state
+                .store
+                .get_identity(&claims.identity)
+                .await
+                .map_err(|_| AuthRejection::KeysUnavailable("store unavailable".into()))?
+                .ok_or_else(|| AuthRejection::UnknownIdentity(claims.identity.clone()))?;
+            if !identity.enabled {
+                return Err(AuthRejection::IdentityDisabled(identity.id));
+            }
+            if identity.is_usable_at(mayfly_core::now()).is_err() {
+                return Err(AuthRejection::IdentityExpired(identity.id));
+            }
+            Ok(Principal::workload(claims, &identity))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let result = match bearer(parts) {
+            Ok(token) => authenticate(state, token).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(principal) => Ok(Caller(principal)),
+            Err(rejection) => {
+                state
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&CodeLabel {
+                        code: rejection.code().into(),
+                    })
+                    .inc();
+                let event =
+                    AuditDraft::new(AuditKind::AuthFailed, "anonymous").detail(serde_json::json!({
+                        "code": rejection.code(),
+                        "reason": rejection.to_string(),
+                        "path": parts.uri.path(),
+                    }));
+                if let Err(e) = state.store.append_audit(vec![event]).await {
+                    tracing::warn!(error = %e, "could not audit a failed authentication");
+                }
+                Err(ApiError::Unauthorized(rejection))
+            }
+        }
+    }
+}

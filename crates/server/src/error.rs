@@ -1,0 +1,305 @@
+//! The one place errors become HTTP: RFC 9457 `application/problem+json`.
+//!
+//! Client mistakes are answered precisely (naming the field and the reason) and are not
+//! logged as errors; internal failures give the client a generic message and the detail
+//! goes to the log.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mayfly_core::auth::AuthRejection;
+use mayfly_core::policy::PolicyError;
+use mayfly_core::provider::ProviderError;
+use mayfly_core::store::StoreError;
+use mayfly_core::CoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An RFC 9457 problem document, plus Mayfly's stable `code` and the offending `field`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI identifying the problem type (`urn:mayfly:problem:<code>`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// The request field at fault, as the API spells it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    BadRequest {
+        field: Option<String>,
+        detail: String,
+    },
+    #[error("{0}")]
+    Unauthorized(AuthRejection),
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        field: Option<&'static str>,
+    },
+    #[error("{detail}")]
+    Conflict { detail: String },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: &str, detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: Some(field.to_string()),
+            detail: format!("{field}: {}", detail.into()),
+        }
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::Unauthorized(r) => r.code(),
+            ApiError::Forbidden { code, .. } => code,
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::TooLarge { .. } => "body_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The field the problem names, if any.
+    pub fn field_name(&self) -> Option<String> {
+        match self {
+            ApiError::BadRequest { field, .. } => field.clone(),
+            ApiError::NotFound { field, .. } => field.map(str::to_string),
+            _ => None,
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let detail = match self {
+            // The detail of an internal error may hold anything; the client gets a pointer
+            // to the log instead.
+            ApiError::Internal(_) => "internal error; see the server log".to_string(),
+            other => other.to_string(),
+        };
+        Problem {
+            type_: format!("urn:mayfly:problem:{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail,
+            code: self.code().to_string(),
+            field: self.field_name(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
+            _ => tracing::debug!(code = self.code(), detail = %self, "request rejected"),
+        }
+        let mut response = (self.status(), axum::Json(self.problem())).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"mayfly\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Invalid { field, reason } => ApiError::BadRequest {
+                detail: format!("{field}: {reason}"),
+                field: Some(field),
+            },
+            other => ApiError::Conflict {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, id } => ApiError::NotFound {
+                what,
+                id,
+                field: None,
+            },
+            StoreError::Conflict { what, id } => ApiError::Conflict {
+                detail: format!("{what} {id:?} already exists"),
+            },
+            StoreError::Rejected(core) => match core {
+                CoreError::Invalid { reason, .. } => ApiError::Conflict { detail: reason },
+                other => ApiError::Conflict {
+                    detail: other.to_string(),
+                },
+            },
+            StoreError::Unavailable(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::BadRequest { field, reason } => ApiError::BadRequest {
+                detail: format!("{field}: {reason}"),
+                field: Some(field),
+            },
+            PolicyError::Internal(m) => ApiError::Internal(format!("policy: {m}")),
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::BadSettings(m) => ApiError::field("settings", m),
+            ProviderError::Unavailable(m) => {
+                ApiError::Unavailable(format!("target unavailable: {m}"))
+            }
+            ProviderError::Failed(m) => ApiError::Internal(format!("provider: {m}")),
+        }
+    }
+}
+
+/// Turns serde/axum JSON rejections into problems that name the field.
+pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection::*;
+    match rejection {
+        JsonDataError(e) => {
+            let detail = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.body_text());
+            ApiError::BadRequest {
+                field: field_from_serde_message(&detail),
+                detail,
+            }
+        }
+        JsonSyntaxError(e) => ApiError::BadRequest {
+            field: None,
+            detail: format!(
+                "malformed JSON: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.body_text())
+            ),
+        },
+        MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected Content-Type: application/json".to_string())
+        }
+        BytesRejection(e) => {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge {
+                    limit: crate::BODY_LIMIT,
+                }
+            } else {
+                ApiError::BadRequest {
+                    field: None,
+                    detail: e.body_text(),
+                }
+            }
+        }
+        other => ApiError::BadRequest {
+            field: None,
+            detail: other.body_text(),
+        },
+    }
+}
+
+/// Serde names fields in backticks: "unknown field `foo`", "missing field `bar`", and
+/// prefixes path errors with "a.b: ". Pull the field out so clients can point at it.
+pub(crate) fn field_from_serde_message(message: &str) -> Option<String> {
+    if let Some(start) = message.find('`') {
+        if message[..start].contains("field") {
+            let rest = &message[start + 1..];
+            if let Some(end) = rest.find('`') {
+                return Some(rest[..end].to_string());
+            }
+        }
+    }
+    let (path, _) = message.split_once(": ")?;
+    (!path.contains(' ') && !path.is_empty()).then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_field_names_are_extracted() {
+        assert_eq!(
+            field_from_serde_message("unknown field `colour`, expected one of `a`, `b` at line 1"),
+            Some("colour".into())
+        );
+        assert_eq!(
+            field_from_serde_message("missing field `purpose` at line 1"),
+            Some("purpose".into())
+        );
+        assert_eq!(
+            field_from_serde_message("ttl: duration must not be negative"),
+            Some("ttl".into())
+        );
+        assert_eq!(
+            field_from_serde_message("expected value at line 1 column 2"),
+            None
+        );
+    }
+
+    #[test]
+    fn internal_detail_is_not_sent() {
+        let p = ApiError::Internal("db password=hunter2".into()).problem();
+        assert!(!p.detail.contains("hunter2"));
+        assert_eq!(p.status, 500);
+    }
+}

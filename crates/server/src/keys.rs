@@ -1,0 +1,271 @@
+//! Signing keys: generation, sealed persistence, rotation, JWKS, JWT signing and checking.
+//!
+//! Ed25519 via ring. The private key lives in the store sealed under the master key; the
+//! active key signs, retired keys stay published until every token they signed has
+//! expired (rotation time + the longest token TTL). Every replica reloads the key set from
+//! the store, so a rotation on one is seen by all.
+
+use std::sync::{Arc, RwLock};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::duration::Ttl;
+use mayfly_core::seal::MasterKey;
+use mayfly_core::store::{SigningKeyRecord, Store, StoreError};
+use mayfly_core::OffsetDateTime;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot unseal signing key {kid}: {source}")]
+    Unseal {
+        kid: String,
+        source: mayfly_core::seal::SealError,
+    },
+    #[error("signing key {0} is not a valid Ed25519 key")]
+    BadKey(String),
+    #[error("key generation failed")]
+    Generate,
+    #[error("no active signing key")]
+    NoActiveKey,
+}
+
+struct ActiveKey {
+    kid: String,
+    pair: Ed25519KeyPair,
+}
+
+struct KeySet {
+    active: ActiveKey,
+    /// (kid, public key bytes) of every published key, active first.
+    published: Vec<(String, Vec<u8>)>,
+    jwks: serde_json::Value,
+}
+
+pub struct Keyring {
+    store: Arc<dyn Store>,
+    master: Arc<MasterKey>,
+    /// Retired keys stay published for this long: the longest a token may live.
+    token_max_ttl: Ttl,
+    set: RwLock<Arc<KeySet>>,
+}
+
+/// Why a presented token was not accepted by [`Keyring::verify`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenCheckError {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+}
+
+impl Keyring {
+    /// Loads the key set, creating the first key on first start.
+    pub async fn load_or_create(
+        store: Arc<dyn Store>,
+        master: Arc<MasterKey>,
+        token_max_ttl: Ttl,
+    ) -> Result<Keyring, KeyError> {
+        let mut records = store.list_signing_keys().await?;
+        if !records.iter().any(|r| r.retired_at.is_none()) {
+            let record = new_key_record(&master, mayfly_core::now())?;
+            let event = AuditDraft::new(AuditKind::KeyCreated, "system:bootstrap")
+                .detail(serde_json::json!({"kid": record.kid, "alg": "EdDSA"}));
+            // Another replica may have created one at the same moment; either key works,
+            // and the reload below picks whichever is active.
+            match store.add_signing_key(&record, None, event).await {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            records = store.list_signing_keys().await?;
+        }
+        let set = build_set(&master, &records, mayfly_core::now())?;
+        Ok(Keyring {
+            store,
+            master,
+            token_max_ttl,
+            set: RwLock::new(Arc::new(set)),
+        })
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        match self.set.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads keys from the store (rotation by another replica; expiry of retired keys).
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let records = self.store.list_signing_keys().await?;
+        let set = build_set(&self.master, &records, mayfly_core::now())?;
+        match self.set.write() {
+            Ok(mut guard) => *guard = Arc::new(set),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
+        }
+        Ok(())
+    }
+
+    /// Makes a new active key; the old one is published until its last token expires.
+    pub async fn rotate(&self, actor: &str) -> Result<String, KeyError> {
+        let now = mayfly_core::now();
+        let record = new_key_record(&self.master, now)?;
+        let publish_until = now + self.token_max_ttl.as_time();
+        let old = self.active_kid();
+        let event = AuditDraft::new(AuditKind::KeyRotated, actor).detail(serde_json::json!({
+            "kid": record.kid,
+            "previous_kid": old,
+            "previous_published_until": publish_until.format(&time::format_description::well_known::Rfc3339).ok(),
+        }));
+        self.store
+            .add_signing_key(&record, Some(publish_until), event)
+            .await?;
+        self.reload().await?;
+        Ok(record.kid)
+    }
+
+    pub fn active_kid(&self) -> String {
+        self.current().active.kid.clone()
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.current().jwks.clone()
+    }
+
+    /// Signs claims as a compact JWS with `typ: at+jwt` (RFC 9068).
+    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, serde_json::Error> {
+        let set = self.current();
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": set.active.kid});
+        let mut token = B64.encode(serde_json::to_vec(&header)?);
+        token.push('.');
+        token.push_str(&B64.encode(serde_json::to_vec(claims)?));
+        let signature = set.active.pair.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&B64.encode(signature.as_ref()));
+        Ok(token)
+    }
+
+    /// Checks a token's signature against the published keys and returns its claims.
+    /// Expiry and revocation are the caller's to check.
+    pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenCheckError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenCheckError::Malformed);
+        };
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(h).map_err(|_| TokenCheckError::Malformed)?)
+                .map_err(|_| TokenCheckError::Malformed)?;
+        if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
+            return Err(TokenCheckError::BadSignature);
+        }
+        let kid = header
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .ok_or(TokenCheckError::UnknownKey)?;
+        let set = self.current();
+        let (_, public) = set
+            .published
+            .iter()
+            .find(|(k, _)| k == kid)
+            .ok_or(TokenCheckError::UnknownKey)?;
+        let signature = B64.decode(s).map_err(|_| TokenCheckError::Malformed)?;
+        let signed_len = h.len() + 1 + c.len();
+        UnparsedPublicKey::new(&ED25519, public)
+            .verify(&token.as_bytes()[..signed_len], &signature)
+            .map_err(|_| TokenCheckError::BadSignature)?;
+        serde_json::from_slice(&B64.decode(c).map_err(|_| TokenCheckError::Malformed)?)
+            .map_err(|_| TokenCheckError::Malformed)
+    }
+}
+
+fn new_key_record(master: &MasterKey, now: OffsetDateTime) -> Result<SigningKeyRecord, KeyError> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
+    let x = B64.encode(pair.public_key().as_ref());
+    let kid = jwk_thumbprint(&x);
+    let sealed = master
+        .seal(pkcs8.as_ref(), &format!("signing-key:{kid}"))
+        .map_err(|source| KeyError::Unseal {
+            kid: kid.clone(),
+            source,
+        })?;
+    Ok(SigningKeyRecord {
+        public_jwk: public_jwk(&kid, &x),
+        kid,
+        alg: "EdDSA".into(),
+        private_sealed: sealed,
+        created_at: now,
+        retired_at: None,
+        publish_until: None,
+    })
+}
+
+/// RFC 7638 thumbprint of an Ed25519 JWK: SHA-256 over the required members in order.
+fn jwk_thumbprint(x: &str) -> String {
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+fn public_jwk(kid: &str, x: &str) -> serde_json::Value {
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
+}
+
+fn build_set(
+    master: &MasterKey,
+    records: &[SigningKeyRecord],
+    now: OffsetDateTime,
+) -> Result<KeySet, KeyError> {
+    let active = records
+        .iter()
+        .filter(|r| r.retired_at.is_none())
+        .max_by_key(|r| r.created_at)
+        .ok_or(KeyError::NoActiveKey)?;
+    let pkcs8 = master
+        .open(
+            &active.private_sealed,
+            &format!("signing-key:{}", active.kid),
+        )
+        .map_err(|source| KeyError::Unseal {
+            kid: active.kid.clone(),
+            source,
+        })?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.expose())
+        .map_err(|_| KeyError::BadKey(active.kid.clone()))?;
+
+    let mut published = vec![(active.kid.clone(), pair.public_key().as_ref().to_vec())];
+    let mut jwks = vec![active.public_jwk.clone()];
+    for r in records {
+        let still_published =
+            r.retired_at.is_some() && r.publish_until.is_some_and(|until| until > now);
+        if r.kid != active.kid && still_published {
+            let x = r
+                .public_jwk
+                .get("x")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default();
+            let bytes = B64.decode(x).map_err(|_| KeyError::BadKey(r.kid.clone()))?;
+            published.push((r.kid.clone(), bytes));
+            jwks.push(r.public_jwk.clone());
+        }
+    }
+    Ok(KeySet {
+        active: ActiveKey {
+            kid: active.kid.clone(),
+            pair,
+        },
+        published,
+        jwks: serde_json::json!({ "keys": jwks }),
+    })
+}

@@ -1,0 +1,127 @@
+//! Prometheus metrics (text exposition at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub grants: Family<OutcomeLabel, Counter>,
+    pub revocations: Family<ReasonLabel, Counter>,
+    pub auth_failures: Family<CodeLabel, Counter>,
+    pub active_leases: Gauge,
+    pub revoking_leases: Gauge,
+    pub audit_entries: Gauge,
+    /// Seconds from a lease's expiry to its revocation by the scheduler.
+    pub expiry_lag: Histogram,
+    pub store_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mayfly");
+        let grants = Family::<OutcomeLabel, Counter>::default();
+        registry.register("grants", "Grant requests by outcome", grants.clone());
+        let revocations = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "revocations",
+            "Leases ended, by reason",
+            revocations.clone(),
+        );
+        let auth_failures = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Rejected credentials, by reason code",
+            auth_failures.clone(),
+        );
+        let active_leases = Gauge::default();
+        registry.register(
+            "active_leases",
+            "Leases currently active",
+            active_leases.clone(),
+        );
+        let revoking_leases = Gauge::default();
+        registry.register(
+            "revoking_leases",
+            "Leases whose revocation on the target is still pending",
+            revoking_leases.clone(),
+        );
+        let audit_entries = Gauge::default();
+        registry.register(
+            "audit_entries",
+            "Entries in the audit chain",
+            audit_entries.clone(),
+        );
+        let expiry_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "expiry_lag_seconds",
+            "Delay from lease expiry to its revocation",
+            expiry_lag.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 when the store answered the last health check",
+            store_up.clone(),
+        );
+        Metrics {
+            registry,
+            grants,
+            revocations,
+            auth_failures,
+            active_leases,
+            revoking_leases,
+            audit_entries,
+            expiry_lag,
+            store_up,
+        }
+    }
+
+    pub fn grant(&self, outcome: &str) {
+        self.grants
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn revoked(&self, reason: &str, n: u64) {
+        self.revocations
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

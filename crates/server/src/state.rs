@@ -1,0 +1,70 @@
+//! Shared state handed to every handler: the adapters behind their traits.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use mayfly_core::duration::Ttl;
+use mayfly_core::policy::PolicyEngine;
+use mayfly_core::provider::Provider;
+use mayfly_core::store::Store;
+use mayfly_identity::AuthChain;
+use tokio::sync::Notify;
+
+use crate::keys::Keyring;
+use crate::metrics::Metrics;
+
+/// Built-in credential providers, by kind. A new kind is one `register` line in
+/// [`crate::Server::prepare`].
+#[derive(Default)]
+pub struct Providers(BTreeMap<&'static str, Arc<dyn Provider>>);
+
+impl Providers {
+    pub fn register(&mut self, provider: Arc<dyn Provider>) {
+        self.0.insert(provider.kind(), provider);
+    }
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Provider>> {
+        self.0.get(kind)
+    }
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.0.keys().copied().collect()
+    }
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub auth: AuthChain,
+    pub policy: Arc<dyn PolicyEngine>,
+    pub providers: Providers,
+    pub keys: Arc<Keyring>,
+    pub metrics: Metrics,
+    /// `iss` of issued tokens and base of discovery URLs.
+    pub issuer: String,
+    /// Hard cap on any token's lifetime; also how long retired keys stay published.
+    pub token_max_ttl: Ttl,
+    /// Woken when a lease is issued that may expire before the scheduler's next wake-up.
+    pub expiry_wake: Notify,
+    /// When the expiry scheduler will next wake (unix ms), so a grant wakes it only if
+    /// its lease expires sooner; waking it on every grant would cost two queries each.
+    pub next_expiry_wake_ms: AtomicI64,
+}
+
+impl Inner {
+    /// Tells the expiry scheduler about a new lease expiry.
+    pub fn lease_expires_at(&self, at: mayfly_core::OffsetDateTime) {
+        if mayfly_core::to_unix_ms(at) < self.next_expiry_wake_ms.load(Ordering::Relaxed) {
+            self.expiry_wake.notify_one();
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,143 @@
+//! The `token` credential kind: RFC 9068 JWT access tokens signed by the broker.
+//!
+//! A token is self-contained, so "revoking" it is ending its lease: resource servers that
+//! must honour revocation before `exp` ask the introspection endpoint (RFC 7662), which
+//! reads the lease state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mayfly_core::model::{Grant, Lease, Target};
+use mayfly_core::provider::{IssueRequest, IssuedCredential, Provider, ProviderError};
+use mayfly_core::secret::SecretString;
+use mayfly_core::OffsetDateTime;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keyring;
+
+/// Claims of an issued access token (RFC 9068 plus Mayfly's grant context).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    /// The identity the token was issued to.
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    /// The lease id.
+    pub jti: String,
+    pub scope: String,
+    pub client_id: String,
+    pub grant_id: String,
+    pub task: String,
+    pub purpose: String,
+}
+
+pub struct TokenProvider {
+    keys: Arc<Keyring>,
+    issuer: String,
+}
+
+impl TokenProvider {
+    pub fn new(keys: Arc<Keyring>, issuer: String) -> Self {
+        TokenProvider { keys, issuer }
+    }
+
+    fn audience(target: &Target) -> String {
+        target
+            .settings
+            .get("audience")
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| target.name.clone())
+    }
+
+    fn credential(
+        &self,
+        grant: &Grant,
+        target: &Target,
+        lease_id: uuid::Uuid,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<IssuedCredential, ProviderError> {
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: grant.identity.clone(),
+            aud: Self::audience(target),
+            exp: expires_at.unix_timestamp(),
+            iat: issued_at.unix_timestamp(),
+            nbf: issued_at.unix_timestamp(),
+            jti: lease_id.to_string(),
+            scope: grant.action.clone(),
+            client_id: grant.identity.clone(),
+            grant_id: grant.id.to_string(),
+            task: grant.task.clone(),
+            purpose: grant.purpose.clone(),
+        };
+        let token = self
+            .keys
+            .sign(&claims)
+            .map_err(|e| ProviderError::Failed(format!("cannot encode token claims: {e}")))?;
+        let mut secrets = BTreeMap::new();
+        secrets.insert("access_token".to_string(), SecretString::new(token));
+        let mut public = serde_json::Map::new();
+        public.insert("token_type".into(), "Bearer".into());
+        public.insert(
+            "issued_token_type".into(),
+            "urn:ietf:params:oauth:token-type:jwt".into(),
+        );
+        public.insert(
+            "expires_in".into(),
+            (expires_at - issued_at).whole_seconds().into(),
+        );
+        public.insert("scope".into(), claims.scope.into());
+        public.insert("audience".into(), claims.aud.into());
+        Ok(IssuedCredential {
+            secrets,
+            public,
+            provider_state: serde_json::json!({"kid": self.keys.active_kid()}),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for TokenProvider {
+    fn kind(&self) -> &'static str {
+        "token"
+    }
+
+    fn external(&self) -> bool {
+        false
+    }
+
+    fn validate_target(&self, target: &Target) -> Result<(), ProviderError> {
+        match target.settings.get("audience") {
+            None => Ok(()),
+            Some(serde_json::Value::String(a)) if !a.is_empty() => Ok(()),
+            Some(_) => Err(ProviderError::BadSettings(
+                "audience must be a non-empty string".into(),
+            )),
+        }
+    }
+
+    async fn issue(&self, r: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        self.credential(r.grant, r.target, r.lease_id, r.issued_at, r.expires_at)
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        grant: &Grant,
+        target: &Target,
+        new_expiry: OffsetDateTime,
+    ) -> Result<Option<IssuedCredential>, ProviderError> {
+        // A JWT's exp cannot change; the renewed lease gets a re-signed token, same jti.
+        self.credential(grant, target, lease.id, mayfly_core::now(), new_expiry)
+            .map(Some)
+    }
+
+    async fn revoke(&self, _lease: &Lease, _target: &Target) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}

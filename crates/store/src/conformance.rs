@@ -1,0 +1,1537 @@
+//! The backend-neutral conformance suite.
+//!
+//! Every [`Store`] implementation runs these unchanged, so the backends agree on the
+//! contract written in [`mayfly_core::store`] rather than on one implementation's habits.
+//! Each function takes a *fresh, empty* store and panics (via `assert!`) on a violation.
+//! The few checks that need backend access (reopening the same database, tampering with
+//! stored rows) take a small hook the backend's test supplies.
+//!
+//! Enable with the `conformance` feature from another crate's tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mayfly_core::audit::{AuditDraft, AuditEvent, AuditKind, ChainBreak, VerifyReport};
+use mayfly_core::duration::Ttl;
+use mayfly_core::model::{
+    Grant, GrantState, Identity, IdentityKind, Lease, LeaseSelector, LeaseState, RevocationReason,
+    Target,
+};
+use mayfly_core::store::{
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
+    Store, StoreError,
+};
+use mayfly_core::{now, CoreError, OffsetDateTime, Uuid};
+use serde_json::json;
+use time::Duration;
+
+/// Reopens the database behind a store after that store is dropped, as a restarted
+/// server would.
+pub type Reopen =
+    Box<dyn FnOnce(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send>;
+
+/// Raw access to a backend's audit rows, to prove tampering is detected. Implementations
+/// change the stored data directly, bypassing the store (and its chain head).
+#[async_trait::async_trait]
+pub trait AuditTamper: Send + Sync {
+    /// Replaces the stored body of entry `seq`, leaving its stored hash as it was.
+    async fn edit_body(&self, seq: u64, body: &str);
+    /// Deletes entry `seq`.
+    async fn delete_entry(&self, seq: u64);
+    /// Deletes every entry after `seq`, leaving the recorded chain head untouched.
+    async fn truncate_after(&self, seq: u64);
+}
+
+// --- fixtures ----------------------------------------------------------------------------
+
+fn identity(id: &str, owner: &str) -> Identity {
+    Identity {
+        id: id.to_string(),
+        kind: IdentityKind::Agent,
+        owner: owner.to_string(),
+        purpose: format!("conformance {id}"),
+        expires_at: Some(now() + Duration::days(30)),
+        labels: BTreeMap::from([("env".to_string(), "test".to_string())]),
+        enabled: true,
+        created_at: now(),
+    }
+}
+
+fn target(name: &str) -> Target {
+    Target {
+        name: name.to_string(),
+        kind: "token".to_string(),
+        actions: vec!["read".to_string(), "write".to_string()],
+        default_ttl: Ttl::from_secs(900),
+        max_ttl: Ttl::from_secs(3600),
+        allow: vec!["*".to_string()],
+        settings: json!({"audience": name}),
+        created_at: now(),
+    }
+}
+
+fn grant(identity: &str, owner: &str, task: &str, at: OffsetDateTime) -> Grant {
+    Grant {
+        id: Uuid::new_v4(),
+        identity: identity.to_string(),
+        owner: owner.to_string(),
+        target: "billing-api".to_string(),
+        action: "read".to_string(),
+        purpose: "conformance".to_string(),
+        task: task.to_string(),
+        requested_ttl: Ttl::from_secs(600),
+        granted_ttl: Some(Ttl::from_secs(600)),
+        context: json!({"ticket": "T-1"}),
+        state: GrantState::Issued,
+        revocation_reason: None,
+        decision: json!({"allowed": true, "policy": "allow-list"}),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn lease_for(
+    g: &Grant,
+    issued_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    max_expires_at: OffsetDateTime,
+    external: bool,
+) -> Lease {
+    Lease {
+        id: Uuid::new_v4(),
+        grant_id: g.id,
+        kind: if external { "postgres" } else { "token" }.to_string(),
+        identity: g.identity.clone(),
+        target: g.target.clone(),
+        task: g.task.clone(),
+        issued_at,
+        expires_at,
+        max_expires_at,
+        state: LeaseState::Active,
+        revocation_reason: None,
+        external,
+        provider_state: if external {
+            json!({"username": "mayfly_x"})
+        } else {
+            json!({})
+        },
+        revoke_attempts: 0,
+        last_error: None,
+    }
+}
+
+fn grant_events(g: &Grant, l: Option<&Lease>) -> Vec<AuditDraft> {
+    let actor = format!("identity:{}", g.identity);
+    let mut events = vec![AuditDraft::new(AuditKind::GrantDecided, actor.as_str())
+        .for_grant(g)
+        .detail(json!({"allowed": true}))];
+    if let Some(l) = l {
+        let mut e = AuditDraft::new(AuditKind::LeaseIssued, actor.as_str()).for_lease(l);
+        e.owner = Some(g.owner.clone());
+        events.push(e);
+    }
+    events
+}
+
+#[derive(Clone, Debug)]
+struct Issued {
+    grant: Grant,
+    lease: Lease,
+}
+
+/// Records an issued grant with an active lease that expires `ttl` after `at`.
+async fn issue(
+    store: &dyn Store,
+    who: &str,
+    owner: &str,
+    task: &str,
+    at: OffsetDateTime,
+    ttl: Duration,
+    external: bool,
+) -> Issued {
+    let g = grant(who, owner, task, at);
+    let l = lease_for(&g, at, at + ttl, at + ttl * 4, external);
+    store
+        .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+        .await
+        .unwrap_or_else(|e| panic!("record_grant for {who}/{task}: {e}"));
+    Issued { grant: g, lease: l }
+}
+
+async fn create_identity(store: &dyn Store, id: &str, owner: &str) -> Identity {
+    let i = identity(id, owner);
+    store
+        .create_identity(
+            &i,
+            AuditDraft::new(AuditKind::IdentityCreated, "operator").detail(json!({"id": id})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create_identity {id}: {e}"));
+    i
+}
+
+/// The chain verifies and its length matches what the store counts.
+async fn assert_chain_intact(store: &dyn Store) -> VerifyReport {
+    let report = store.verify_audit().await.unwrap();
+    assert!(report.ok(), "audit chain broken: {report:?}");
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        report.entries, stats.audit_entries,
+        "{report:?} vs {stats:?}"
+    );
+    assert_eq!(report.last_seq.unwrap_or(0), report.entries);
+    report
+}
+
+async fn all_audit(store: &dyn Store, filter: AuditFilter) -> Vec<AuditEvent> {
+    let mut out = Vec::new();
+    let mut after = filter.after_seq;
+    loop {
+        let page = store
+            .list_audit(&AuditFilter {
+                after_seq: after,
+                limit: Some(10_000),
+                ..filter.clone()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        out.extend(page);
+    }
+    out
+}
+
+async fn lease(store: &dyn Store, id: Uuid) -> Lease {
+    store
+        .get_lease(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("lease {id} missing"))
+}
+
+async fn grant_of(store: &dyn Store, id: Uuid) -> Grant {
+    store
+        .get_grant(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("grant {id} missing"))
+}
+
+fn is_rejected_lease(err: &StoreError) -> bool {
+    matches!(err, StoreError::Rejected(CoreError::Invalid { field, .. }) if field == "lease")
+}
+
+// --- identities and targets ----------------------------------------------------------------
+
+/// Create, read, list, conflict; each creation is audited.
+pub async fn identity_crud_and_conflict(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert_eq!(store.get_identity("nobody").await.unwrap(), None);
+    assert!(store.list_identities().await.unwrap().is_empty());
+
+    let b = create_identity(store, "b-deployer", "team-b").await;
+    let a = create_identity(store, "a-agent", "team-a").await;
+    assert_eq!(
+        store.get_identity("a-agent").await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.list_identities().await.unwrap(), vec![a.clone(), b]);
+
+    let mut dup = identity("a-agent", "someone-else");
+    dup.purpose = "different".into();
+    let err = store
+        .create_identity(
+            &dup,
+            AuditDraft::new(AuditKind::IdentityCreated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { what: "identity", id } if id == "a-agent"),
+        "{err:?}"
+    );
+    // The failed create changed nothing and left no audit entry.
+    assert_eq!(store.get_identity("a-agent").await.unwrap(), Some(a));
+    let created = all_audit(store, AuditFilter::default()).await;
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().all(|e| e.kind == AuditKind::IdentityCreated));
+    assert_chain_intact(store).await;
+}
+
+pub async fn target_crud_and_conflict(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert_eq!(store.get_target("billing-api").await.unwrap(), None);
+    let t = target("billing-api");
+    store
+        .create_target(&t, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .await
+        .unwrap();
+    let u = target("analytics");
+    store
+        .create_target(&u, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_target("billing-api").await.unwrap(),
+        Some(t.clone())
+    );
+    assert_eq!(store.list_targets().await.unwrap(), vec![u, t]);
+    let err = store
+        .create_target(
+            &target("billing-api"),
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { what: "target", id } if id == "billing-api"),
+        "{err:?}"
+    );
+    let report = assert_chain_intact(store).await;
+    assert_eq!(report.entries, 2);
+}
+
+// --- grants ----------------------------------------------------------------------------------
+
+/// A grant, its lease and its events are recorded together or not at all.
+pub async fn record_grant_is_atomic(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "agent", "team").await;
+    let at = now();
+    let ok = issue(
+        store,
+        "agent",
+        "team",
+        "task-1",
+        at,
+        Duration::minutes(5),
+        false,
+    )
+    .await;
+    assert_eq!(grant_of(store, ok.grant.id).await, ok.grant);
+    assert_eq!(lease(store, ok.lease.id).await, ok.lease);
+    let before = store.stats().await.unwrap().audit_entries;
+    assert_eq!(before, 3);
+
+    // A lease id that is taken: the new grant must not be left behind without it.
+    let g2 = grant("agent", "team", "task-2", at);
+    let mut l2 = lease_for(
+        &g2,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    l2.id = ok.lease.id;
+    let err = store
+        .record_grant(&g2, Some(&l2), grant_events(&g2, Some(&l2)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { what: "lease", .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.get_grant(g2.id).await.unwrap(), None);
+
+    // A grant id that is taken.
+    let err = store
+        .record_grant(&ok.grant, None, grant_events(&ok.grant, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { what: "grant", .. }),
+        "{err:?}"
+    );
+
+    // A lease that names another grant is refused before anything is written.
+    let g3 = grant("agent", "team", "task-3", at);
+    let l3 = lease_for(
+        &ok.grant,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let err = store
+        .record_grant(&g3, Some(&l3), vec![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert_eq!(store.get_grant(g3.id).await.unwrap(), None);
+    assert_eq!(store.get_lease(l3.id).await.unwrap(), None);
+    assert_eq!(store.stats().await.unwrap().audit_entries, before);
+
+    // A denied grant has no lease.
+    let mut denied = grant("agent", "team", "task-4", at);
+    denied.state = GrantState::Denied;
+    denied.granted_ttl = None;
+    store
+        .record_grant(&denied, None, grant_events(&denied, None))
+        .await
+        .unwrap();
+    assert_eq!(grant_of(store, denied.id).await, denied);
+
+    // Failures and successes submitted together: only the failure is undone, and the
+    // chain stays gap-free across it.
+    let g5 = grant("agent", "team", "task-5", at);
+    let l5 = lease_for(
+        &g5,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let mut bad = grant("agent", "team", "task-6", at);
+    bad.id = ok.grant.id;
+    let e5 = grant_events(&g5, Some(&l5));
+    let eb = grant_events(&bad, None);
+    let (good, failed) = tokio::join!(
+        store.record_grant(&g5, Some(&l5), e5),
+        store.record_grant(&bad, None, eb)
+    );
+    good.unwrap();
+    assert!(matches!(failed, Err(StoreError::Conflict { .. })));
+    assert_eq!(lease(store, l5.id).await, l5);
+    let report = assert_chain_intact(store).await;
+    assert_eq!(report.entries, before + 1 + 2);
+}
+
+/// A grant decided before the kill switch cannot slip a live lease in after it.
+pub async fn no_live_lease_for_disabled_identity(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "agent", "team").await;
+    store
+        .disable_identity("agent", "operator", now())
+        .await
+        .unwrap();
+    let at = now();
+    let g = grant("agent", "team", "late", at);
+    let l = lease_for(
+        &g,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let err = store
+        .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { field, .. }) if field == "identity"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_grant(g.id).await.unwrap(), None);
+    assert_chain_intact(store).await;
+}
+
+pub async fn list_filters_and_order(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "a", "team").await;
+    create_identity(store, "b", "team").await;
+    let t0 = now();
+    let mut issued = Vec::new();
+    for i in 0..6 {
+        let who = if i % 2 == 0 { "a" } else { "b" };
+        let task = if i < 3 { "t-low" } else { "t-high" };
+        let at = t0 + Duration::seconds(i);
+        issued.push(issue(store, who, "team", task, at, Duration::minutes(5), false).await);
+    }
+    let ids = |gs: &[Grant]| gs.iter().map(|g| g.id).collect::<Vec<_>>();
+
+    let all = store.list_grants(&GrantFilter::default()).await.unwrap();
+    let newest_first: Vec<Uuid> = issued.iter().rev().map(|i| i.grant.id).collect();
+    assert_eq!(ids(&all), newest_first);
+
+    let a = store
+        .list_grants(&GrantFilter {
+            identity: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&a),
+        vec![issued[4].grant.id, issued[2].grant.id, issued[0].grant.id]
+    );
+
+    let limited = store
+        .list_grants(&GrantFilter {
+            task: Some("t-high".into()),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&limited), vec![issued[5].grant.id, issued[4].grant.id]);
+
+    store
+        .revoke(
+            &LeaseSelector::Lease(issued[1].lease.id),
+            RevocationReason::Admin,
+            "operator",
+            now(),
+        )
+        .await
+        .unwrap();
+    let revoked = store
+        .list_grants(&GrantFilter {
+            state: Some(GrantState::Revoked),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&revoked), vec![issued[1].grant.id]);
+
+    let leases = store
+        .list_leases(&LeaseFilter {
+            identity: Some("b".into()),
+            state: Some(LeaseState::Active),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lease_ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
+    assert_eq!(lease_ids, vec![issued[5].lease.id, issued[3].lease.id]);
+    let by_grant = store
+        .list_leases(&LeaseFilter {
+            grant_id: Some(issued[2].grant.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_grant, vec![issued[2].lease.clone()]);
+    let by_task = store
+        .list_leases(&LeaseFilter {
+            task: Some("t-low".into()),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_task.len(), 1);
+    assert_eq!(by_task[0].id, issued[2].lease.id);
+
+    // Audit: ascending, filtered, paged with after_seq.
+    let for_a = all_audit(
+        store,
+        AuditFilter {
+            identity: Some("a".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!for_a.is_empty());
+    assert!(for_a.iter().all(|e| e.identity.as_deref() == Some("a")));
+    assert!(for_a.windows(2).all(|w| w[0].seq < w[1].seq));
+    let by_grant = store
+        .list_audit(&AuditFilter {
+            grant_id: Some(issued[1].grant.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<AuditKind> = by_grant.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            AuditKind::GrantDecided,
+            AuditKind::LeaseIssued,
+            AuditKind::LeaseRevoked
+        ]
+    );
+    let first_page = store
+        .list_audit(&AuditFilter {
+            task: Some("t-high".into()),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first_page.len(), 2);
+    let next_page = store
+        .list_audit(&AuditFilter {
+            task: Some("t-high".into()),
+            after_seq: Some(first_page[1].seq),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_page.len(), 2);
+    assert!(next_page[0].seq > first_page[1].seq);
+    assert!(next_page
+        .iter()
+        .all(|e| e.task.as_deref() == Some("t-high")));
+    assert_chain_intact(store).await;
+}
+
+// --- revocation ------------------------------------------------------------------------------
+
+/// Each selector revokes exactly the live leases it names, exactly once, and revokes
+/// their grants; a second identical revocation ends nothing.
+pub async fn revoke_each_selector_exactly_once(store: Arc<dyn Store>) {
+    let store = &*store;
+    for case in ["lease", "grant", "task", "identity", "owner"] {
+        let i1 = format!("{case}-i1");
+        let i2 = format!("{case}-i2");
+        let (t1, t2) = (format!("{case}-t1"), format!("{case}-t2"));
+        create_identity(store, &i1, &format!("{case}-team-a")).await;
+        create_identity(store, &i2, &format!("{case}-team-b")).await;
+        // Grants record an owner that is no longer current: revoke-by-owner must follow
+        // the identity's current owner instead.
+        let old_owner = format!("{case}-old-team");
+        let at = now();
+        let ttl = Duration::minutes(10);
+        let l1 = issue(store, &i1, &old_owner, &t1, at, ttl, false).await;
+        let l2 = issue(store, &i1, &old_owner, &t2, at, ttl, false).await;
+        let l3 = issue(store, &i2, &old_owner, &t1, at, ttl, false).await;
+        let l4 = issue(store, &i2, &old_owner, &t2, at, ttl, false).await;
+        let all = [&l1, &l2, &l3, &l4];
+
+        let (selector, expected): (LeaseSelector, Vec<&Issued>) = match case {
+            "lease" => (LeaseSelector::Lease(l1.lease.id), vec![&l1]),
+            "grant" => (LeaseSelector::Grant(l2.grant.id), vec![&l2]),
+            "task" => (LeaseSelector::Task(t1.clone()), vec![&l1, &l3]),
+            "identity" => (LeaseSelector::Identity(i1.clone()), vec![&l1, &l2]),
+            _ => (
+                LeaseSelector::Owner(format!("{case}-team-b")),
+                vec![&l3, &l4],
+            ),
+        };
+        if case == "owner" {
+            let stale = store
+                .revoke(
+                    &LeaseSelector::Owner(old_owner.clone()),
+                    RevocationReason::Admin,
+                    "operator",
+                    now(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                stale,
+                RevokeOutcome::default(),
+                "owner must be the current one"
+            );
+        }
+        let when = now();
+        let outcome = store
+            .revoke(&selector, RevocationReason::TaskComplete, "operator", when)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            RevokeOutcome {
+                revoked: expected.len() as u64,
+                revoking: 0
+            },
+            "{case}"
+        );
+        let expected_ids: HashSet<Uuid> = expected.iter().map(|i| i.lease.id).collect();
+        for i in all {
+            let l = lease(store, i.lease.id).await;
+            let g = grant_of(store, i.grant.id).await;
+            if expected_ids.contains(&i.lease.id) {
+                assert_eq!(l.state, LeaseState::Revoked, "{case}");
+                assert_eq!(l.revocation_reason, Some(RevocationReason::TaskComplete));
+                assert_eq!(g.state, GrantState::Revoked, "{case}");
+                assert_eq!(g.revocation_reason, Some(RevocationReason::TaskComplete));
+                let events = store
+                    .list_audit(&AuditFilter {
+                        grant_id: Some(i.grant.id),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                let revoked: Vec<&AuditEvent> = events
+                    .iter()
+                    .filter(|e| e.kind == AuditKind::LeaseRevoked)
+                    .collect();
+                assert_eq!(revoked.len(), 1, "{case}: one event per lease");
+                let e = revoked[0];
+                assert_eq!(e.actor, "operator");
+                assert_eq!(e.lease_id, Some(i.lease.id));
+                assert_eq!(e.identity.as_deref(), Some(i.lease.identity.as_str()));
+                assert_eq!(e.task.as_deref(), Some(i.lease.task.as_str()));
+                assert_eq!(e.target.as_deref(), Some(i.lease.target.as_str()));
+                assert_eq!(e.at, when);
+                assert_eq!(e.detail["reason"], json!("task_complete"));
+                assert!(!e.detail["selector"].is_null());
+            } else {
+                assert_eq!(l, i.lease, "{case}: untouched lease changed");
+                assert_eq!(g.state, GrantState::Issued, "{case}");
+            }
+        }
+        let again = store
+            .revoke(&selector, RevocationReason::Admin, "operator", now())
+            .await
+            .unwrap();
+        assert_eq!(again, RevokeOutcome::default(), "{case}: revoked twice");
+    }
+    // Selectors that match nothing are not errors.
+    for selector in [
+        LeaseSelector::Lease(Uuid::new_v4()),
+        LeaseSelector::Grant(Uuid::new_v4()),
+        LeaseSelector::Task("no-such-task".into()),
+        LeaseSelector::Identity("nobody".into()),
+        LeaseSelector::Owner("no-team".into()),
+    ] {
+        let o = store
+            .revoke(&selector, RevocationReason::Admin, "operator", now())
+            .await
+            .unwrap();
+        assert_eq!(o, RevokeOutcome::default());
+    }
+    assert_chain_intact(store).await;
+}
+
+/// External credentials become `revoking` (the target must confirm); self-contained ones
+/// end now; leases still being created are revoked too; ended leases are left alone.
+pub async fn revoke_external_and_creating(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "agent", "team").await;
+    let at = now();
+    let ttl = Duration::minutes(10);
+    let ext = issue(store, "agent", "team", "job", at, ttl, true).await;
+    let tok = issue(store, "agent", "team", "job", at, ttl, false).await;
+    let g = grant("agent", "team", "job", at);
+    let mut creating = lease_for(&g, at, at + ttl, at + ttl * 2, true);
+    creating.state = LeaseState::Creating;
+    let mut approved = g.clone();
+    approved.state = GrantState::Approved;
+    store
+        .record_grant(
+            &approved,
+            Some(&creating),
+            grant_events(&approved, Some(&creating)),
+        )
+        .await
+        .unwrap();
+    let done = issue(store, "agent", "team", "job", at, ttl, false).await;
+    store
+        .revoke(
+            &LeaseSelector::Lease(done.lease.id),
+            RevocationReason::TaskComplete,
+            "operator",
+            now(),
+        )
+        .await
+        .unwrap();
+
+    let outcome = store
+        .revoke(
+            &LeaseSelector::Task("job".into()),
+            RevocationReason::TaskFailed,
+            "identity:agent",
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RevokeOutcome {
+            revoked: 1,
+            revoking: 2
+        }
+    );
+    assert_eq!(outcome.total(), 3);
+    assert_eq!(lease(store, ext.lease.id).await.state, LeaseState::Revoking);
+    assert_eq!(lease(store, tok.lease.id).await.state, LeaseState::Revoked);
+    assert_eq!(lease(store, creating.id).await.state, LeaseState::Revoking);
+    assert_eq!(
+        grant_of(store, ext.grant.id).await.state,
+        GrantState::Revoked
+    );
+    // Only issued grants move; an approved grant whose lease was still being created stays.
+    assert_eq!(
+        grant_of(store, approved.id).await.state,
+        GrantState::Approved
+    );
+    // Ended before: keeps its first reason.
+    let d = lease(store, done.lease.id).await;
+    assert_eq!(d.state, LeaseState::Revoked);
+    assert_eq!(d.revocation_reason, Some(RevocationReason::TaskComplete));
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.active_leases, 0);
+    assert_eq!(stats.revoking_leases, 2);
+    let revoking = store
+        .list_audit(&AuditFilter {
+            grant_id: Some(ext.grant.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        revoking.last().map(|e| e.kind),
+        Some(AuditKind::LeaseRevoking)
+    );
+    // Again: revoking leases are no longer live, so nothing is counted twice.
+    let again = store
+        .revoke(
+            &LeaseSelector::Task("job".into()),
+            RevocationReason::TaskFailed,
+            "identity:agent",
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, RevokeOutcome::default());
+    assert_chain_intact(store).await;
+}
+
+/// Many leases of one identity end in one call, each with its own audit entry.
+pub async fn revoke_many(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "busy", "team").await;
+    let at = now();
+    let n = 600;
+    let mut ids = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let g = grant("busy", "team", &format!("t{}", i % 7), at);
+        let l = lease_for(
+            &g,
+            at,
+            at + Duration::minutes(5),
+            at + Duration::hours(1),
+            i % 5 == 0,
+        );
+        ids.push(l.id);
+        pending.push((g, l));
+    }
+    // Submitted concurrently so the backend sees them together.
+    let results = futures::future::join_all(
+        pending
+            .iter()
+            .map(|(g, l)| store.record_grant(g, Some(l), grant_events(g, Some(l)))),
+    )
+    .await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    let outcome = store
+        .revoke(
+            &LeaseSelector::Identity("busy".into()),
+            RevocationReason::Admin,
+            "operator",
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RevokeOutcome {
+            revoked: 480,
+            revoking: 120
+        }
+    );
+    let revoked_events = all_audit(
+        store,
+        AuditFilter {
+            identity: Some("busy".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|e| matches!(e.kind, AuditKind::LeaseRevoked | AuditKind::LeaseRevoking))
+    .count();
+    assert_eq!(revoked_events, n);
+    assert_eq!(store.stats().await.unwrap().active_leases, 0);
+    assert_chain_intact(store).await;
+}
+
+/// The kill switch disables the identity and ends everything it holds, atomically.
+pub async fn kill_switch(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "rogue", "team-r").await;
+    create_identity(store, "bystander", "team-r").await;
+    let at = now();
+    let ttl = Duration::minutes(10);
+    let r1 = issue(store, "rogue", "team-r", "a", at, ttl, false).await;
+    let r2 = issue(store, "rogue", "team-r", "b", at, ttl, false).await;
+    let r3 = issue(store, "rogue", "team-r", "c", at, ttl, true).await;
+    let by = issue(store, "bystander", "team-r", "a", at, ttl, false).await;
+
+    let when = now();
+    let outcome = store
+        .disable_identity("rogue", "operator", when)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RevokeOutcome {
+            revoked: 2,
+            revoking: 1
+        }
+    );
+    let rogue = store.get_identity("rogue").await.unwrap().unwrap();
+    assert!(!rogue.enabled);
+    for (i, state) in [
+        (&r1, LeaseState::Revoked),
+        (&r2, LeaseState::Revoked),
+        (&r3, LeaseState::Revoking),
+    ] {
+        let l = lease(store, i.lease.id).await;
+        assert_eq!(l.state, state);
+        assert_eq!(
+            l.revocation_reason,
+            Some(RevocationReason::IdentityDisabled)
+        );
+        assert_eq!(grant_of(store, i.grant.id).await.state, GrantState::Revoked);
+    }
+    assert_eq!(lease(store, by.lease.id).await, by.lease);
+    assert!(
+        store
+            .get_identity("bystander")
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+
+    let events = all_audit(
+        store,
+        AuditFilter {
+            identity: Some("rogue".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let disabled: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::IdentityDisabled)
+        .collect();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(disabled[0].actor, "operator");
+    let lease_events: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| {
+            e.at == when && matches!(e.kind, AuditKind::LeaseRevoked | AuditKind::LeaseRevoking)
+        })
+        .collect();
+    assert_eq!(lease_events.len(), 3);
+    assert!(lease_events
+        .iter()
+        .all(|e| e.detail["reason"] == json!("identity_disabled")));
+
+    // Again: still disabled, nothing left to revoke.
+    let again = store
+        .disable_identity("rogue", "operator", now())
+        .await
+        .unwrap();
+    assert_eq!(again, RevokeOutcome::default());
+    let err = store
+        .disable_identity("ghost", "operator", now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                what: "identity",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let enabled = store
+        .enable_identity(
+            "rogue",
+            AuditDraft::new(AuditKind::IdentityEnabled, "operator"),
+        )
+        .await
+        .unwrap();
+    assert!(enabled.enabled);
+    assert_eq!(enabled.id, "rogue");
+    assert!(store.get_identity("rogue").await.unwrap().unwrap().enabled);
+    // Re-enabling does not bring credentials back.
+    assert_eq!(lease(store, r1.lease.id).await.state, LeaseState::Revoked);
+    let err = store
+        .enable_identity(
+            "ghost",
+            AuditDraft::new(AuditKind::IdentityEnabled, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_chain_intact(store).await;
+}
+
+// --- renewal and expiry ------------------------------------------------------------------------
+
+pub async fn renew_caps_and_rejects(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "agent", "team").await;
+    let t0 = now();
+    let g = grant("agent", "team", "renew", t0);
+    let l = lease_for(
+        &g,
+        t0,
+        t0 + Duration::minutes(1),
+        t0 + Duration::minutes(5),
+        false,
+    );
+    store
+        .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+        .await
+        .unwrap();
+
+    let at = t0 + Duration::seconds(30);
+    let renewed = store
+        .renew_lease(l.id, t0 + Duration::minutes(2), "identity:agent", at)
+        .await
+        .unwrap();
+    assert_eq!(renewed.expires_at, t0 + Duration::minutes(2));
+    assert_eq!(lease(store, l.id).await, renewed);
+
+    // Beyond the cap: capped at max_expires_at.
+    let capped = store
+        .renew_lease(l.id, t0 + Duration::hours(2), "identity:agent", at)
+        .await
+        .unwrap();
+    assert_eq!(capped.expires_at, l.max_expires_at);
+    // Asking for less than it has never shortens it.
+    let same = store
+        .renew_lease(l.id, t0 + Duration::seconds(40), "identity:agent", at)
+        .await
+        .unwrap();
+    assert_eq!(same.expires_at, l.max_expires_at);
+
+    let events: Vec<AuditEvent> = store
+        .list_audit(&AuditFilter {
+            grant_id: Some(g.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == AuditKind::LeaseRenewed)
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0].detail["capped"], json!(false));
+    assert_eq!(events[1].detail["capped"], json!(true));
+    assert_eq!(events[0].actor, "identity:agent");
+    assert_eq!(events[0].lease_id, Some(l.id));
+    assert_eq!(events[0].owner.as_deref(), Some("team"));
+    assert!(events[0].detail["from"].is_string() && events[0].detail["to"].is_string());
+
+    // Past its expiry (even if the expiry sweep has not run yet): rejected.
+    let late = l.max_expires_at + Duration::seconds(1);
+    let err = store
+        .renew_lease(l.id, late + Duration::minutes(1), "identity:agent", late)
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&err), "{err:?}");
+    let at_expiry = store
+        .renew_lease(l.id, l.max_expires_at, "identity:agent", l.max_expires_at)
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&at_expiry), "{at_expiry:?}");
+
+    // Not active: rejected, with the state in the reason.
+    store
+        .revoke(
+            &LeaseSelector::Lease(l.id),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .renew_lease(l.id, t0 + Duration::minutes(3), "identity:agent", at)
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&err), "{err:?}");
+    assert!(err.to_string().contains("revoked"), "{err}");
+    let err = store
+        .renew_lease(Uuid::new_v4(), t0, "identity:agent", at)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "lease", .. }),
+        "{err:?}"
+    );
+    // Rejections write nothing.
+    let renewed_events = store
+        .list_audit(&AuditFilter {
+            grant_id: Some(g.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == AuditKind::LeaseRenewed)
+        .count();
+    assert_eq!(renewed_events, 3);
+    assert_chain_intact(store).await;
+}
+
+/// Oldest first, at most `limit`, only what is due; `next_expiry` follows along.
+pub async fn expiry_order_limit_and_next(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "agent", "team").await;
+    assert_eq!(store.next_expiry().await.unwrap(), None);
+    let base = now();
+    let at = base - Duration::minutes(1);
+    let mut by_offset = BTreeMap::new();
+    // Inserted out of order; offsets in ms after `base`.
+    for (offset, external) in [
+        (5_000i64, false),
+        (1_000, false),
+        (3_000, false),
+        (2_500, true),
+        (2_000, false),
+        (4_000, false),
+        (3_600_000, false),
+    ] {
+        let g = grant("agent", "team", "exp", at);
+        let exp = base + Duration::milliseconds(offset);
+        let l = lease_for(&g, at, exp, exp + Duration::hours(1), external);
+        store
+            .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+            .await
+            .unwrap();
+        by_offset.insert(offset, Issued { grant: g, lease: l });
+    }
+    // A revoked lease is never expired.
+    let gone = issue(
+        store,
+        "agent",
+        "team",
+        "exp",
+        at,
+        Duration::seconds(61),
+        false,
+    )
+    .await;
+    store
+        .revoke(
+            &LeaseSelector::Lease(gone.lease.id),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.next_expiry().await.unwrap(),
+        Some(base + Duration::milliseconds(1_000))
+    );
+    let at3 = base + Duration::seconds(3);
+    let first = store.expire_due(at3, 2).await.unwrap();
+    let offsets = |ls: &[Lease]| {
+        ls.iter()
+            .map(|l| (l.expires_at - base).whole_milliseconds() as i64)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(&first), vec![1_000, 2_000]);
+    assert!(first
+        .iter()
+        .all(|l| l.state == LeaseState::Expired
+            && l.revocation_reason == Some(RevocationReason::Ttl)));
+    for l in &first {
+        assert_eq!(lease(store, l.id).await, *l);
+        let g = grant_of(store, l.grant_id).await;
+        assert_eq!(g.state, GrantState::Expired);
+    }
+
+    let second = store.expire_due(at3, 10).await.unwrap();
+    assert_eq!(offsets(&second), vec![2_500, 3_000]);
+    assert_eq!(
+        second[0].state,
+        LeaseState::Revoking,
+        "external lease must be revoked on its target"
+    );
+    assert_eq!(second[1].state, LeaseState::Expired);
+    assert_eq!(
+        grant_of(store, by_offset[&2_500].grant.id).await.state,
+        GrantState::Issued,
+        "an external lease's grant stays issued until the target confirms"
+    );
+    assert!(store.expire_due(at3, 10).await.unwrap().is_empty());
+    assert!(store
+        .expire_due(base + Duration::hours(2), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.next_expiry().await.unwrap(),
+        Some(base + Duration::milliseconds(4_000))
+    );
+
+    let later = base + Duration::seconds(10);
+    let third = store.expire_due(later, 100).await.unwrap();
+    assert_eq!(offsets(&third), vec![4_000, 5_000]);
+    assert_eq!(
+        store.next_expiry().await.unwrap(),
+        Some(base + Duration::milliseconds(3_600_000))
+    );
+    assert_eq!(lease(store, gone.lease.id).await.state, LeaseState::Revoked);
+
+    let expired: Vec<AuditEvent> = all_audit(
+        store,
+        AuditFilter {
+            task: Some("exp".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|e| e.kind == AuditKind::LeaseExpired)
+    .collect();
+    assert_eq!(expired.len(), 6);
+    assert!(expired.iter().all(|e| e.actor == "system:expiry"));
+    // The first two were swept 2 s and 1 s late.
+    assert_eq!(expired[0].detail["lag_ms"], json!(2_000));
+    assert_eq!(expired[1].detail["lag_ms"], json!(1_000));
+    assert_eq!(expired[0].detail["reason"], json!("ttl"));
+    assert!(expired[0].detail["expires_at"].is_string());
+    assert_eq!(expired[0].lease_id, Some(by_offset[&1_000].lease.id));
+    assert_chain_intact(store).await;
+}
+
+// --- audit -------------------------------------------------------------------------------------
+
+pub async fn append_audit_and_read_back(store: Arc<dyn Store>) {
+    let store = &*store;
+    let report = store.verify_audit().await.unwrap();
+    assert!(report.ok());
+    assert_eq!(report.entries, 0);
+    assert_eq!(report.last_seq, None);
+    store.append_audit(vec![]).await.unwrap();
+    let g = Uuid::new_v4();
+    let mut rejected = AuditDraft::new(AuditKind::GrantRejected, "identity:x")
+        .detail(json!({"reason": "target not allowed", "nested": {"b": 1, "a": [1, 2]}}));
+    rejected.identity = Some("x".into());
+    rejected.task = Some("t".into());
+    rejected.grant_id = Some(g);
+    let failed =
+        AuditDraft::new(AuditKind::AuthFailed, "anonymous").detail(json!({"method": "bearer"}));
+    store
+        .append_audit(vec![rejected.clone(), failed.clone()])
+        .await
+        .unwrap();
+    let events = store.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(events[1].seq, 2);
+    assert_eq!(events[0].kind, AuditKind::GrantRejected);
+    assert_eq!(events[0].detail, rejected.detail);
+    assert_eq!(events[0].grant_id, Some(g));
+    assert_eq!(events[1].prev_hash, events[0].hash);
+    assert_eq!(events[0].prev_hash, mayfly_core::audit::GENESIS_HASH);
+    let report = assert_chain_intact(store).await;
+    assert_eq!(report.last_hash.as_deref(), Some(events[1].hash.as_str()));
+}
+
+/// Edits, deletions and truncation of stored entries are each found and named.
+pub async fn audit_tampering_detected(store: Arc<dyn Store>, tamper: &dyn AuditTamper) {
+    let store = &*store;
+    let drafts = (0..10)
+        .map(|i| AuditDraft::new(AuditKind::GrantRejected, "operator").detail(json!({"n": i})))
+        .collect();
+    store.append_audit(drafts).await.unwrap();
+    assert_chain_intact(store).await;
+
+    tamper.truncate_after(8).await;
+    let report = store.verify_audit().await.unwrap();
+    assert_eq!(
+        report.first_break,
+        Some(ChainBreak::Truncated {
+            head_seq: 10,
+            last_seq: 8
+        })
+    );
+
+    tamper.delete_entry(5).await;
+    let report = store.verify_audit().await.unwrap();
+    assert_eq!(
+        report.first_break,
+        Some(ChainBreak::Deleted {
+            seq: 6,
+            missing_from: 5
+        })
+    );
+
+    let events = store.list_audit(&AuditFilter::default()).await.unwrap();
+    let second = &events[1];
+    let forged = second.canonical_body().replace("\"n\":1", "\"n\":99");
+    assert_ne!(forged, second.canonical_body());
+    tamper.edit_body(2, &forged).await;
+    let report = store.verify_audit().await.unwrap();
+    assert_eq!(report.first_break, Some(ChainBreak::Edited { seq: 2 }));
+    assert!(!report.ok());
+}
+
+/// 50 writers at once: every acknowledged grant is present and the chain is whole.
+pub async fn concurrent_writers(store: Arc<dyn Store>) {
+    create_identity(&*store, "swarm", "team").await;
+    let tasks: Vec<_> = (0..50)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0..20 {
+                    let at = now();
+                    let g = grant("swarm", "team", &format!("w{w}-{i}"), at);
+                    let l = lease_for(
+                        &g,
+                        at,
+                        at + Duration::minutes(5),
+                        at + Duration::hours(1),
+                        false,
+                    );
+                    store
+                        .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+                        .await
+                        .unwrap();
+                    done.push((g, l));
+                }
+                done
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), 1000);
+    for (g, l) in &acknowledged {
+        assert_eq!(grant_of(&*store, g.id).await, *g);
+        assert_eq!(lease(&*store, l.id).await, *l);
+    }
+    let report = assert_chain_intact(&*store).await;
+    assert_eq!(report.entries, 1 + 2 * 1000);
+    assert_eq!(store.stats().await.unwrap().active_leases, 1000);
+}
+
+/// Everything survives a restart, and the chain continues where it stopped.
+pub async fn reopen_keeps_everything(store: Arc<dyn Store>, reopen: Reopen) {
+    let i = create_identity(&*store, "durable", "team").await;
+    let t = target("billing-api");
+    store
+        .create_target(&t, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .await
+        .unwrap();
+    let at = now();
+    let kept = issue(
+        &*store,
+        "durable",
+        "team",
+        "keep",
+        at,
+        Duration::minutes(5),
+        false,
+    )
+    .await;
+    let gone = issue(
+        &*store,
+        "durable",
+        "team",
+        "drop",
+        at,
+        Duration::minutes(5),
+        false,
+    )
+    .await;
+    store
+        .revoke(
+            &LeaseSelector::Task("drop".into()),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+    let key = signing_key("k1", at);
+    store
+        .add_signing_key(&key, None, AuditDraft::new(AuditKind::KeyCreated, "system"))
+        .await
+        .unwrap();
+    let before = assert_chain_intact(&*store).await;
+
+    let store = reopen(store).await;
+    assert_eq!(store.get_identity("durable").await.unwrap(), Some(i));
+    assert_eq!(store.get_target("billing-api").await.unwrap(), Some(t));
+    assert_eq!(lease(&*store, kept.lease.id).await, kept.lease);
+    assert_eq!(
+        lease(&*store, gone.lease.id).await.state,
+        LeaseState::Revoked
+    );
+    assert_eq!(store.list_signing_keys().await.unwrap(), vec![key]);
+    let after_reopen = assert_chain_intact(&*store).await;
+    assert_eq!(after_reopen, before);
+
+    let more = issue(
+        &*store,
+        "durable",
+        "team",
+        "more",
+        now(),
+        Duration::minutes(5),
+        false,
+    )
+    .await;
+    let report = assert_chain_intact(&*store).await;
+    assert_eq!(report.entries, before.entries + 2);
+    let events = store
+        .list_audit(&AuditFilter {
+            grant_id: Some(more.grant.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events[0].seq, before.entries + 1);
+    assert_eq!(Some(events[0].prev_hash.clone()), before.last_hash);
+}
+
+// --- keys, tokens, stats -----------------------------------------------------------------------
+
+fn signing_key(kid: &str, at: OffsetDateTime) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.to_string(),
+        alg: "EdDSA".to_string(),
+        public_jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": kid, "kid": kid}),
+        private_sealed: vec![1, 2, 3, kid.len() as u8],
+        created_at: at,
+        retired_at: None,
+        publish_until: None,
+    }
+}
+
+pub async fn signing_key_rotation(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert!(store.list_signing_keys().await.unwrap().is_empty());
+    let t0 = now();
+    let k1 = signing_key("k1", t0);
+    store
+        .add_signing_key(&k1, None, AuditDraft::new(AuditKind::KeyCreated, "system"))
+        .await
+        .unwrap();
+    let t1 = t0 + Duration::days(1);
+    let until = t1 + Duration::hours(2);
+    let k2 = signing_key("k2", t1);
+    store
+        .add_signing_key(
+            &k2,
+            Some(until),
+            AuditDraft::new(AuditKind::KeyRotated, "operator"),
+        )
+        .await
+        .unwrap();
+    let keys = store.list_signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].kid, "k1");
+    assert_eq!(keys[0].retired_at, Some(t1));
+    assert_eq!(keys[0].publish_until, Some(until));
+    assert_eq!(keys[1], k2);
+    assert_eq!(keys.iter().filter(|k| k.retired_at.is_none()).count(), 1);
+
+    // A second active key, or a kid reuse, is a conflict and changes nothing.
+    let err = store
+        .add_signing_key(
+            &signing_key("k3", t1),
+            None,
+            AuditDraft::new(AuditKind::KeyCreated, "system"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = store
+        .add_signing_key(
+            &signing_key("k1", t1 + Duration::days(1)),
+            Some(t1 + Duration::days(1)),
+            AuditDraft::new(AuditKind::KeyRotated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(store.list_signing_keys().await.unwrap(), keys);
+    let report = assert_chain_intact(store).await;
+    assert_eq!(report.entries, 2);
+}
+
+pub async fn operator_tokens(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert_eq!(store.count_operator_tokens().await.unwrap(), 0);
+    let hash = vec![0xab; 32];
+    let tok = OperatorTokenRecord {
+        name: "admin".into(),
+        token_sha256: hash.clone(),
+        created_at: now(),
+    };
+    store.add_operator_token(&tok).await.unwrap();
+    assert_eq!(
+        store.find_operator_token(&hash).await.unwrap(),
+        Some(tok.clone())
+    );
+    assert_eq!(store.find_operator_token(&[0xcd; 32]).await.unwrap(), None);
+    assert_eq!(store.count_operator_tokens().await.unwrap(), 1);
+
+    // The same secret under another name: a conflict that does not echo the secret.
+    let dup = OperatorTokenRecord {
+        name: "second".into(),
+        ..tok.clone()
+    };
+    let err = store.add_operator_token(&dup).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.to_lowercase().contains("abab"),
+        "secret in error: {text}"
+    );
+    assert_eq!(store.count_operator_tokens().await.unwrap(), 1);
+    store.ping().await.unwrap();
+}
+
+pub async fn stats_count(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert_eq!(store.stats().await.unwrap(), Default::default());
+    create_identity(store, "agent", "team").await;
+    let at = now();
+    for i in 0..4 {
+        issue(
+            store,
+            "agent",
+            "team",
+            "s",
+            at,
+            Duration::minutes(5),
+            i % 2 == 0,
+        )
+        .await;
+    }
+    store
+        .revoke(
+            &LeaseSelector::Task("s".into()),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+    issue(
+        store,
+        "agent",
+        "team",
+        "s2",
+        at,
+        Duration::minutes(5),
+        false,
+    )
+    .await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.active_leases, 1);
+    assert_eq!(stats.revoking_leases, 2);
+    assert_eq!(stats.audit_entries, 1 + 5 * 2 + 4);
+    assert_chain_intact(store).await;
+}

@@ -1,0 +1,716 @@
+//! The embedded SQLite backend.
+//!
+//! One file, WAL journal: readers never block the writer or each other. Writes go through
+//! a single writer task that commits in groups (see [`writer`]); reads use a small pool.
+
+mod error;
+mod rows;
+pub(crate) mod sql;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, VerifyReport};
+use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
+use mayfly_core::store::{
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
+    Store, StoreError, StoreStats,
+};
+use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use self::error::{corrupt, map_sqlx, migrate_error};
+use self::rows::{
+    grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
+    signing_key_from_row, target_from_row,
+};
+use self::writer::{Msg, Op, Output, Writer, WriterConn};
+
+/// Default and maximum page size of the `list_*` calls.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 10_000;
+/// How long a connection waits on a lock held by another process (e.g. a backup tool)
+/// before giving up with `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections. Reads are short; more than a few buys nothing on small machines.
+const READ_POOL_SIZE: u32 = 4;
+/// Writes queued beyond this wait for room: back-pressure instead of unbounded memory.
+const WRITE_QUEUE: usize = 4096;
+
+/// How hard a commit is pushed to disk before it is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// `synchronous=FULL`: every acknowledged write survives power loss.
+    #[default]
+    Fsync,
+    /// `synchronous=NORMAL`: survives the process being killed, but a power cut may lose
+    /// the last few acknowledged commits. Faster on slow disks.
+    CrashSafe,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::CrashSafe => "crash-safe",
+        }
+    }
+
+    fn synchronous(self) -> SqliteSynchronous {
+        // Never OFF: an acknowledged grant or revocation must survive at least a crash.
+        match self {
+            Durability::Fsync => SqliteSynchronous::Full,
+            Durability::CrashSafe => SqliteSynchronous::Normal,
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A durability name that is neither `fsync` nor `crash-safe`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown durability {0:?}; expected \"fsync\" or \"crash-safe\"")]
+pub struct UnknownDurability(pub String);
+
+impl FromStr for Durability {
+    type Err = UnknownDurability;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "crash-safe" => Ok(Durability::CrashSafe),
+            other => Err(UnknownDurability(other.to_string())),
+        }
+    }
+}
+
+/// Where the database lives, parsed from `sqlite://path`, `sqlite:path`, a bare path or
+/// `sqlite::memory:`.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    Memory,
+    File(PathBuf),
+}
+
+fn parse_location(url_or_path: &str) -> Result<Location, StoreError> {
+    let rest = url_or_path
+        .strip_prefix("sqlite://")
+        .or_else(|| url_or_path.strip_prefix("sqlite:"))
+        .unwrap_or(url_or_path);
+    if rest == ":memory:" {
+        return Ok(Location::Memory);
+    }
+    if rest.is_empty() {
+        return Err(StoreError::Backend(
+            "empty SQLite database path; use e.g. sqlite:///var/lib/mayfly/mayfly.db".into(),
+        ));
+    }
+    // Query parameters would silently change open modes; the store sets its own.
+    if rest.contains('?') {
+        return Err(StoreError::Backend(format!(
+            "SQLite URL {url_or_path:?} has query parameters, which are not supported; \
+             durability is chosen with the durability setting"
+        )));
+    }
+    Ok(Location::File(PathBuf::from(rest)))
+}
+
+/// The SQLite implementation of [`Store`].
+///
+/// Dropping it stops the writer once queued writes are done; [`SqliteStore::close`] also
+/// waits for that.
+pub struct SqliteStore {
+    writer_tx: mpsc::Sender<Msg>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    read: SqlitePool,
+    durability: Durability,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directory) and migrates the database.
+    ///
+    /// Accepts `sqlite:///abs/path.db`, `sqlite://rel/path.db`, `sqlite:path.db`, a bare
+    /// path, or `sqlite::memory:` (one connection shared by reads and writes; for tests).
+    /// Must be called inside a Tokio runtime: it spawns the writer task.
+    pub async fn open(
+        url_or_path: &str,
+        durability: Durability,
+    ) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::new()
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(durability.synchronous())
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .log_statements(tracing::log::LevelFilter::Off);
+        let (writer_conn, read) = match parse_location(url_or_path)? {
+            Location::Memory => {
+                let opts = SqliteConnectOptions::from_str("sqlite::memory:")
+                    .map_err(map_sqlx)?
+                    .foreign_keys(true)
+                    .busy_timeout(BUSY_TIMEOUT);
+                // An in-memory database lives inside one connection, so reads and writes
+                // take turns on it; it must never be closed for idleness.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(opts)
+                    .await
+                    .map_err(map_sqlx)?;
+                {
+                    let mut conn = pool.acquire().await.map_err(map_sqlx)?;
+                    sqlx::migrate!()
+                        .run_direct(&mut *conn)
+                        .await
+                        .map_err(migrate_error)?;
+                }
+                (WriterConn::Shared(pool.clone()), pool)
+            }
+            Location::File(path) => {
+                create_parent(&path)?;
+                let opts = base.filename(&path).create_if_missing(true);
+                let mut conn = opts.connect().await.map_err(|e| open_error(&path, e))?;
+                // `run_direct` rather than `run`: the latter's `Acquire` bound makes this future
+                // not `Send`, and servers open the store inside spawned tasks.
+                sqlx::migrate!()
+                    .run_direct(&mut conn)
+                    .await
+                    .map_err(migrate_error)?;
+                // Readers cannot write even by mistake: every write must pass the writer,
+                // which owns the audit chain head.
+                let read = SqlitePoolOptions::new()
+                    .max_connections(READ_POOL_SIZE)
+                    .connect_with(opts.create_if_missing(false).pragma("query_only", "ON"))
+                    .await
+                    .map_err(|e| open_error(&path, e))?;
+                (WriterConn::Owned(conn), read)
+            }
+        };
+        let writer = Writer::new(writer_conn).await?;
+        let (writer_tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let task = tokio::spawn(writer.run(rx));
+        Ok(SqliteStore {
+            writer_tx,
+            writer_task: Mutex::new(Some(task)),
+            read,
+            durability,
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Finishes queued writes, stops the writer and closes every connection. Later calls
+    /// fail with `Unavailable`.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.writer_tx.send(Msg::Shutdown(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        if let Some(task) = self.writer_task.lock().await.take() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the SQLite writer task ended abnormally");
+            }
+        }
+        self.read.close().await;
+    }
+
+    async fn submit(&self, op: Op) -> Result<Output, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer_tx
+            .send(Msg::Job(op, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the store's writer stopped before answering".into())
+        })?
+    }
+
+    async fn submit_unit(&self, op: Op) -> Result<(), StoreError> {
+        match self.submit(op).await? {
+            Output::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn submit_outcome(&self, op: Op) -> Result<RevokeOutcome, StoreError> {
+        match self.submit(op).await? {
+            Output::Outcome(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("the store's writer returned a reply of the wrong kind".into())
+}
+
+fn create_parent(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("creating directory {}: {e}", dir.display()))
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn open_error(path: &Path, e: sqlx::Error) -> StoreError {
+    match map_sqlx(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("opening {}: {m}", path.display()))
+        }
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("opening {}: {m}", path.display())),
+        other => other,
+    }
+}
+
+fn limit(l: Option<u32>) -> i64 {
+    i64::from(l.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer_tx.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the store's writer has stopped".into(),
+            ));
+        }
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map(|_| ())
+            .map_err(map_sqlx)
+    }
+
+    async fn create_identity(
+        &self,
+        identity: &Identity,
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::CreateIdentity(Box::new(identity.clone()), event))
+            .await
+    }
+
+    async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
+        sqlx::query(sql::GET_IDENTITY)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(identity_from_row)
+            .transpose()
+    }
+
+    async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
+        sqlx::query(sql::LIST_IDENTITIES)
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(identity_from_row)
+            .collect()
+    }
+
+    async fn enable_identity(&self, id: &str, event: AuditDraft) -> Result<Identity, StoreError> {
+        match self
+            .submit(Op::EnableIdentity(id.to_string(), event))
+            .await?
+        {
+            Output::Identity(i) => Ok(i),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn disable_identity(
+        &self,
+        id: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.submit_outcome(Op::DisableIdentity {
+            id: id.to_string(),
+            actor: actor.to_string(),
+            now,
+        })
+        .await
+    }
+
+    async fn create_target(&self, target: &Target, event: AuditDraft) -> Result<(), StoreError> {
+        self.submit_unit(Op::CreateTarget(Box::new(target.clone()), event))
+            .await
+    }
+
+    async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {
+        sqlx::query(sql::GET_TARGET)
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(target_from_row)
+            .transpose()
+    }
+
+    async fn list_targets(&self) -> Result<Vec<Target>, StoreError> {
+        sqlx::query(sql::LIST_TARGETS)
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(target_from_row)
+            .collect()
+    }
+
+    async fn record_grant(
+        &self,
+        grant: &Grant,
+        lease: Option<&Lease>,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::RecordGrant(
+            Box::new(grant.clone()),
+            lease.map(|l| Box::new(l.clone())),
+            events,
+        ))
+        .await
+    }
+
+    async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
+        sqlx::query(sql::GET_GRANT)
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(grant_from_row)
+            .transpose()
+    }
+
+    async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
+        let q = sql::list_grants(
+            filter.identity.as_deref(),
+            filter.task.as_deref(),
+            filter.state.map(|s| s.as_str()),
+        );
+        let mut query = sqlx::query(&q.sql);
+        for b in &q.binds {
+            query = query.bind(b.as_str());
+        }
+        query
+            .bind(limit(filter.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(grant_from_row)
+            .collect()
+    }
+
+    async fn get_lease(&self, id: Uuid) -> Result<Option<Lease>, StoreError> {
+        sqlx::query(sql::GET_LEASE)
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(|r| lease_from_row(r).map(|l| l.lease))
+            .transpose()
+    }
+
+    async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        let grant_id = filter.grant_id.map(|g| g.to_string());
+        let q = sql::list_leases(
+            filter.identity.as_deref(),
+            filter.task.as_deref(),
+            grant_id.as_deref(),
+            filter.state.map(|s| s.as_str()),
+        );
+        let mut query = sqlx::query(&q.sql);
+        for b in &q.binds {
+            query = query.bind(b.as_str());
+        }
+        query
+            .bind(limit(filter.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|r| lease_from_row(r).map(|l| l.lease))
+            .collect()
+    }
+
+    async fn renew_lease(
+        &self,
+        id: Uuid,
+        requested_expiry: OffsetDateTime,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Lease, StoreError> {
+        match self
+            .submit(Op::RenewLease {
+                id,
+                requested: requested_expiry,
+                actor: actor.to_string(),
+                now,
+            })
+            .await?
+        {
+            Output::Lease(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        selector: &LeaseSelector,
+        reason: RevocationReason,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.submit_outcome(Op::Revoke {
+            selector: selector.clone(),
+            reason,
+            actor: actor.to_string(),
+            now,
+        })
+        .await
+    }
+
+    async fn expire_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Lease>, StoreError> {
+        match self.submit(Op::ExpireDue { now, limit }).await? {
+            Output::Leases(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms: Option<i64> = sqlx::query_scalar(sql::NEXT_EXPIRY)
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(ms.map(from_unix_ms))
+    }
+
+    async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.submit_unit(Op::AppendAudit(events)).await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let grant_id = filter.grant_id.map(|g| g.to_string());
+        let q = sql::list_audit(
+            filter.identity.as_deref(),
+            filter.task.as_deref(),
+            grant_id.as_deref(),
+        );
+        let mut query = sqlx::query(&q.sql);
+        for b in &q.binds {
+            query = query.bind(b.as_str());
+        }
+        let after = i64::try_from(filter.after_seq.unwrap_or(0)).unwrap_or(i64::MAX);
+        query
+            .bind(after)
+            .bind(limit(filter.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(0).map_err(map_sqlx)?;
+                let body: &str = row.try_get(1).map_err(map_sqlx)?;
+                let hash: &str = row.try_get(2).map_err(map_sqlx)?;
+                AuditEvent::from_stored(body, hash)
+                    .map_err(|e| corrupt(&format!("audit entry {seq}"), e))
+            })
+            .collect()
+    }
+
+    async fn verify_audit(&self) -> Result<VerifyReport, StoreError> {
+        // One read transaction: the head and the rows come from the same snapshot, so
+        // appends that commit during the walk cannot look like truncation.
+        let mut tx = self.read.begin().await.map_err(map_sqlx)?;
+        let head_row = sqlx::query(sql::AUDIT_HEAD)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .ok_or_else(|| StoreError::Corrupt("the audit_head row is missing".into()))?;
+        let head_seq: i64 = head_row.try_get(0).map_err(map_sqlx)?;
+        let head_hash: String = head_row.try_get(1).map_err(map_sqlx)?;
+        let head_seq = u64::try_from(head_seq)
+            .map_err(|_| StoreError::Corrupt("audit_head has a negative sequence".into()))?;
+
+        let mut verifier = ChainVerifier::new();
+        {
+            let mut rows = sqlx::query(sql::VERIFY_ROWS).fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(map_sqlx)? {
+                let seq: i64 = row.try_get(0).map_err(map_sqlx)?;
+                let body: &str = row.try_get(1).map_err(map_sqlx)?;
+                let hash: &str = row.try_get(2).map_err(map_sqlx)?;
+                // Negative seq cannot come from the writer; report it as a bad entry.
+                verifier.push(u64::try_from(seq).unwrap_or(0), body, hash);
+                if verifier.broken() {
+                    break;
+                }
+            }
+        }
+        tx.rollback().await.map_err(map_sqlx)?;
+        // Head seq 0 is the empty chain: nothing was ever appended.
+        let head = (head_seq > 0).then_some((head_seq, head_hash));
+        Ok(verifier.finish(head))
+    }
+
+    async fn add_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire_active: Option<OffsetDateTime>,
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::AddSigningKey(
+            Box::new(key.clone()),
+            retire_active,
+            event,
+        ))
+        .await
+    }
+
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        sqlx::query(sql::LIST_SIGNING_KEYS)
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(signing_key_from_row)
+            .collect()
+    }
+
+    async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {
+        self.submit_unit(Op::AddOperatorToken(token.clone())).await
+    }
+
+    async fn find_operator_token(
+        &self,
+        sha256: &[u8],
+    ) -> Result<Option<OperatorTokenRecord>, StoreError> {
+        sqlx::query(sql::FIND_OPERATOR_TOKEN)
+            .bind(sha256)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(operator_token_from_row)
+            .transpose()
+    }
+
+    async fn count_operator_tokens(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sql::COUNT_OPERATOR_TOKENS)
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let active: i64 = sqlx::query_scalar(sql::COUNT_ACTIVE)
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        let revoking: i64 = sqlx::query_scalar(sql::COUNT_REVOKING)
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        // The chain is gap-free from 1, so its head sequence is its length.
+        let audit: i64 = sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(StoreStats {
+            active_leases: u64::try_from(active).unwrap_or(0),
+            revoking_leases: u64::try_from(revoking).unwrap_or(0),
+            audit_entries: u64::try_from(audit).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Servers open the store inside spawned tasks, which need `Send` futures.
+    #[allow(dead_code)]
+    fn open_is_send() {
+        fn is_send<T: Send>(_: T) {}
+        is_send(SqliteStore::open("sqlite::memory:", Durability::Fsync));
+        is_send(crate::open("sqlite::memory:", Durability::Fsync));
+    }
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            parse_location("sqlite::memory:").ok(),
+            Some(Location::Memory)
+        );
+        assert_eq!(
+            parse_location("sqlite:///var/lib/m.db").ok(),
+            Some(Location::File("/var/lib/m.db".into()))
+        );
+        assert_eq!(
+            parse_location("sqlite://data/m.db").ok(),
+            Some(Location::File("data/m.db".into()))
+        );
+        assert_eq!(
+            parse_location("sqlite:m.db").ok(),
+            Some(Location::File("m.db".into()))
+        );
+        assert_eq!(
+            parse_location("/tmp/m.db").ok(),
+            Some(Location::File("/tmp/m.db".into()))
+        );
+        assert!(parse_location("sqlite:").is_err());
+        assert!(parse_location("sqlite:m.db?mode=ro").is_err());
+    }
+
+    #[test]
+    fn durability_text_round_trips() {
+        for d in [Durability::Fsync, Durability::CrashSafe] {
+            assert_eq!(d.to_string().parse::<Durability>(), Ok(d));
+        }
+        assert_eq!(
+            "off".parse::<Durability>(),
+            Err(UnknownDurability("off".into()))
+        );
+        assert_eq!(Durability::Fsync.synchronous(), SqliteSynchronous::Full);
+        assert_eq!(
+            Durability::CrashSafe.synchronous(),
+            SqliteSynchronous::Normal
+        );
+    }
+}
+
+#[cfg(test)]
+mod plan_tests;

@@ -1,0 +1,317 @@
+//! The SQL of every request path, as constants, so the query-plan test checks exactly the
+//! text the store runs.
+
+/// Lease columns, in the order [`super::rows::lease_from_row`] reads them by name.
+macro_rules! lease_cols {
+    () => {
+        "id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
+         max_expires_at, state, revocation_reason, external, provider_state, \
+         revoke_attempts, last_error"
+    };
+}
+
+macro_rules! grant_cols {
+    () => {
+        "id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
+         context, state, revocation_reason, decision, created_at, updated_at"
+    };
+}
+
+macro_rules! identity_cols {
+    () => {
+        "id, kind, owner, purpose, expires_at, labels, enabled, created_at"
+    };
+}
+
+/// Revocation of every live lease a selector matches, in one statement. External leases
+/// become `revoking` with their first revocation attempt due now (?2); the live-state
+/// condition is what makes each lease revoked exactly once.
+macro_rules! revoke_sql {
+    ($selector:literal) => {
+        concat!(
+            "UPDATE leases SET ",
+            "state = CASE WHEN external = 1 THEN 'revoking' ELSE 'revoked' END, ",
+            "revocation_reason = ?1, ",
+            "next_attempt_at = CASE WHEN external = 1 THEN ?2 END ",
+            "WHERE ",
+            $selector,
+            " AND state IN ('active', 'creating') RETURNING ",
+            lease_cols!()
+        )
+    };
+}
+
+pub(crate) const GRANT_COLS: &str = grant_cols!();
+pub(crate) const LEASE_COLS: &str = lease_cols!();
+
+pub(crate) const INSERT_IDENTITY: &str = "INSERT INTO identities \
+     (id, kind, owner, purpose, expires_at, labels, enabled, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+pub(crate) const GET_IDENTITY: &str = concat!(
+    "SELECT ",
+    identity_cols!(),
+    " FROM identities WHERE id = ?1"
+);
+pub(crate) const LIST_IDENTITIES: &str =
+    concat!("SELECT ", identity_cols!(), " FROM identities ORDER BY id");
+pub(crate) const ENABLE_IDENTITY: &str = concat!(
+    "UPDATE identities SET enabled = 1 WHERE id = ?1 RETURNING ",
+    identity_cols!()
+);
+pub(crate) const DISABLE_IDENTITY: &str =
+    "UPDATE identities SET enabled = 0 WHERE id = ?1 RETURNING owner";
+pub(crate) const IDENTITY_ENABLED: &str = "SELECT enabled FROM identities WHERE id = ?1";
+
+pub(crate) const INSERT_TARGET: &str = "INSERT INTO targets \
+     (name, kind, actions, default_ttl_s, max_ttl_s, allow, settings, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+pub(crate) const GET_TARGET: &str = "SELECT name, kind, actions, default_ttl_s, max_ttl_s, \
+     allow, settings, created_at FROM targets WHERE name = ?1";
+pub(crate) const LIST_TARGETS: &str = "SELECT name, kind, actions, default_ttl_s, max_ttl_s, \
+     allow, settings, created_at FROM targets ORDER BY name";
+
+pub(crate) const INSERT_GRANT: &str = "INSERT INTO grants \
+     (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
+      context, state, revocation_reason, decision, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+pub(crate) const GET_GRANT: &str = concat!("SELECT ", grant_cols!(), " FROM grants WHERE id = ?1");
+
+pub(crate) const INSERT_LEASE: &str = "INSERT INTO leases \
+     (id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
+      max_expires_at, state, revocation_reason, external, provider_state, revoke_attempts, \
+      last_error, next_attempt_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+pub(crate) const GET_LEASE: &str = concat!("SELECT ", lease_cols!(), " FROM leases WHERE id = ?1");
+pub(crate) const RENEW_LEASE: &str =
+    "UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'";
+
+pub(crate) const REVOKE_BY_LEASE: &str = revoke_sql!("id = ?3");
+pub(crate) const REVOKE_BY_GRANT: &str = revoke_sql!("grant_id = ?3");
+pub(crate) const REVOKE_BY_TASK: &str = revoke_sql!("task = ?3");
+pub(crate) const REVOKE_BY_IDENTITY: &str = revoke_sql!("identity = ?3");
+/// Follows the identity's *current* owner, not the owner recorded on the grant, so that
+/// "revoke everything team X is accountable for" means what an operator expects today.
+pub(crate) const REVOKE_BY_OWNER: &str =
+    revoke_sql!("identity IN (SELECT id FROM identities WHERE owner = ?3)");
+
+/// Ends the `?2` earliest-expiring active leases due at `?1`. The inner query walks the
+/// partial expiry index (forced: without statistics SQLite prefers the equality match on
+/// `leases_state`, which would visit every active lease); the outer one updates by rowid.
+pub(crate) const EXPIRE_DUE: &str = concat!(
+    "UPDATE leases SET ",
+    "state = CASE WHEN external = 1 THEN 'revoking' ELSE 'expired' END, ",
+    "revocation_reason = 'ttl', ",
+    "next_attempt_at = CASE WHEN external = 1 THEN ?1 END ",
+    "WHERE rowid IN (",
+    "SELECT rowid FROM leases INDEXED BY leases_active_expiry ",
+    "WHERE state = 'active' AND expires_at <= ?1 ",
+    "ORDER BY expires_at LIMIT ?2) RETURNING ",
+    lease_cols!()
+);
+
+pub(crate) const NEXT_EXPIRY: &str =
+    "SELECT MIN(expires_at) FROM leases INDEXED BY leases_active_expiry WHERE state = 'active'";
+
+/// Prefixes of the grant updates that follow lease revocation/expiry; an `IN (...)` list
+/// of grant ids starting at parameter `?3` is appended. Only `issued` grants move, which
+/// is the only state the grant machine lets become revoked/expired from here. The unary
+/// `+` keeps SQLite from choosing `grants_state` (every issued grant) over the key lookup.
+pub(crate) const REVOKE_GRANTS_PREFIX: &str = "UPDATE grants SET state = 'revoked', \
+     revocation_reason = ?1, updated_at = ?2 WHERE +state = 'issued' AND id IN ";
+pub(crate) const EXPIRE_GRANTS_PREFIX: &str = "UPDATE grants SET state = 'expired', \
+     revocation_reason = ?1, updated_at = ?2 WHERE +state = 'issued' AND id IN ";
+
+pub(crate) const AUDIT_INSERT_PREFIX: &str =
+    "INSERT INTO audit (seq, at_ms, kind, identity, task, grant_id, body, hash) VALUES ";
+pub(crate) const AUDIT_ROW_PLACEHOLDERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?)";
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
+/// Only what the verifier needs, in chain order, so a 10M-entry walk stays I/O-light.
+pub(crate) const VERIFY_ROWS: &str = "SELECT seq, body, hash FROM audit ORDER BY seq";
+
+pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at = ?1, \
+     publish_until = ?2 WHERE retired_at IS NULL";
+pub(crate) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys \
+     (kid, alg, public_jwk, private_sealed, created_at, retired_at, publish_until) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+pub(crate) const LIST_SIGNING_KEYS: &str = "SELECT kid, alg, public_jwk, private_sealed, \
+     created_at, retired_at, publish_until FROM signing_keys ORDER BY created_at, kid";
+
+pub(crate) const INSERT_OPERATOR_TOKEN: &str =
+    "INSERT INTO operator_tokens (name, token_sha256, created_at) VALUES (?1, ?2, ?3)";
+pub(crate) const FIND_OPERATOR_TOKEN: &str =
+    "SELECT name, token_sha256, created_at FROM operator_tokens WHERE token_sha256 = ?1";
+pub(crate) const COUNT_OPERATOR_TOKENS: &str = "SELECT COUNT(*) FROM operator_tokens";
+
+/// The partial expiry index holds exactly the active leases: the smallest index to count.
+pub(crate) const COUNT_ACTIVE: &str =
+    "SELECT COUNT(*) FROM leases INDEXED BY leases_active_expiry WHERE state = 'active'";
+pub(crate) const COUNT_REVOKING: &str = "SELECT COUNT(*) FROM leases WHERE state = 'revoking'";
+
+/// Splits `n` items into statement sizes from a small fixed set, so that multi-row
+/// statements are few and the connection's statement cache holds only a handful of shapes.
+pub(crate) fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    const SIZES: [usize; 4] = [128, 32, 8, 1];
+    let mut out = Vec::new();
+    for size in SIZES {
+        while n >= size {
+            out.push(size);
+            n -= size;
+        }
+    }
+    out
+}
+
+/// `(?3, ?4, …)` for `n` parameters starting at `first`.
+pub(crate) fn in_list(first: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 6 + 2);
+    s.push('(');
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+        s.push_str(&(first + i).to_string());
+    }
+    s.push(')');
+    s
+}
+
+pub(crate) fn audit_insert(rows: usize) -> String {
+    let mut s = String::with_capacity(AUDIT_INSERT_PREFIX.len() + rows * 26);
+    s.push_str(AUDIT_INSERT_PREFIX);
+    for i in 0..rows {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(AUDIT_ROW_PLACEHOLDERS);
+    }
+    s
+}
+
+/// Filterable lists are built from fixed fragments; values are always bound, never
+/// formatted into the text.
+#[derive(Clone, Debug)]
+pub(crate) struct ListQuery {
+    pub(crate) sql: String,
+    pub(crate) binds: Vec<String>,
+}
+
+pub(crate) fn list_grants(
+    identity: Option<&str>,
+    task: Option<&str>,
+    state: Option<&str>,
+) -> ListQuery {
+    let mut q = ListQuery {
+        sql: format!("SELECT {GRANT_COLS} FROM grants"),
+        binds: Vec::new(),
+    };
+    let mut conds = Vec::new();
+    // With a narrower filter present, `+state` keeps the planner off `grants_state`,
+    // whose ordered walk over every grant in that state it would otherwise prefer.
+    let state_col = if identity.is_some() || task.is_some() {
+        "+state"
+    } else {
+        "state"
+    };
+    for (col, val) in [("identity", identity), ("task", task), (state_col, state)] {
+        if let Some(v) = val {
+            conds.push(format!("{col} = ?"));
+            q.binds.push(v.to_string());
+        }
+    }
+    push_where(&mut q.sql, &conds);
+    q.sql
+        .push_str(" ORDER BY created_at DESC, rowid DESC LIMIT ?");
+    q
+}
+
+pub(crate) fn list_leases(
+    identity: Option<&str>,
+    task: Option<&str>,
+    grant_id: Option<&str>,
+    state: Option<&str>,
+) -> ListQuery {
+    let mut q = ListQuery {
+        sql: format!("SELECT {LEASE_COLS} FROM leases"),
+        binds: Vec::new(),
+    };
+    let mut conds = Vec::new();
+    // As for grants: keep `leases_state` out when a narrower filter exists, except with
+    // `identity`, whose index (identity, state, issued_at) serves both columns in order.
+    let state_col = if identity.is_none() && (task.is_some() || grant_id.is_some()) {
+        "+state"
+    } else {
+        "state"
+    };
+    for (col, val) in [
+        ("identity", identity),
+        ("task", task),
+        ("grant_id", grant_id),
+        (state_col, state),
+    ] {
+        if let Some(v) = val {
+            conds.push(format!("{col} = ?"));
+            q.binds.push(v.to_string());
+        }
+    }
+    push_where(&mut q.sql, &conds);
+    q.sql
+        .push_str(" ORDER BY issued_at DESC, rowid DESC LIMIT ?");
+    q
+}
+
+/// Audit listing: binds are the filters in order, then `after_seq`, then the limit.
+pub(crate) fn list_audit(
+    identity: Option<&str>,
+    task: Option<&str>,
+    grant_id: Option<&str>,
+) -> ListQuery {
+    let mut q = ListQuery {
+        sql: "SELECT seq, body, hash FROM audit".to_string(),
+        binds: Vec::new(),
+    };
+    let mut conds = Vec::new();
+    for (col, val) in [
+        ("identity", identity),
+        ("task", task),
+        ("grant_id", grant_id),
+    ] {
+        if let Some(v) = val {
+            conds.push(format!("{col} = ?"));
+            q.binds.push(v.to_string());
+        }
+    }
+    conds.push("seq > ?".to_string());
+    push_where(&mut q.sql, &conds);
+    q.sql.push_str(" ORDER BY seq LIMIT ?");
+    q
+}
+
+fn push_where(sql: &mut String, conds: &[String]) {
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_cover_exactly() {
+        for n in [0usize, 1, 7, 8, 9, 127, 128, 129, 1000, 100_000] {
+            let sizes = chunk_sizes(n);
+            assert_eq!(sizes.iter().sum::<usize>(), n, "n = {n}");
+            // Few statements even for awkward counts.
+            assert!(sizes.len() <= n / 128 + 3 + 3 + 7, "n = {n}: {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn in_list_numbers_parameters() {
+        assert_eq!(in_list(3, 3), "(?3, ?4, ?5)");
+        assert_eq!(in_list(3, 1), "(?3)");
+    }
+}
