@@ -1,0 +1,1 @@
+//! Runtime authorisation with Cedar (in progress).
