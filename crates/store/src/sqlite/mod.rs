@@ -239,7 +239,7 @@ impl SqliteStore {
     async fn submit(&self, op: Op) -> Result<Output, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer_tx
-            .send(Msg::Job(op, reply))
+            .send(Msg::Job(Box::new(op), reply))
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
         answer.await.map_err(|_| {

@@ -78,7 +78,7 @@ pub(crate) enum Output {
 pub(crate) type Reply = oneshot::Sender<Result<Output, StoreError>>;
 
 pub(crate) enum Msg {
-    Job(Op, Reply),
+    Job(Box<Op>, Reply),
     /// Finish what is queued before this, then stop and close the connection.
     Shutdown(oneshot::Sender<()>),
 }
@@ -197,13 +197,13 @@ impl Writer {
             let mut jobs = Vec::new();
             let mut shutdown = None;
             match first {
-                Msg::Job(op, reply) => jobs.push((op, reply)),
+                Msg::Job(op, reply) => jobs.push((*op, reply)),
                 Msg::Shutdown(ack) => shutdown = Some(ack),
             }
             // Everything that queued while the last commit was flushing joins this one.
             while shutdown.is_none() && jobs.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Job(op, reply)) => jobs.push((op, reply)),
+                    Ok(Msg::Job(op, reply)) => jobs.push((*op, reply)),
                     Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
                     Err(_) => break,
                 }
@@ -773,7 +773,7 @@ async fn expire_due(
         .map_err(map_sqlx)?;
     let mut leases = decode_leases(&rows)?;
     // RETURNING yields rows in no promised order; the contract is oldest expiry first.
-    leases.sort_by(|a, b| (a.lease.expires_at, a.lease.id).cmp(&(b.lease.expires_at, b.lease.id)));
+    leases.sort_by_key(|l| (l.lease.expires_at, l.lease.id));
     // External leases stay covered by their grant until the target confirms removal.
     let ended: Vec<String> = leases
         .iter()
