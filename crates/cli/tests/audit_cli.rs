@@ -255,3 +255,44 @@ async fn tampering_with_the_audit_chain_is_detected() {
     let v: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(v["first_break"]["problem"], "truncated", "{report}");
 }
+
+#[tokio::test]
+async fn the_database_alone_does_not_unlock_stored_secrets() {
+    let broker = Broker::start();
+    let (dir, _) = broker.kill();
+    let key_file = std::fs::read_to_string(dir.join("master.key")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "master key must be private to its owner"
+        );
+    }
+    // The store holds the signing key only sealed: with another master key it cannot be
+    // opened, and the broker refuses to start rather than mint a new identity silently.
+    let other = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    assert_ne!(key_file.trim(), other);
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("MAYFLY_MASTER_KEY", other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("another master key"), "{err}");
+    assert!(
+        !err.contains(other) && !err.contains(key_file.trim()),
+        "a key was printed: {err}"
+    );
+    let db = std::fs::read(dir.join("mayfly.db")).unwrap();
+    assert!(!db
+        .windows(key_file.trim().len())
+        .any(|w| w == key_file.trim().as_bytes()));
+}

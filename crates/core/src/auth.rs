@@ -130,6 +130,10 @@ pub enum AuthRejection {
     IdentityExpired(String),
     #[error("issuer keys are unavailable: {0}")]
     KeysUnavailable(String),
+    /// A backend needed to decide (the store) is down; the caller should retry. Not the
+    /// caller's fault, so the HTTP edge answers 503, not 401.
+    #[error("authentication is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthRejection {
@@ -152,6 +156,7 @@ impl AuthRejection {
             AuthRejection::IdentityDisabled(_) => "identity_disabled",
             AuthRejection::IdentityExpired(_) => "identity_expired",
             AuthRejection::KeysUnavailable(_) => "keys_unavailable",
+            AuthRejection::Unavailable(_) => "unavailable",
         }
     }
 }

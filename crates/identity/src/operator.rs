@@ -77,10 +77,8 @@ pub fn is_well_formed_operator_token(token: &str) -> bool {
 /// Outcomes:
 /// - no bearer, or a bearer without the prefix: `NotMine` (another authenticator's);
 /// - prefix but wrong shape, or hash not in the store: `Rejected(BadOperatorToken)`;
-/// - the store fails: `Rejected(KeysUnavailable("operator token store unavailable"))`.
-///   There is no dedicated "backend unavailable" rejection in core; `keys_unavailable`
-///   is the code that already means "could not check the credential right now, retry",
-///   and the server maps it to 503 rather than 401, which is what a store outage is.
+/// - the store fails: `Rejected(Unavailable("operator token store unavailable"))`.
+///   The server answers that with 503, not 401: a store outage is not the caller's fault.
 pub struct OperatorTokenAuthenticator {
     store: Arc<dyn Store>,
 }
@@ -120,7 +118,7 @@ impl Authenticator for OperatorTokenAuthenticator {
             Err(e) => {
                 // The store error never contains the token (only its hash was sent).
                 tracing::warn!(error = %e, "operator token lookup failed");
-                AuthOutcome::Rejected(AuthRejection::KeysUnavailable(
+                AuthOutcome::Rejected(AuthRejection::Unavailable(
                     "operator token store unavailable".into(),
                 ))
             }
@@ -264,7 +262,7 @@ mod tests {
             .await
         {
             AuthOutcome::Rejected(r) => {
-                assert_eq!(r.code(), "keys_unavailable");
+                assert_eq!(r.code(), "unavailable");
                 assert!(!r.to_string().contains(token.expose()));
             }
             other => panic!("unexpected {other:?}"),

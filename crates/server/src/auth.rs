@@ -59,7 +59,7 @@ pub async fn authenticate(
                 .store
                 .get_identity(&claims.identity)
                 .await
-                .map_err(|_| AuthRejection::KeysUnavailable("store unavailable".into()))?
+                .map_err(|_| AuthRejection::Unavailable("store unavailable".into()))?
                 .ok_or_else(|| AuthRejection::UnknownIdentity(claims.identity.clone()))?;
             if !identity.enabled {
                 return Err(AuthRejection::IdentityDisabled(identity.id));
@@ -82,6 +82,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         match result {
             Ok(principal) => Ok(Caller(principal)),
+            Err(AuthRejection::Unavailable(why)) => Err(ApiError::Unavailable(why)),
             Err(rejection) => {
                 state
                     .metrics

@@ -236,7 +236,17 @@ impl Server {
             vec![Arc::new(OperatorTokenAuthenticator::new(store.clone()))];
         if !config.auth.oidc.is_empty() {
             let oidc = OidcAuthenticator::new(config.auth.oidc.clone())
-                .map_err(|e| StartError::Config(format!("auth.oidc: {e}")))?;
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            // Load issuer keys now so the first workload does not wait, and so a wrong
+            // URL shows up in the start-up log rather than as a 401 later.
+            for (issuer, result) in oidc.prefetch().await {
+                match result {
+                    Ok(keys) => tracing::info!(%issuer, keys, "loaded OIDC issuer keys"),
+                    Err(e) => {
+                        tracing::warn!(%issuer, error = %e, "cannot load OIDC issuer keys yet; retrying on use")
+                    }
+                }
+            }
             authenticators.push(Arc::new(oidc));
         }
 
