@@ -1,26 +1,43 @@
-//! Credential providers: one per credential kind (`token`, later `postgres`, …).
+//! Credential providers: one per credential kind (`token`, `postgres`, `mariadb`, …).
 //!
 //! A provider creates the credential for an approved grant, extends it on renewal and
 //! destroys it on revocation. `revoke` of something already gone is `Ok`: revocation is
-//! retried until it succeeds, so it must be idempotent. What revocation needs is returned
-//! at issue time as `provider_state` and stored with the lease.
+//! retried until it succeeds, so it must be idempotent.
+//!
+//! External credentials (a database user) follow the write-ahead protocol: the server
+//! asks [`Provider::plan`] for the name the credential will have, commits the lease in
+//! state `creating` with that plan as `provider_state`, and only then calls
+//! [`Provider::issue`]. A crash at any point leaves a `creating` lease that names exactly
+//! what may exist on the target, so start-up reconciliation can remove it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::model::{Grant, Identity, Lease, Target};
 use crate::secret::SecretString;
+
+/// A target and its admin credential (unsealed only for the call).
+#[derive(Clone, Copy, Debug)]
+pub struct TargetAccess<'a> {
+    pub target: &'a Target,
+    /// Admin connection secret (e.g. a DSN with password), for external providers.
+    pub admin: Option<&'a SecretString>,
+}
 
 /// What a provider needs to issue.
 #[derive(Debug)]
 pub struct IssueRequest<'a> {
     pub grant: &'a Grant,
     pub identity: &'a Identity,
-    pub target: &'a Target,
+    pub target: TargetAccess<'a>,
     pub lease_id: uuid::Uuid,
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// What [`Provider::plan`] returned (already committed with the lease).
+    pub plan: &'a serde_json::Value,
 }
 
 /// A freshly made credential, handed to the requester once.
@@ -32,6 +49,17 @@ pub struct IssuedCredential {
     pub public: serde_json::Map<String, serde_json::Value>,
     /// Stored with the lease; needed to revoke. Never secret.
     pub provider_state: serde_json::Value,
+}
+
+/// Outcome of a reconciliation pass over one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileReport {
+    /// Credentials on the target that carry Mayfly's prefix.
+    pub found: u64,
+    /// Those without a live lease, now removed.
+    pub dropped: Vec<String>,
+    /// Those that could not be removed, with the reason.
+    pub failed: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +81,18 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Whether credentials exist outside Mayfly and revocation must reach the target.
     fn external(&self) -> bool;
-    /// Checks a target definition before it is stored.
-    fn validate_target(&self, target: &Target) -> Result<(), ProviderError>;
+    /// Checks a target definition (and its admin secret, if any) before it is stored.
+    fn validate_target(
+        &self,
+        target: &Target,
+        admin: Option<&SecretString>,
+    ) -> Result<(), ProviderError>;
+    /// Chooses what will be created (e.g. the username) before anything is, so the
+    /// write-ahead lease can name it. Self-contained kinds return `Null`.
+    fn plan(&self, request: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
+        let _ = request;
+        Ok(serde_json::Value::Null)
+    }
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError>;
     /// Extends a credential to `new_expiry`. Returns a replacement credential when the kind
     /// cannot be extended in place (a signed token is re-signed).
@@ -62,8 +100,28 @@ pub trait Provider: Send + Sync {
         &self,
         lease: &Lease,
         grant: &Grant,
-        target: &Target,
+        target: TargetAccess<'_>,
         new_expiry: OffsetDateTime,
     ) -> Result<Option<IssuedCredential>, ProviderError>;
-    async fn revoke(&self, lease: &Lease, target: &Target) -> Result<(), ProviderError>;
+    /// Destroys the credential; `Ok` when it is already gone.
+    async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError>;
+    /// Removes credentials on the target that carry Mayfly's prefix but are not in `live`
+    /// (the provider-state names of every lease not yet ended).
+    async fn reconcile(
+        &self,
+        target: TargetAccess<'_>,
+        live: &BTreeSet<String>,
+    ) -> Result<ReconcileReport, ProviderError> {
+        let _ = (target, live);
+        Ok(ReconcileReport::default())
+    }
+    /// Replaces the admin credential with a new random one only Mayfly knows, verified by
+    /// reconnecting with it before it is returned (and the old one forgotten).
+    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        let _ = target;
+        Err(ProviderError::BadSettings(format!(
+            "{} targets have no root credential to rotate",
+            self.kind()
+        )))
+    }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mayfly_core::model::{Grant, Lease, Target};
-use mayfly_core::provider::{IssueRequest, IssuedCredential, Provider, ProviderError};
+use mayfly_core::provider::{
+    IssueRequest, IssuedCredential, Provider, ProviderError, TargetAccess,
+};
 use mayfly_core::secret::SecretString;
 use mayfly_core::OffsetDateTime;
 use serde::{Deserialize, Serialize};
@@ -111,7 +113,16 @@ impl Provider for TokenProvider {
         false
     }
 
-    fn validate_target(&self, target: &Target) -> Result<(), ProviderError> {
+    fn validate_target(
+        &self,
+        target: &Target,
+        admin: Option<&SecretString>,
+    ) -> Result<(), ProviderError> {
+        if admin.is_some() {
+            return Err(ProviderError::BadSettings(
+                "token targets take no admin secret".into(),
+            ));
+        }
         match target.settings.get("audience") {
             None => Ok(()),
             Some(serde_json::Value::String(a)) if !a.is_empty() => Ok(()),
@@ -122,22 +133,34 @@ impl Provider for TokenProvider {
     }
 
     async fn issue(&self, r: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
-        self.credential(r.grant, r.target, r.lease_id, r.issued_at, r.expires_at)
+        self.credential(
+            r.grant,
+            r.target.target,
+            r.lease_id,
+            r.issued_at,
+            r.expires_at,
+        )
     }
 
     async fn renew(
         &self,
         lease: &Lease,
         grant: &Grant,
-        target: &Target,
+        target: TargetAccess<'_>,
         new_expiry: OffsetDateTime,
     ) -> Result<Option<IssuedCredential>, ProviderError> {
         // A JWT's exp cannot change; the renewed lease gets a re-signed token, same jti.
-        self.credential(grant, target, lease.id, mayfly_core::now(), new_expiry)
-            .map(Some)
+        self.credential(
+            grant,
+            target.target,
+            lease.id,
+            mayfly_core::now(),
+            new_expiry,
+        )
+        .map(Some)
     }
 
-    async fn revoke(&self, _lease: &Lease, _target: &Target) -> Result<(), ProviderError> {
+    async fn revoke(&self, _lease: &Lease, _target: TargetAccess<'_>) -> Result<(), ProviderError> {
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use mayfly_core::model::{
     Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
 };
 use mayfly_core::policy::{Decision, Outcome, PolicyRequest};
-use mayfly_core::provider::{IssueRequest, IssuedCredential};
+use mayfly_core::provider::{IssueRequest, IssuedCredential, TargetAccess};
 use mayfly_core::store::{GrantFilter, RevokeOutcome};
 use mayfly_core::{validate, OffsetDateTime, Uuid};
 use serde::{Deserialize, Serialize};
@@ -349,10 +349,14 @@ async fn issue(
         .issue(IssueRequest {
             grant: &grant,
             identity: &checked.identity,
-            target,
+            target: TargetAccess {
+                target,
+                admin: None,
+            },
             lease_id: lease.id,
             issued_at: lease.issued_at,
             expires_at: lease.expires_at,
+            plan: &serde_json::Value::Null,
         })
         .await?;
     let lease = Lease {

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{Lease, LeaseState};
+use mayfly_core::provider::TargetAccess;
 use mayfly_core::store::LeaseFilter;
 use mayfly_core::Uuid;
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,15 @@ pub async fn renew(
         .get(&lease.kind)
         .ok_or_else(|| ApiError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
     let credential = provider
-        .renew(&renewed, &grant, &target, renewed.expires_at)
+        .renew(
+            &renewed,
+            &grant,
+            TargetAccess {
+                target: &target,
+                admin: None,
+            },
+            renewed.expires_at,
+        )
         .await?;
     Ok(Json(RenewResponse {
         credential: credential.as_ref().map(credential_json),

@@ -110,7 +110,7 @@ pub async fn create(
         settings: body.settings,
         created_at: mayfly_core::now(),
     };
-    provider.validate_target(&target)?;
+    provider.validate_target(&target, None)?;
     let mut event = AuditDraft::new(AuditKind::TargetCreated, caller.0.actor()).detail(serde_json::json!({
         "kind": target.kind, "actions": target.actions, "max_ttl": target.max_ttl, "allow": target.allow,
     }));
