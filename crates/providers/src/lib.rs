@@ -1,0 +1,1 @@
+//! Credential providers for external systems (in progress).
