@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema,
+    ActionConstraint, Authorizer, Context, Effect, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, RestrictedExpression, Schema,
 };
 use mayfly_core::auth::Principal;
 use mayfly_core::duration::Ttl;
@@ -49,10 +49,15 @@ pub struct CedarEngine {
     index: Index,
     policy_count: usize,
     utc_offset: UtcOffset,
+    /// Action groups declared by schema fragments: a policy scoped `action in [group]` may
+    /// match any action, so the slice keeps it.
+    action_groups: HashSet<String>,
     /// Action entities from the schema (carry action-group membership, if a fragment
     /// declares groups), keyed by action name.
     action_entities: HashMap<String, Entity>,
     slices: RwLock<HashMap<String, Arc<PolicySet>>>,
+    /// Off only in tests that check slicing against evaluating every policy.
+    pub(crate) slicing: bool,
     authorizer: Authorizer,
     types: TypeNames,
 }
@@ -89,7 +94,13 @@ impl CedarEngine {
                 action_entities.insert(e.uid().id().unescaped().to_string(), e.clone());
             }
         }
+        let action_groups = loaded
+            .schema
+            .action_groups()
+            .map(|a| a.id().unescaped().to_string())
+            .collect();
         Ok(CedarEngine {
+            action_groups,
             schema: loaded.schema,
             actions: loaded.actions,
             meta: loaded.meta,
@@ -98,6 +109,7 @@ impl CedarEngine {
             utc_offset: options.utc_offset,
             action_entities,
             slices: RwLock::new(HashMap::new()),
+            slicing: true,
             authorizer: Authorizer::new(),
             types: TypeNames::new()?,
         })
@@ -115,9 +127,12 @@ impl CedarEngine {
 
     /// How many policies a decision on this target would evaluate (for diagnostics and the
     /// benchmark's sanity check).
-    pub fn policies_for(&self, target: &Target) -> Result<usize, PolicyError> {
+    pub fn policies_for(&self, target: &Target, action: &str) -> Result<usize, PolicyError> {
         let groups = target_groups(target)?;
-        Ok(self.slice(&target.name, &groups)?.policies().count())
+        Ok(self
+            .slice(&target.name, &groups, action)?
+            .policies()
+            .count())
     }
 
     /// [`PolicyEngine::decide`] with approvals already given (count and names are exposed
@@ -153,7 +168,7 @@ impl CedarEngine {
         }
         let extra = RequestContextFields::parse(r.context)?;
         let groups = target_groups(r.target)?;
-        let slice = self.slice(&r.target.name, &groups)?;
+        let slice = self.slice(&r.target.name, &groups, r.action)?;
 
         let t = &self.types;
         let principal_uid = uid(&t.workload, &r.identity.id);
@@ -316,10 +331,22 @@ impl CedarEngine {
         }
     }
 
-    /// The policies that can apply to a target: global ones, ones naming the target, and
-    /// ones naming one of its groups. Cached per (target, groups).
-    fn slice(&self, target: &str, groups: &[String]) -> Result<Arc<PolicySet>, PolicyError> {
-        let mut key = String::with_capacity(target.len() + 16);
+    /// The policies that can apply to an action on a target: those whose resource scope is
+    /// unconstrained, names the target or one of its groups, and whose action scope can
+    /// include the action. Cached per (action, target, groups).
+    ///
+    /// Cedar evaluates every policy it is given (cloning each condition to do so), so what
+    /// is left out here is the main saving; the scope checks are conservative, never
+    /// leaving out a policy that could match.
+    fn slice(
+        &self,
+        target: &str,
+        groups: &[String],
+        action: &str,
+    ) -> Result<Arc<PolicySet>, PolicyError> {
+        let mut key = String::with_capacity(action.len() + target.len() + 16);
+        key.push_str(action);
+        key.push('\u{0}');
         key.push_str(target);
         for g in groups {
             key.push('\u{0}');
@@ -343,6 +370,18 @@ impl CedarEngine {
                 }
             }
         }
+        if self.slicing {
+            policies.retain(|p| self.action_can_match(p, action));
+        } else {
+            policies = self
+                .index
+                .global
+                .iter()
+                .chain(self.index.by_target.values().flatten())
+                .chain(self.index.by_group.values().flatten())
+                .cloned()
+                .collect();
+        }
         let set = Arc::new(PolicySet::from_policies(policies).map_err(internal)?);
         let mut cache = self.slices.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= SLICE_CACHE_LIMIT {
@@ -350,6 +389,20 @@ impl CedarEngine {
         }
         cache.insert(key, Arc::clone(&set));
         Ok(set)
+    }
+
+    fn action_can_match(&self, policy: &cedar_policy::Policy, action: &str) -> bool {
+        let can = |uid: &EntityUid| {
+            // Anything unexpected (another entity type, an action group) is kept.
+            uid.type_name() != &self.types.action
+                || uid.id().unescaped() == action
+                || self.action_groups.contains(uid.id().unescaped())
+        };
+        match policy.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(uid) => can(&uid),
+            ActionConstraint::In(uids) => uids.iter().any(can),
+        }
     }
 
     fn workload_entity(&self, id: EntityUid, r: &PolicyRequest<'_>) -> Result<Entity, PolicyError> {
