@@ -1,0 +1,520 @@
+//! The `postgres` credential kind: a real, temporary PostgreSQL role per lease.
+//!
+//! Issue creates the role and runs the action's grants in one transaction, with
+//! `VALID UNTIL` set to the lease expiry so the role stops working even if the broker is
+//! down when the lease ends. Renew moves `VALID UNTIL`. Revoke blocks new logins,
+//! terminates the role's sessions and then drops it.
+//!
+//! Defaults:
+//! - `creation_statements`: `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`
+//! - `revocation_statements` (run after logins are blocked and sessions terminated):
+//!   `REASSIGN OWNED BY "{{name}}" TO CURRENT_USER`, `DROP OWNED BY "{{name}}"`,
+//!   `DROP ROLE IF EXISTS "{{name}}"`. `REASSIGN`/`DROP OWNED` act on the admin URL's
+//!   database only; a role given privileges in other databases needs statements there.
+//! - usernames: at most 63 bytes (`NAMEDATALEN - 1`), never starting with `pg_`.
+//!
+//! Admin role, minimum: `LOGIN CREATEROLE`, owner (or holder `WITH GRANT OPTION`) of what
+//! the grants hand out. No superuser: to terminate a temporary role's sessions and reassign
+//! its objects the admin makes itself a member of that role just before dropping it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mayfly_core::model::{Grant, Lease, Target};
+use mayfly_core::provider::{
+    IssueRequest, IssuedCredential, Provider, ProviderError, ReconcileReport, TargetAccess,
+};
+use mayfly_core::secret::SecretString;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Executor};
+use time::OffsetDateTime;
+
+use crate::common::{
+    format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
+    Values, Var,
+};
+use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
+
+pub const SPEC: EngineSpec = EngineSpec {
+    kind: "postgres",
+    max_username: 63,
+    default_creation: &[
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+    ],
+    default_revocation: &[
+        "REASSIGN OWNED BY \"{{name}}\" TO CURRENT_USER",
+        "DROP OWNED BY \"{{name}}\"",
+        "DROP ROLE IF EXISTS \"{{name}}\"",
+    ],
+    revocation_vars: &[Var::Name],
+    default_port: 5432,
+    schemes: &["postgres", "postgresql"],
+    reserved_prefixes: &["pg_"],
+};
+
+/// SQLSTATE `undefined_object`: the role does not exist.
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// Issues temporary PostgreSQL roles. Keeps a few idle admin connections per target.
+#[derive(Default)]
+pub struct PostgresProvider {
+    cache: ConnCache<PgConnection>,
+}
+
+impl PostgresProvider {
+    pub fn new() -> Self {
+        PostgresProvider::default()
+    }
+}
+
+/// Everything one call needs about its target.
+struct Ctx<'a> {
+    target: &'a Target,
+    config: Config,
+    admin: Admin,
+    secret: &'a SecretString,
+    options: PgConnectOptions,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(access: TargetAccess<'a>) -> Result<Ctx<'a>, ProviderError> {
+        let config = Config::from_target(&SPEC, access.target)?;
+        let admin = Admin::parse(&SPEC, access.admin)?;
+        let options = admin_options(&admin, admin.url())?;
+        let secret = access
+            .admin
+            .ok_or_else(|| ProviderError::BadSettings("missing admin secret".into()))?;
+        Ok(Ctx {
+            target: access.target,
+            config,
+            admin,
+            secret,
+            options,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    fn stmt_err(&self, what: &str, e: sqlx::Error, extra: &[&SecretString]) -> ProviderError {
+        self.admin.statement_error(self.name(), what, e, extra)
+    }
+}
+
+fn admin_options(admin: &Admin, url: &url::Url) -> Result<PgConnectOptions, ProviderError> {
+    let options = PgConnectOptions::from_url(url).map_err(|e| admin.connect_error("", e))?;
+    // sqlx logs statements (and slow ones at WARN with their text); ours carry passwords.
+    Ok(options
+        .application_name("mayfly")
+        .disable_statement_logging())
+}
+
+/// `"name"` with embedded quotes doubled. Names are `[a-z0-9_]` already; this is the second
+/// line of defence.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `ALTER ROLE … NOLOGIN` and membership for the admin, committed together.
+async fn block_logins(conn: &mut PgConnection, q: &str) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    exec(&mut tx, "SET LOCAL synchronous_commit = off").await?;
+    exec(&mut tx, &format!("ALTER ROLE {q} NOLOGIN")).await?;
+    exec(&mut tx, &format!("GRANT {q} TO CURRENT_USER")).await?;
+    tx.commit().await
+}
+
+/// Runs SQL text with the simple query protocol. (Going through `Executor::execute`
+/// rather than `RawSql::execute` keeps the future `Send` for `async_trait`.)
+async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    conn.execute(sqlx::raw_sql(sql)).await.map(|_| ())
+}
+
+fn is_undefined_object(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(UNDEFINED_OBJECT))
+}
+
+impl PostgresProvider {
+    async fn connect(&self, ctx: &Ctx<'_>) -> Result<PgConnection, ProviderError> {
+        self.cache
+            .acquire(ctx.name(), ctx.secret, &ctx.options)
+            .await
+            .map_err(|e| ctx.admin.connect_error(ctx.name(), e))
+    }
+
+    fn release(&self, ctx: &Ctx<'_>, conn: PgConnection) {
+        self.cache.put(ctx.name(), ctx.secret, conn);
+    }
+
+    /// Removes role `name`: no new logins, sessions terminated, then the revocation
+    /// statements. Returns whether the role existed.
+    async fn drop_user(
+        &self,
+        ctx: &Ctx<'_>,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<bool, ProviderError> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT oid::int8 FROM pg_roles WHERE rolname = $1")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| ctx.stmt_err("looking up the role", e, &[]))?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let q = quote_ident(name);
+        // Step 1, committed before sessions are terminated: otherwise a login in between
+        // would survive the drop. Membership lets a CREATEROLE (non-superuser) admin signal
+        // the role's backends and REASSIGN/DROP OWNED; it disappears with the role.
+        // Asynchronous commit is safe here: the final DROP commits synchronously, and WAL
+        // is flushed in order, so this commit is durable whenever the drop is.
+        let step1 = block_logins(conn, &q);
+        match step1.await {
+            Ok(()) => {}
+            // dropped by someone else in the meantime
+            Err(e) if is_undefined_object(&e) => return Ok(false),
+            Err(e) => return Err(ctx.stmt_err("blocking logins", e, &[])),
+        }
+        // Step 2: end open sessions. PostgreSQL 14+ can wait for each backend to exit, so
+        // "revoked" means no session of the role is left.
+        let wait = conn.server_version_num().is_some_and(|v| v >= 140000);
+        let sql = if wait {
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_backend_pid()"
+        } else {
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = $1 AND pid <> pg_backend_pid()"
+        };
+        let ended: Vec<Option<bool>> = sqlx::query_scalar(sql)
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| ctx.stmt_err("terminating sessions", e, &[]))?;
+        if !ended.is_empty() {
+            tracing::info!(
+                target = ctx.name(),
+                role = name,
+                sessions = ended.len(),
+                "terminated sessions"
+            );
+        }
+        // Step 3: the revocation statements, atomically.
+        let values = Values {
+            name,
+            ..Values::default()
+        };
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|e| ctx.stmt_err("starting a transaction", e, &[]))?;
+        for (i, t) in ctx.config.revocation.iter().enumerate() {
+            let stmt = t.render(&values);
+            exec(&mut tx, stmt.expose())
+                .await
+                .map_err(|e| ctx.stmt_err(&format!("revocation statement {}", i + 1), e, &[]))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| ctx.stmt_err("committing the revocation", e, &[]))?;
+        Ok(true)
+    }
+
+    async fn issue_inner(
+        &self,
+        ctx: &Ctx<'_>,
+        r: &IssueRequest<'_>,
+    ) -> Result<IssuedCredential, ProviderError> {
+        let name = username_from_state(r.plan, &ctx.config.username)?;
+        let grants = ctx.config.grants_for(&r.grant.action)?;
+        let password = generate_password(ctx.config.password_length)?;
+        let expiration = format_expiration(r.expires_at)?;
+        let identity = sanitize(&r.identity.id);
+        let action = sanitize(&r.grant.action);
+        let values = Values {
+            name: &name,
+            password: Some(&password),
+            expiration: &expiration,
+            identity: &identity,
+            action: &action,
+            ..Values::default()
+        };
+        let mut conn = self.connect(ctx).await?;
+        // One transaction: either the role exists with all its grants, or nothing does.
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|e| ctx.stmt_err("starting a transaction", e, &[]))?;
+        let statements = ctx
+            .config
+            .creation
+            .iter()
+            .map(|t| ("creation statement", t))
+            .chain(grants.iter().map(|t| ("grant statement", t)));
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (what, t) in statements {
+            let n = counts.entry(what).or_insert(0);
+            *n += 1;
+            let stmt = t.render(&values);
+            exec(&mut tx, stmt.expose())
+                .await
+                .map_err(|e| ctx.stmt_err(&format!("{what} {n}"), e, &[&password]))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| ctx.stmt_err("committing the new role", e, &[&password]))?;
+        self.release(ctx, conn);
+        tracing::info!(target = ctx.name(), role = %name, action = %r.grant.action, "created role");
+
+        let host = ctx.config.host.clone().unwrap_or_else(|| ctx.admin.host());
+        let port = ctx.config.port.unwrap_or_else(|| ctx.admin.port(&SPEC));
+        let database = ctx.config.database.clone().or_else(|| ctx.admin.database());
+        let dsn = user_dsn(
+            "postgres",
+            &name,
+            &password,
+            &host,
+            port,
+            database.as_deref(),
+        );
+        let mut secrets = BTreeMap::new();
+        secrets.insert("password".to_string(), password);
+        secrets.insert("dsn".to_string(), dsn);
+        let mut public = serde_json::Map::new();
+        public.insert("username".into(), name.clone().into());
+        public.insert("host".into(), host.into());
+        public.insert("port".into(), port.into());
+        public.insert("database".into(), database.into());
+        Ok(IssuedCredential {
+            secrets,
+            public,
+            provider_state: serde_json::json!({ "username": name }),
+        })
+    }
+
+    async fn reconcile_inner(
+        &self,
+        ctx: &Ctx<'_>,
+        live: &BTreeSet<String>,
+    ) -> Result<ReconcileReport, ProviderError> {
+        let mut conn = self.connect(ctx).await?;
+        // The admin itself and superusers are never candidates, even if their names happen
+        // to start with the prefix (`mayfly_admin` does start with `mayfly_`).
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE left(rolname, length($1)) = $1 AND rolname <> current_user AND NOT rolsuper \
+             ORDER BY 1",
+        )
+        .bind(ctx.config.username.prefix())
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| ctx.stmt_err("listing roles", e, &[]))?;
+        let mut report = ReconcileReport::default();
+        for name in names.into_iter().filter(|n| ctx.config.username.accepts(n)) {
+            report.found += 1;
+            if live.contains(&name) {
+                continue;
+            }
+            match self.drop_user(ctx, &mut conn, &name).await {
+                Ok(_) => report.dropped.push(name),
+                // The target went away mid-pass: the whole pass is retried later.
+                Err(e @ ProviderError::Unavailable(_)) => return Err(e),
+                Err(e) => report.failed.push((name, e.to_string())),
+            }
+        }
+        self.release(ctx, conn);
+        Ok(report)
+    }
+
+    async fn rotate_inner(&self, ctx: &Ctx<'_>) -> Result<SecretString, ProviderError> {
+        // A connection of its own: it must outlive the password change to be able to put
+        // the old one back.
+        let mut conn = with_timeout(&ctx.config, ctx.name(), async {
+            PgConnection::connect_with(&ctx.options)
+                .await
+                .map_err(|e| ctx.admin.connect_error(ctx.name(), e))
+        })
+        .await?;
+        // No client-side timeout from here on: cancelling after the server applied the
+        // change would lose the only copy of the new password. The server bounds the
+        // statements instead, so each one either happens or fails.
+        exec(
+            &mut conn,
+            &format!("SET statement_timeout = {}", ctx.config.timeout.as_millis()),
+        )
+        .await
+        .map_err(|e| ctx.stmt_err("setting a statement timeout", e, &[]))?;
+        let new = generate_password(ctx.config.password_length.max(32))?;
+        // Letters and digits only: safe inside the literal.
+        let stmt = SecretString::new(format!(
+            "ALTER ROLE CURRENT_USER PASSWORD '{}'",
+            new.expose()
+        ));
+        exec(&mut conn, stmt.expose())
+            .await
+            .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new]))?;
+        self.cache.forget(ctx.name());
+        let new_url = ctx.admin.with_password(&new)?;
+
+        let verified = async {
+            let url = url::Url::parse(new_url.expose())
+                .map_err(|e| ProviderError::Failed(format!("new admin URL: {e}")))?;
+            let options = admin_options(&ctx.admin, &url)?;
+            with_timeout(&ctx.config, ctx.name(), async {
+                let mut check = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| ctx.admin.connect_error(ctx.name(), e))?;
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(&mut check)
+                    .await
+                    .map_err(|e| ctx.stmt_err("verifying the new admin password", e, &[&new]))?;
+                let _ = check.close().await;
+                Ok(())
+            })
+            .await
+        }
+        .await;
+        match verified {
+            Ok(()) => {
+                let _ = conn.close().await;
+                tracing::info!(target = ctx.name(), "rotated the admin password");
+                Ok(new_url)
+            }
+            Err(e) => {
+                let reason = ctx.admin.scrub(e.to_string(), &[&new]);
+                let restored = self.restore_password(ctx, &mut conn).await;
+                let _ = conn.close().await;
+                Err(ProviderError::Failed(match restored {
+                    Ok(()) => format!(
+                        "the new admin password did not work ({reason}); the old one was restored"
+                    ),
+                    Err(r) => format!(
+                        "the new admin password did not work ({reason}) and restoring the old one failed ({r}); the admin credential must be reset by hand"
+                    ),
+                }))
+            }
+        }
+    }
+
+    async fn restore_password(
+        &self,
+        ctx: &Ctx<'_>,
+        conn: &mut PgConnection,
+    ) -> Result<(), ProviderError> {
+        let old = ctx.admin.password();
+        let Some(old) = old else {
+            exec(conn, "ALTER ROLE CURRENT_USER PASSWORD NULL")
+                .await
+                .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[]))?;
+            return Ok(());
+        };
+        // The old password may contain anything: let the server quote it.
+        let stmt: String =
+            sqlx::query_scalar("SELECT format('ALTER ROLE CURRENT_USER PASSWORD %L', $1::text)")
+                .bind(old.expose())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[&old]))?;
+        let stmt = SecretString::new(stmt);
+        exec(conn, stmt.expose())
+            .await
+            .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[&old]))?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for PostgresProvider {
+    fn kind(&self) -> &'static str {
+        SPEC.kind
+    }
+
+    fn external(&self) -> bool {
+        true
+    }
+
+    fn validate_target(
+        &self,
+        target: &Target,
+        admin: Option<&SecretString>,
+    ) -> Result<(), ProviderError> {
+        Ctx::new(TargetAccess { target, admin }).map(|_| ())
+    }
+
+    fn plan(&self, request: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
+        let config = Config::from_target(&SPEC, request.target.target)?;
+        let name = config
+            .username
+            .generate(&request.identity.id, &request.grant.action)?;
+        Ok(serde_json::json!({ "username": name }))
+    }
+
+    async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let ctx = Ctx::new(request.target)?;
+        with_timeout(&ctx.config, ctx.name(), self.issue_inner(&ctx, &request)).await
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        _grant: &Grant,
+        target: TargetAccess<'_>,
+        new_expiry: OffsetDateTime,
+    ) -> Result<Option<IssuedCredential>, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(&lease.provider_state, &ctx.config.username)?;
+        let expiration = format_expiration(new_expiry)?;
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut conn = self.connect(&ctx).await?;
+            exec(
+                &mut conn,
+                &format!(
+                    "ALTER ROLE {} VALID UNTIL '{expiration}'",
+                    quote_ident(&name)
+                ),
+            )
+            .await
+            .map_err(|e| {
+                if is_undefined_object(&e) {
+                    ProviderError::Failed(format!(
+                        "role {name} no longer exists on target {}",
+                        ctx.name()
+                    ))
+                } else {
+                    ctx.stmt_err("extending VALID UNTIL", e, &[])
+                }
+            })?;
+            self.release(&ctx, conn);
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(&lease.provider_state, &ctx.config.username)?;
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut conn = self.connect(&ctx).await?;
+            let existed = self.drop_user(&ctx, &mut conn, &name).await?;
+            self.release(&ctx, conn);
+            tracing::info!(target = ctx.name(), role = %name, existed, "revoked role");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reconcile(
+        &self,
+        target: TargetAccess<'_>,
+        live: &BTreeSet<String>,
+    ) -> Result<ReconcileReport, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, live)).await
+    }
+
+    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        // Timeouts are applied inside: the password change itself must not be cancelled.
+        self.rotate_inner(&ctx).await
+    }
+}
