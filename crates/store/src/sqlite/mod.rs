@@ -189,7 +189,16 @@ impl SqliteStore {
             Location::File(path) => {
                 create_parent(&path)?;
                 let opts = base.filename(&path).create_if_missing(true);
-                let mut conn = opts.connect().await.map_err(|e| open_error(&path, e))?;
+                // The writer gets a 64 MiB page cache (bulk revocations touch hundreds of
+                // thousands of index pages; the 2 MiB default spills mid-transaction) and
+                // in-memory temp tables for the `IN (json_each …)` lookups.
+                let mut conn = opts
+                    .clone()
+                    .pragma("cache_size", "-65536")
+                    .pragma("temp_store", "MEMORY")
+                    .connect()
+                    .await
+                    .map_err(|e| open_error(&path, e))?;
                 // `run_direct` rather than `run`: the latter's `Acquire` bound makes this future
                 // not `Send`, and servers open the store inside spawned tasks.
                 sqlx::migrate!()

@@ -64,19 +64,24 @@ async fn request_paths_use_indexes() {
     let leases_by_grant_state = sql::list_leases(None, None, Some("g"), Some("active"));
     let grants_by_identity_state = sql::list_grants(Some("i"), None, Some("issued"));
     let grants_by_task_state = sql::list_grants(None, Some("t"), Some("issued"));
-    let revoke_grants = format!("{}{}", sql::REVOKE_GRANTS_PREFIX, sql::in_list(3, 8));
-    let expire_grants = format!("{}{}", sql::EXPIRE_GRANTS_PREFIX, sql::in_list(3, 8));
+    let revoke_grants = sql::REVOKE_GRANTS;
+    let expire_grants = sql::EXPIRE_GRANTS;
     let cases: Vec<(&str, &str, usize)> = vec![
         ("get_lease", sql::GET_LEASE, 1),
         ("get_grant", sql::GET_GRANT, 1),
         ("renew_lease", sql::RENEW_LEASE, 2),
-        ("revoke by lease", sql::REVOKE_BY_LEASE, 3),
-        ("revoke by grant", sql::REVOKE_BY_GRANT, 3),
-        ("revoke by task", sql::REVOKE_BY_TASK, 3),
-        ("revoke by identity", sql::REVOKE_BY_IDENTITY, 3),
-        ("revoke by owner", sql::REVOKE_BY_OWNER, 3),
-        ("revoke grants", &revoke_grants, 10),
-        ("expire grants", &expire_grants, 10),
+        ("select by lease", sql::REVOKE_BY_LEASE.select, 1),
+        ("select by grant", sql::REVOKE_BY_GRANT.select, 1),
+        ("select by task", sql::REVOKE_BY_TASK.select, 1),
+        ("select by identity", sql::REVOKE_BY_IDENTITY.select, 1),
+        ("select by owner", sql::REVOKE_BY_OWNER.select, 1),
+        ("revoke by lease", sql::REVOKE_BY_LEASE.update, 3),
+        ("revoke by grant", sql::REVOKE_BY_GRANT.update, 3),
+        ("revoke by task", sql::REVOKE_BY_TASK.update, 3),
+        ("revoke by identity", sql::REVOKE_BY_IDENTITY.update, 3),
+        ("revoke by owner", sql::REVOKE_BY_OWNER.update, 3),
+        ("revoke grants", revoke_grants, 3),
+        ("expire grants", expire_grants, 3),
         ("expire_due", sql::EXPIRE_DUE, 2),
         ("next_expiry", sql::NEXT_EXPIRY, 0),
         ("list_audit by task", &audit_by_task.sql, 3),
@@ -113,27 +118,39 @@ async fn request_paths_use_indexes() {
             "sqlite_autoindex_leases_1 (id=?)",
         ),
         (
+            "select by identity",
+            sql::REVOKE_BY_IDENTITY.select,
+            1,
+            "leases_identity_state (identity=? AND state=?)",
+        ),
+        (
             "revoke by identity",
-            sql::REVOKE_BY_IDENTITY,
+            sql::REVOKE_BY_IDENTITY.update,
             3,
             "leases_identity_state (identity=? AND state=?)",
         ),
         (
             "revoke by grant",
-            sql::REVOKE_BY_GRANT,
+            sql::REVOKE_BY_GRANT.update,
             3,
             "leases_grant (grant_id=?)",
         ),
         (
+            "revoke by lease",
+            sql::REVOKE_BY_LEASE.update,
+            3,
+            "sqlite_autoindex_leases_1 (id=?)",
+        ),
+        (
             "revoke grants",
-            revoke_grants.as_str(),
-            10,
+            revoke_grants,
+            3,
             "sqlite_autoindex_grants_1 (id=?)",
         ),
         (
             "expire grants",
-            expire_grants.as_str(),
-            10,
+            expire_grants,
+            3,
             "sqlite_autoindex_grants_1 (id=?)",
         ),
         (
@@ -186,10 +203,21 @@ async fn request_paths_use_indexes() {
     assert!(expiry.contains("leases_active_expiry"), "{expiry}");
     let next = plan(&store, sql::NEXT_EXPIRY, 0).await.join("\n");
     assert!(next.contains("leases_active_expiry"), "{next}");
-    let task = plan(&store, sql::REVOKE_BY_TASK, 3).await.join("\n");
-    assert!(task.contains("leases_task"), "{task}");
-    let owner = plan(&store, sql::REVOKE_BY_OWNER, 3).await.join("\n");
-    assert!(owner.contains("identities_owner"), "{owner}");
+    for (statement, params) in [
+        (sql::REVOKE_BY_TASK.select, 1),
+        (sql::REVOKE_BY_TASK.update, 3),
+    ] {
+        let task = plan(&store, statement, params).await.join("\n");
+        assert!(task.contains("leases_task"), "{task}");
+    }
+    for (statement, params) in [
+        (sql::REVOKE_BY_OWNER.select, 1),
+        (sql::REVOKE_BY_OWNER.update, 3),
+    ] {
+        let owner = plan(&store, statement, params).await.join("\n");
+        assert!(owner.contains("identities_owner"), "{owner}");
+        assert!(owner.contains("leases_identity_state"), "{owner}");
+    }
     let by_task = plan(&store, &audit_by_task.sql, 3).await.join("\n");
     assert!(by_task.contains("audit_task"), "{by_task}");
     // Newest-first lists read the index in order instead of sorting every match.

@@ -13,22 +13,26 @@
 
 use std::time::Instant;
 
-use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::audit::{hash_entry, AuditDraft, AuditEvent, AuditKind};
 use mayfly_core::model::{
     Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
 };
 use mayfly_core::store::{OperatorTokenRecord, RevokeOutcome, SigningKeyRecord, StoreError};
 use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{conflict_or, map_sqlx, replicate};
+use super::error::{conflict_or, corrupt, map_sqlx, replicate};
 use super::rows::{
     identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs, LeaseRow,
 };
 use super::sql;
+
+/// From this many events on, sealing runs on a blocking thread alongside database work.
+const PIPELINE_MIN: usize = 512;
+/// Rows handed from the sealing thread to the inserter at a time.
+const SEAL_CHUNK: usize = 1024;
 
 /// Most operations committed together. Bounded so one commit's latency stays small and a
 /// burst cannot hold the write lock for long.
@@ -110,7 +114,7 @@ struct Head {
     hash: String,
 }
 
-/// An audit row sealed in memory, written when the batch is flushed.
+/// An audit row sealed in memory, not yet inserted.
 struct SealedRow {
     seq: i64,
     at_ms: i64,
@@ -128,25 +132,103 @@ struct Chain {
     pending: Vec<SealedRow>,
 }
 
+/// Places `draft` after `head` and advances `head`.
+///
+/// Equivalent to [`AuditDraft::seal`] (a test holds them equal), but keeps the canonical
+/// body it hashes: `seal` would compute it for the hash and we would compute it again to
+/// store it, and serialising is most of the cost of a bulk revocation.
+fn seal_next(head: &mut Head, draft: AuditDraft, at: OffsetDateTime) -> SealedRow {
+    let seq = head.seq + 1;
+    let event = AuditEvent {
+        seq,
+        at,
+        kind: draft.kind,
+        actor: draft.actor,
+        identity: draft.identity,
+        owner: draft.owner,
+        target: draft.target,
+        task: draft.task,
+        grant_id: draft.grant_id,
+        lease_id: draft.lease_id,
+        detail: draft.detail,
+        prev_hash: std::mem::take(&mut head.hash),
+        hash: String::new(),
+    };
+    let body = event.canonical_body();
+    let hash = hash_entry(&body);
+    head.seq = seq;
+    head.hash = hash.clone();
+    SealedRow {
+        seq: i64::try_from(seq).unwrap_or(i64::MAX),
+        at_ms: to_unix_ms(at),
+        kind: event.kind.as_str(),
+        identity: event.identity,
+        task: event.task,
+        grant_id: event.grant_id.map(|g| g.to_string()),
+        body,
+        hash,
+    }
+}
+
 impl Chain {
     fn append(&mut self, draft: AuditDraft, at: OffsetDateTime) {
-        let seq = self.head.seq + 1;
-        let event = draft.seal(seq, at, &self.head.hash);
-        let row = SealedRow {
-            seq: i64::try_from(seq).unwrap_or(i64::MAX),
-            at_ms: to_unix_ms(at),
-            kind: event.kind.as_str(),
-            identity: event.identity.clone(),
-            task: event.task.clone(),
-            grant_id: event.grant_id.map(|g| g.to_string()),
-            body: event.canonical_body(),
-            hash: event.hash,
-        };
-        self.head = Head {
-            seq,
-            hash: row.hash.clone(),
-        };
+        let row = seal_next(&mut self.head, draft, at);
         self.pending.push(row);
+    }
+
+    /// Appends many events, overlapping the CPU-bound sealing (on a blocking thread) with
+    /// `concurrently`'s database work and then inserting rows as they are sealed. Small
+    /// sets are sealed inline: a thread hand-off costs more than it saves.
+    async fn append_all<F>(
+        &mut self,
+        conn: &mut SqliteConnection,
+        drafts: Vec<AuditDraft>,
+        at: OffsetDateTime,
+        concurrently: F,
+    ) -> Result<(), StoreError>
+    where
+        F: AsyncFnOnce(&mut SqliteConnection) -> Result<(), StoreError>,
+    {
+        if drafts.len() < PIPELINE_MIN {
+            concurrently(conn).await?;
+            for d in drafts {
+                self.append(d, at);
+            }
+            return Ok(());
+        }
+        // Unbounded: the sealer must never wait for the inserter, which is busy with the
+        // updates until they finish. The operation holds its drafts in memory already; the
+        // queued rows are the same data in their final form.
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let mut head = self.head.clone();
+        // Sealing is sequential (each entry hashes the previous one) but needs no database,
+        // so it runs on another core while this task drives SQLite.
+        let sealer = tokio::task::spawn_blocking(move || -> Result<Head, StoreError> {
+            let mut chunk = Vec::with_capacity(SEAL_CHUNK);
+            let mut drafts = drafts.into_iter().peekable();
+            while let Some(d) = drafts.next() {
+                chunk.push(seal_next(&mut head, d, at));
+                if chunk.len() == SEAL_CHUNK || drafts.peek().is_none() {
+                    let json = rows_json(&chunk)?;
+                    chunk.clear();
+                    // The receiver is gone only if the operation already failed.
+                    if tx.send(json).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(head)
+        });
+        concurrently(conn).await?;
+        while let Some(json) = rx.recv().await {
+            insert_audit_json(conn, json).await?;
+        }
+        // Only now does the chain move: on any error above, the head stays where the
+        // savepoint rollback puts the rows back to.
+        self.head = sealer
+            .await
+            .map_err(|e| StoreError::Backend(format!("the audit sealing task failed: {e}")))??;
+        Ok(())
     }
 }
 
@@ -281,7 +363,7 @@ impl Writer {
         }
 
         if fatal.is_none() {
-            if let Err(e) = flush_audit(conn, chain).await {
+            if let Err(e) = flush_audit(conn, chain, &batch_head).await {
                 fatal = Some(e);
             }
         }
@@ -347,30 +429,19 @@ fn fail_all(jobs: Vec<(Op, Reply)>, err: &StoreError) {
     }
 }
 
-/// Inserts the batch's sealed audit rows with few multi-row statements and moves the
-/// recorded head, all inside the batch's transaction.
-async fn flush_audit(conn: &mut SqliteConnection, chain: &mut Chain) -> Result<(), StoreError> {
-    if chain.pending.is_empty() {
-        return Ok(());
+/// Inserts the batch's remaining sealed rows and records the new head, inside the batch's
+/// transaction. Bulk operations have inserted their own rows already; the head still
+/// needs writing for them, hence the comparison rather than a check of `pending`.
+async fn flush_audit(
+    conn: &mut SqliteConnection,
+    chain: &mut Chain,
+    batch_head: &Head,
+) -> Result<(), StoreError> {
+    if !chain.pending.is_empty() {
+        insert_audit_json(conn, rows_json(&chain.pending)?).await?;
     }
-    let mut rest = &chain.pending[..];
-    for size in sql::chunk_sizes(rest.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let text = sql::audit_insert(size);
-        let mut q = sqlx::query(&text);
-        for r in chunk {
-            q = q
-                .bind(r.seq)
-                .bind(r.at_ms)
-                .bind(r.kind)
-                .bind(r.identity.as_deref())
-                .bind(r.task.as_deref())
-                .bind(r.grant_id.as_deref())
-                .bind(r.body.as_str())
-                .bind(r.hash.as_str());
-        }
-        q.execute(&mut *conn).await.map_err(map_sqlx)?;
+    if chain.head == *batch_head {
+        return Ok(());
     }
     sqlx::query(sql::SET_AUDIT_HEAD)
         .bind(i64::try_from(chain.head.seq).unwrap_or(i64::MAX))
@@ -379,6 +450,35 @@ async fn flush_audit(conn: &mut SqliteConnection, chain: &mut Chain) -> Result<(
         .await
         .map_err(map_sqlx)?;
     Ok(())
+}
+
+/// Sealed rows as the JSON array [`sql::INSERT_AUDIT`] reads.
+fn rows_json(rows: &[SealedRow]) -> Result<String, StoreError> {
+    let tuples: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.at_ms,
+                r.kind,
+                r.identity.as_deref(),
+                r.task.as_deref(),
+                r.grant_id.as_deref(),
+                r.body.as_str(),
+                r.hash.as_str(),
+            )
+        })
+        .collect();
+    to_json("audit rows", &tuples)
+}
+
+async fn insert_audit_json(conn: &mut SqliteConnection, json: String) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_AUDIT)
+        .bind(json)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(map_sqlx)
 }
 
 async fn run_op(
@@ -418,8 +518,8 @@ async fn run_op(
                 })?;
             let reason = RevocationReason::IdentityDisabled;
             let selector = LeaseSelector::Identity(id.clone());
-            let leases = revoke_rows(conn, &selector, reason, now).await?;
-            let outcome = count(&leases);
+            let ended = select_live(conn, &selector).await?;
+            let outcome = count(&ended);
             let mut event = AuditDraft::new(AuditKind::IdentityDisabled, actor.as_str()).detail(
                 serde_json::json!({
                     "revoked": outcome.revoked,
@@ -429,7 +529,7 @@ async fn run_op(
             event.identity = Some(id);
             event.owner = Some(owner);
             chain.append(event, now);
-            audit_revocations(chain, &leases, reason, &selector, &actor, now)?;
+            finish_revocation(conn, chain, &ended, reason, &selector, &actor, now).await?;
             Ok(Output::Outcome(outcome))
         }
         Op::CreateTarget(target, event) => {
@@ -459,9 +559,16 @@ async fn run_op(
             actor,
             now,
         } => {
-            let leases = revoke_rows(conn, &selector, reason, now).await?;
-            audit_revocations(chain, &leases, reason, &selector, &actor, now)?;
-            Ok(Output::Outcome(count(&leases)))
+            let started = Instant::now();
+            let ended = select_live(conn, &selector).await?;
+            finish_revocation(conn, chain, &ended, reason, &selector, &actor, now).await?;
+            tracing::debug!(
+                selector = %selector,
+                leases = ended.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "revoked"
+            );
+            Ok(Output::Outcome(count(&ended)))
         }
         Op::ExpireDue { now, limit } => expire_due(conn, chain, now, limit)
             .await
@@ -661,99 +768,164 @@ async fn renew_lease(
     Ok(lease)
 }
 
-/// Ends the live leases the selector matches and moves their issued grants to revoked.
-async fn revoke_rows(
-    conn: &mut SqliteConnection,
-    selector: &LeaseSelector,
-    reason: RevocationReason,
-    now: OffsetDateTime,
-) -> Result<Vec<LeaseRow>, StoreError> {
-    let (text, key) = match selector {
+/// What audit events of a revocation need from each lease it ended.
+struct Ended {
+    id: Uuid,
+    grant_id: Uuid,
+    identity: String,
+    owner: String,
+    target: String,
+    task: String,
+    state: LeaseState,
+}
+
+fn revoke_sql(selector: &LeaseSelector) -> (sql::RevokeSql, String) {
+    match selector {
         LeaseSelector::Lease(id) => (sql::REVOKE_BY_LEASE, id.to_string()),
         LeaseSelector::Grant(id) => (sql::REVOKE_BY_GRANT, id.to_string()),
         LeaseSelector::Task(t) => (sql::REVOKE_BY_TASK, t.clone()),
         LeaseSelector::Identity(i) => (sql::REVOKE_BY_IDENTITY, i.clone()),
         LeaseSelector::Owner(o) => (sql::REVOKE_BY_OWNER, o.clone()),
-    };
-    let rows = sqlx::query(text)
-        .bind(reason.as_str())
-        .bind(to_unix_ms(now))
-        .bind(key)
-        .fetch_all(&mut *conn)
+    }
+}
+
+/// The live leases the selector matches, with the state revocation will give each.
+async fn select_live(
+    conn: &mut SqliteConnection,
+    selector: &LeaseSelector,
+) -> Result<Vec<Ended>, StoreError> {
+    let (statements, key) = revoke_sql(selector);
+    let json: String = sqlx::query_scalar(statements.select)
+        .bind(&key)
+        .fetch_one(&mut *conn)
         .await
         .map_err(map_sqlx)?;
-    let leases = decode_leases(&rows)?;
-    let grants: Vec<String> = leases
-        .iter()
-        .map(|l| l.lease.grant_id.to_string())
-        .collect();
-    update_grants(conn, sql::REVOKE_GRANTS_PREFIX, reason, now, &grants).await?;
-    Ok(leases)
+    let live: Vec<(String, String, String, String, String, String, i64)> =
+        serde_json::from_str(&json).map_err(|e| corrupt("live leases", e))?;
+    let ended = live
+        .into_iter()
+        .map(|(id, grant_id, identity, owner, target, task, external)| {
+            Ok(Ended {
+                id: Uuid::parse_str(&id).map_err(|e| corrupt("leases.id", e))?,
+                grant_id: Uuid::parse_str(&grant_id).map_err(|e| corrupt("leases.grant_id", e))?,
+                identity,
+                owner,
+                target,
+                task,
+                state: if external != 0 {
+                    LeaseState::Revoking
+                } else {
+                    LeaseState::Revoked
+                },
+            })
+        })
+        .collect::<Result<Vec<Ended>, StoreError>>()?;
+    Ok(ended)
 }
 
-fn decode_leases(rows: &[SqliteRow]) -> Result<Vec<LeaseRow>, StoreError> {
-    rows.iter().map(lease_from_row).collect()
-}
-
-async fn update_grants(
+/// Ends the leases [`select_live`] returned for the same selector.
+async fn end_leases(
     conn: &mut SqliteConnection,
-    prefix: &str,
+    selector: &LeaseSelector,
+    expected: usize,
     reason: RevocationReason,
     now: OffsetDateTime,
-    grant_ids: &[String],
 ) -> Result<(), StoreError> {
-    let mut rest = grant_ids;
-    for size in sql::chunk_sizes(grant_ids.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let text = format!("{prefix}{}", sql::in_list(3, size));
-        let mut q = sqlx::query(&text)
-            .bind(reason.as_str())
-            .bind(to_unix_ms(now));
-        for id in chunk {
-            q = q.bind(id.as_str());
-        }
-        q.execute(&mut *conn).await.map_err(map_sqlx)?;
+    if expected == 0 {
+        return Ok(());
+    }
+    let (statements, key) = revoke_sql(selector);
+    let changed = sqlx::query(statements.update)
+        .bind(&key)
+        .bind(reason.as_str())
+        .bind(to_unix_ms(now))
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?
+        .rows_affected();
+    // Same condition, same transaction, single writer: anything else is a bug, and
+    // auditing leases that were not changed would make the log lie.
+    if changed != expected as u64 {
+        return Err(StoreError::Backend(format!(
+            "revocation selected {expected} leases but changed {changed}"
+        )));
     }
     Ok(())
 }
 
-fn count(leases: &[LeaseRow]) -> RevokeOutcome {
-    let revoking = leases
-        .iter()
-        .filter(|l| l.lease.state == LeaseState::Revoking)
-        .count() as u64;
-    RevokeOutcome {
-        revoked: leases.len() as u64 - revoking,
-        revoking,
-    }
-}
-
-fn audit_revocations(
+/// Ends the selected leases, moves their issued grants to revoked and audits one event
+/// per lease; the events are sealed while SQLite applies the updates.
+async fn finish_revocation(
+    conn: &mut SqliteConnection,
     chain: &mut Chain,
-    leases: &[LeaseRow],
+    ended: &[Ended],
     reason: RevocationReason,
     selector: &LeaseSelector,
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    let selector_key = selector;
     let selector = to_json_value(selector)?;
-    for LeaseRow { lease, owner } in leases {
-        let kind = if lease.state == LeaseState::Revoking {
-            AuditKind::LeaseRevoking
-        } else {
-            AuditKind::LeaseRevoked
-        };
-        let mut event = AuditDraft::new(kind, actor)
-            .for_lease(lease)
-            .detail(serde_json::json!({
+    let drafts = ended
+        .iter()
+        .map(|l| {
+            let kind = if l.state == LeaseState::Revoking {
+                AuditKind::LeaseRevoking
+            } else {
+                AuditKind::LeaseRevoked
+            };
+            let mut event = AuditDraft::new(kind, actor).detail(serde_json::json!({
                 "reason": reason.as_str(),
                 "selector": selector.clone(),
             }));
-        event.owner = Some(owner.clone());
-        chain.append(event, now);
+            event.identity = Some(l.identity.clone());
+            event.owner = Some(l.owner.clone());
+            event.target = Some(l.target.clone());
+            event.task = Some(l.task.clone());
+            event.grant_id = Some(l.grant_id);
+            event.lease_id = Some(l.id);
+            event
+        })
+        .collect();
+    let grants: Vec<String> = ended.iter().map(|l| l.grant_id.to_string()).collect();
+    chain
+        .append_all(conn, drafts, now, async |conn: &mut SqliteConnection| {
+            end_leases(conn, selector_key, ended.len(), reason, now).await?;
+            update_grants(conn, sql::REVOKE_GRANTS, reason, now, &grants).await
+        })
+        .await
+}
+
+/// Moves the given grants from issued to the end state `statement` sets.
+async fn update_grants(
+    conn: &mut SqliteConnection,
+    statement: &str,
+    reason: RevocationReason,
+    now: OffsetDateTime,
+    grant_ids: &[String],
+) -> Result<(), StoreError> {
+    if grant_ids.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    sqlx::query(statement)
+        .bind(reason.as_str())
+        .bind(to_unix_ms(now))
+        .bind(to_json("grant ids", &grant_ids)?)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(map_sqlx)
+}
+
+fn count(ended: &[Ended]) -> RevokeOutcome {
+    let revoking = ended
+        .iter()
+        .filter(|l| l.state == LeaseState::Revoking)
+        .count() as u64;
+    RevokeOutcome {
+        revoked: ended.len() as u64 - revoking,
+        revoking,
+    }
 }
 
 async fn expire_due(
@@ -771,7 +943,10 @@ async fn expire_due(
         .fetch_all(&mut *conn)
         .await
         .map_err(map_sqlx)?;
-    let mut leases = decode_leases(&rows)?;
+    let mut leases = rows
+        .iter()
+        .map(lease_from_row)
+        .collect::<Result<Vec<LeaseRow>, StoreError>>()?;
     // RETURNING yields rows in no promised order; the contract is oldest expiry first.
     leases.sort_by_key(|l| (l.lease.expires_at, l.lease.id));
     // External leases stay covered by their grant until the target confirms removal.
@@ -780,27 +955,27 @@ async fn expire_due(
         .filter(|l| !l.lease.external)
         .map(|l| l.lease.grant_id.to_string())
         .collect();
-    update_grants(
-        conn,
-        sql::EXPIRE_GRANTS_PREFIX,
-        RevocationReason::Ttl,
-        now,
-        &ended,
-    )
-    .await?;
     let now_ms = to_unix_ms(now);
-    for LeaseRow { lease, owner } in &leases {
-        let mut event = AuditDraft::new(AuditKind::LeaseExpired, "system:expiry")
-            .for_lease(lease)
-            .detail(serde_json::json!({
-                "reason": RevocationReason::Ttl.as_str(),
-                "expires_at": rfc3339(lease.expires_at),
-                "lag_ms": now_ms - to_unix_ms(lease.expires_at),
-                "state": lease.state.as_str(),
-            }));
-        event.owner = Some(owner.clone());
-        chain.append(event, now);
-    }
+    let drafts = leases
+        .iter()
+        .map(|LeaseRow { lease, owner }| {
+            let mut event = AuditDraft::new(AuditKind::LeaseExpired, "system:expiry")
+                .for_lease(lease)
+                .detail(serde_json::json!({
+                    "reason": RevocationReason::Ttl.as_str(),
+                    "expires_at": rfc3339(lease.expires_at),
+                    "lag_ms": now_ms - to_unix_ms(lease.expires_at),
+                    "state": lease.state.as_str(),
+                }));
+            event.owner = Some(owner.clone());
+            event
+        })
+        .collect();
+    chain
+        .append_all(conn, drafts, now, async |conn: &mut SqliteConnection| {
+            update_grants(conn, sql::EXPIRE_GRANTS, RevocationReason::Ttl, now, &ended).await
+        })
+        .await?;
     Ok(leases.into_iter().map(|l| l.lease).collect())
 }
 
@@ -850,4 +1025,62 @@ fn to_json_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreE
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| to_unix_ms(t).to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// `seal_next` must produce exactly what core's `AuditDraft::seal` does, or the chain
+    /// the store writes would not verify.
+    #[test]
+    fn seal_next_matches_core_seal() {
+        let at = mayfly_core::now();
+        let mut head = Head {
+            seq: 41,
+            hash: "ab".repeat(32),
+        };
+        let mut draft = AuditDraft::new(AuditKind::LeaseRevoked, "operator")
+            .detail(serde_json::json!({"reason": "admin", "z": [1, {"b": 2, "a": 1}]}));
+        draft.identity = Some("agent".into());
+        draft.task = Some("t".into());
+        draft.grant_id = Some(Uuid::new_v4());
+        draft.lease_id = Some(Uuid::new_v4());
+        let expected = draft.clone().seal(42, at, &head.hash);
+        let row = seal_next(&mut head, draft, at);
+        assert_eq!(row.seq, 42);
+        assert_eq!(row.hash, expected.hash);
+        assert_eq!(row.body, expected.canonical_body());
+        assert_eq!(row.kind, "lease.revoked");
+        assert_eq!(row.grant_id, expected.grant_id.map(|g| g.to_string()));
+        assert_eq!(
+            head,
+            Head {
+                seq: 42,
+                hash: expected.hash
+            }
+        );
+    }
+
+    #[test]
+    fn audit_rows_serialise_as_positional_arrays() {
+        let mut head = Head {
+            seq: 0,
+            hash: mayfly_core::audit::GENESIS_HASH.into(),
+        };
+        let row = seal_next(
+            &mut head,
+            AuditDraft::new(AuditKind::AuthFailed, "anonymous"),
+            mayfly_core::from_unix_ms(1_000),
+        );
+        let json: serde_json::Value = serde_json::from_str(&rows_json(&[row]).unwrap()).unwrap();
+        let first = &json[0];
+        assert_eq!(first[0], 1);
+        assert_eq!(first[1], 1_000);
+        assert_eq!(first[2], "auth.failed");
+        assert!(first[3].is_null() && first[4].is_null() && first[5].is_null());
+        assert!(first[6].as_str().unwrap().starts_with('{'));
+        assert_eq!(first[7].as_str().unwrap().len(), 64);
+    }
 }
