@@ -186,21 +186,29 @@ impl CedarEngine {
         for g in group_uids {
             entities.push(Entity::new_no_attrs(g, HashSet::new()));
         }
-        if let Some(a) = self.action_entities.get(r.action) {
-            entities.push(a.clone());
+        // Only needed for action-group membership; without groups an absent action entity
+        // behaves the same and saves a clone per request.
+        if !self.action_groups.is_empty() {
+            if let Some(a) = self.action_entities.get(r.action) {
+                entities.push(a.clone());
+            }
         }
         // Entities are built by us to the schema's shape; re-checking them against the
-        // schema on every request would cost more than the evaluation itself.
-        let entities = Entities::from_entities(entities, None).map_err(internal)?;
+        // schema on every request would cost more than the evaluation itself. Debug builds
+        // (and so every test) do check.
+        let entities =
+            Entities::from_entities(entities, cfg!(debug_assertions).then_some(&self.schema))
+                .map_err(internal)?;
         let context = self.context(r, &extra, approvals)?;
-        // The request *is* checked against the schema: cheap, and it catches a context
-        // that does not match what the validator assumed.
+        // The request is built by us to the schema's shape (the action was checked above);
+        // re-validating it costs about as much as evaluating the policies, so only debug
+        // builds (and so every test) check that the shape has not drifted from the schema.
         let request = Request::new(
             principal_uid.clone(),
             action_uid.clone(),
             resource_uid.clone(),
             context,
-            Some(&self.schema),
+            cfg!(debug_assertions).then_some(&self.schema),
         )
         .map_err(internal)?;
 
