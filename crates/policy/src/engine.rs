@@ -1,6 +1,19 @@
 //! The Cedar-backed [`PolicyEngine`]: maps a Mayfly request onto Cedar entities and
 //! context, evaluates the policies that can apply to the target, and turns Cedar's answer
 //! plus the policies' annotations into a [`Decision`].
+//!
+//! # Mapping
+//!
+//! | Cedar | From |
+//! |---|---|
+//! | principal `Workload::"<identity.id>"` | `id`, `kind` (`service`/`pipeline`/`agent`/`other`), `owner` from the identity; `environment` = label `env` or `""`; `labels` = identity labels as `"key=value"`; `method`, `issuer`, `subject` and `attributes` (verified claims as `"key=value"`, arrays one tag per element, other scalars as JSON text, nulls dropped) from the workload credential, or `method = "operator"`, `subject` = operator name, no attributes when an operator asks on the identity's behalf |
+//! | action `Action::"<action>"` | the requested action; must be one of the target's `actions` and declared in the schema, else `BadRequest { field: "action" }` |
+//! | resource `Target::"<target.name>"` | `name`, `kind`, `actions`; `environment`, `sensitivity`, `owner` from the target settings of those names (strings, `""` when absent); parents `TargetGroup::"<g>"` for each name in settings `groups` (malformed settings are `Internal`: an operator error, failing closed) |
+//! | `context.purpose`, `context.task_id` | request purpose and task (each at most [`MAX_TEXT_BYTES`], else `BadRequest` on `purpose`/`task`) |
+//! | `context.requested_ttl_seconds` | requested TTL |
+//! | `context.now` | `{timestamp, weekday: "mon".."sun", hour: 0..23}` of the request time in [`LoadOptions::utc_offset`] |
+//! | `context.break_glass`, `context.environment`, `context.source_ip` | the request's JSON `context` object (`false` / `""` / absent by default). Any other key, a wrong type or an unparsable IP is `BadRequest { field: "context.<key>" }`; `source_ip` is normalised to canonical text |
+//! | `context.approvals` | `{count, approvers}` from [`CedarEngine::decide_with_approvals`]; empty for [`PolicyEngine::decide`]. Callers cannot supply it |
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
