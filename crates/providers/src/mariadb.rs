@@ -114,6 +114,18 @@ async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sqlx::Error> 
     conn.execute(sqlx::raw_sql(sql)).await.map(|_| ())
 }
 
+/// The account this session authenticated as, `(user, host)`.
+async fn current_account(conn: &mut MySqlConnection) -> Result<(String, String), sqlx::Error> {
+    let account: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
+        .fetch_one(&mut *conn)
+        .await?;
+    // `user@host`; the host never contains `@`, the user might.
+    Ok(match account.rsplit_once('@') {
+        Some((u, h)) => (u.to_string(), h.to_string()),
+        None => (account, String::new()),
+    })
+}
+
 fn error_number(e: &sqlx::Error) -> Option<u16> {
     match e {
         sqlx::Error::Database(db) => db
@@ -184,6 +196,22 @@ impl MariaDbProvider {
         if let Some(h) = hosts.iter().find(|h| !safe_host(h)) {
             return Err(ProviderError::Failed(format!(
                 "user {name} has an account with an unexpected host {h:?}; drop it by hand"
+            )));
+        }
+        // Without PROCESS the process list shows only the admin's own connections, so the
+        // user's sessions would silently survive: refuse instead of pretending.
+        let has_process: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES \
+             WHERE PRIVILEGE_TYPE = 'PROCESS'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| ctx.stmt_err("checking the PROCESS privilege", e, &[]))?;
+        if has_process == 0 {
+            return Err(ProviderError::Failed(format!(
+                "the admin account of target {} lacks the PROCESS privilege (granted directly), \
+                 so the sessions of {name} cannot be found and killed",
+                ctx.name()
             )));
         }
         // Locked first, so nobody logs in between the kill and the drop.
@@ -318,18 +346,32 @@ impl MariaDbProvider {
         let prefix = ctx.config.username.prefix();
         // The admin itself and administrative accounts are never candidates, even when
         // their names start with the prefix (`mayfly_admin` starts with `mayfly_`).
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT CONVERT(User USING utf8mb4) FROM mysql.user \
-             WHERE LEFT(User, CHAR_LENGTH(?)) = ? \
-               AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
-               AND Super_priv <> 'Y' AND Create_user_priv <> 'Y' \
-             ORDER BY 1",
+        let (me, _) = current_account(&mut conn)
+            .await
+            .map_err(|e| ctx.stmt_err("reading the admin account", e, &[]))?;
+        // Filtered here rather than in SQL: the privilege columns and the connection's
+        // literals have different collations, which MariaDB refuses to compare.
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT CONVERT(User USING utf8mb4), CONVERT(Super_priv USING utf8mb4), \
+                    CONVERT(Create_user_priv USING utf8mb4) \
+             FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY 1",
         )
         .bind(prefix)
         .bind(prefix)
         .fetch_all(&mut conn)
         .await
         .map_err(|e| ctx.stmt_err("listing users", e, &[]))?;
+        let admins: BTreeSet<&str> = rows
+            .iter()
+            .filter(|(_, sup, cu)| sup == "Y" || cu == "Y")
+            .map(|(u, _, _)| u.as_str())
+            .collect();
+        let mut names: Vec<String> = rows
+            .iter()
+            .filter(|(u, _, _)| *u != me && !admins.contains(u.as_str()))
+            .map(|(u, _, _)| u.clone())
+            .collect();
+        names.dedup();
         let mut report = ReconcileReport::default();
         for name in names.into_iter().filter(|n| ctx.config.username.accepts(n)) {
             report.found += 1;
@@ -373,11 +415,23 @@ impl MariaDbProvider {
             .map_err(|e| ctx.stmt_err("reading sql_mode", e, &[]))?;
         let no_backslash_escapes = sql_mode.contains("NO_BACKSLASH_ESCAPES");
 
+        // `ALTER USER CURRENT_USER()` is accepted but changes nothing on MariaDB 10.11, so
+        // the account is named explicitly.
+        let (user, host) = current_account(&mut conn)
+            .await
+            .map_err(|e| ctx.stmt_err("reading the admin account", e, &[]))?;
+        if !safe_host(&host) {
+            return Err(ProviderError::Failed(format!(
+                "admin account host {host:?} has unexpected characters"
+            )));
+        }
+        let me = format!(
+            "'{}'@'{}'",
+            literal_body(&user, no_backslash_escapes),
+            literal_body(&host, no_backslash_escapes)
+        );
         let new = generate_password(ctx.config.password_length.max(32))?;
-        let stmt = SecretString::new(format!(
-            "ALTER USER CURRENT_USER() IDENTIFIED BY '{}'",
-            new.expose()
-        ));
+        let stmt = SecretString::new(format!("ALTER USER {me} IDENTIFIED BY '{}'", new.expose()));
         exec(&mut conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new]))?;
@@ -420,7 +474,7 @@ impl MariaDbProvider {
                     ))
                 } else {
                     let stmt = SecretString::new(format!(
-                        "ALTER USER CURRENT_USER() IDENTIFIED BY '{}'",
+                        "ALTER USER {me} IDENTIFIED BY '{}'",
                         literal_body(old.expose(), no_backslash_escapes)
                     ));
                     exec(&mut conn, stmt.expose())

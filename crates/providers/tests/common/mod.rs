@@ -1,0 +1,539 @@
+//! The integration suite shared by both database providers.
+//!
+//! Each engine implements [`Engine`] (set up an isolated database and admin user, connect
+//! as an issued user, inspect the server as its superuser); every scenario below is
+//! written once against that trait and run for each engine by `tests/providers.rs`.
+//!
+//! Isolation: every test makes its own database and admin user with a random suffix, and
+//! its own username prefix, so tests run in parallel and reconciliation in one test never
+//! sees another test's users. A [`Guard`] drops all of it at the end, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+pub mod mariadb;
+pub mod pg;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mayfly_core::model::{Grant, GrantState, Identity, IdentityKind, Lease, LeaseState, Target};
+use mayfly_core::provider::{
+    IssueRequest, IssuedCredential, Provider, ProviderError, TargetAccess,
+};
+use mayfly_core::secret::SecretString;
+use time::OffsetDateTime;
+
+/// An isolated playground on one engine.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub suffix: String,
+    pub database: String,
+    pub admin_user: String,
+    pub admin_password: String,
+    /// Fixed part of the username template; the admin's name starts with it too, so
+    /// every reconciliation also checks the admin is never a candidate.
+    pub prefix: String,
+    pub target: Target,
+    pub admin: SecretString,
+}
+
+impl Fixture {
+    pub fn access(&self) -> TargetAccess<'_> {
+        TargetAccess {
+            target: &self.target,
+            admin: Some(&self.admin),
+        }
+    }
+}
+
+/// A session opened with issued credentials.
+#[async_trait::async_trait]
+pub trait Session: Send {
+    async fn select(&mut self) -> Result<i64, String>;
+    async fn insert(&mut self) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Suite name in skip lines.
+    const NAME: &'static str;
+    const ADDR: &'static str;
+    /// Whether the engine keeps an expiry on the user (PostgreSQL `VALID UNTIL`).
+    const HAS_EXPIRY: bool;
+
+    fn provider() -> Arc<dyn Provider>;
+    /// Creates database, schema/table and admin user; returns the fixture.
+    async fn setup(suffix: &str) -> Fixture;
+    /// Drops everything `setup` and the tests made (run from [`Guard`]).
+    async fn cleanup(fx: &Fixture);
+    /// Opens a session with a DSN handed out by the provider.
+    async fn connect(dsn: &str) -> Result<Box<dyn Session>, String>;
+    async fn user_exists(fx: &Fixture, name: &str) -> bool;
+    /// The user's server-side expiry, where the engine has one.
+    async fn valid_until(fx: &Fixture, name: &str) -> Option<OffsetDateTime>;
+    /// Whether `password` is the user's current password (by login where the server
+    /// checks passwords, by the stored verifier where loopback is trusted).
+    async fn password_works(fx: &Fixture, user: &str, password: &str) -> bool;
+    /// An admin URL that reaches the server but fails authentication with `password`.
+    fn rejected_admin_url(fx: &Fixture, password: &str) -> String;
+    /// An admin URL pointing at a port where nothing listens, with `password`.
+    fn down_admin_url(fx: &Fixture, password: &str) -> String;
+    /// A creation statement that breaks with `{{password}}` right in the server's error.
+    fn creation_echoing_password() -> &'static str;
+}
+
+pub fn require_services() -> bool {
+    std::env::var("MAYFLY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Sets up a fixture, or says why not: skipped (stderr line) when the service is down,
+/// failed when `MAYFLY_REQUIRE_SERVICES=1`.
+pub async fn fixture<E: Engine>() -> Option<Guard<E>> {
+    let reachable = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(E::ADDR)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !reachable {
+        if require_services() {
+            panic!(
+                "{} integration suite: {} unreachable and MAYFLY_REQUIRE_SERVICES=1",
+                E::NAME,
+                E::ADDR
+            );
+        }
+        eprintln!(
+            "SKIPPED: {} integration suite — {} unreachable",
+            E::NAME,
+            E::ADDR
+        );
+        return None;
+    }
+    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let fx = E::setup(&suffix).await;
+    Some(Guard {
+        fx,
+        _engine: std::marker::PhantomData,
+    })
+}
+
+/// Drops the fixture's database and users when the test ends, however it ends.
+pub struct Guard<E: Engine> {
+    pub fx: Fixture,
+    _engine: std::marker::PhantomData<E>,
+}
+
+impl<E: Engine> Drop for Guard<E> {
+    fn drop(&mut self) {
+        let fx = self.fx.clone();
+        // Drop cannot await; clean up on a runtime of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(E::cleanup(&fx));
+        })
+        .join();
+        if done.is_err() {
+            eprintln!("cleanup of {} fixture {} failed", E::NAME, self.fx.suffix);
+        }
+    }
+}
+
+pub fn target(kind: &str, name: &str, settings: serde_json::Value) -> Target {
+    Target {
+        name: name.into(),
+        kind: kind.into(),
+        actions: vec!["read".into(), "write".into()],
+        default_ttl: "1h".parse().unwrap(),
+        max_ttl: "8h".parse().unwrap(),
+        allow: vec!["*".into()],
+        settings,
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+pub fn identity() -> Identity {
+    Identity {
+        id: "billing-deployer".into(),
+        kind: IdentityKind::Service,
+        owner: "team-billing".into(),
+        purpose: "deploys billing".into(),
+        expires_at: None,
+        labels: BTreeMap::new(),
+        enabled: true,
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+pub fn grant(target: &Target, action: &str) -> Grant {
+    let now = OffsetDateTime::now_utc();
+    Grant {
+        id: uuid::Uuid::new_v4(),
+        identity: "billing-deployer".into(),
+        owner: "team-billing".into(),
+        target: target.name.clone(),
+        action: action.into(),
+        purpose: "test".into(),
+        task: "t-1".into(),
+        requested_ttl: "1h".parse().unwrap(),
+        granted_ttl: Some("1h".parse().unwrap()),
+        context: serde_json::Value::Null,
+        state: GrantState::Issued,
+        revocation_reason: None,
+        decision: serde_json::Value::Null,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// An issued credential with the lease the server would have stored for it.
+pub struct Issued {
+    pub credential: IssuedCredential,
+    pub lease: Lease,
+    pub grant: Grant,
+    pub username: String,
+}
+
+impl Issued {
+    pub fn dsn(&self) -> &str {
+        self.credential.secrets["dsn"].expose()
+    }
+}
+
+/// plan + issue, as the server does (plan first, committed, then issue).
+pub async fn issue(p: &dyn Provider, fx: &Fixture, action: &str) -> Result<Issued, ProviderError> {
+    let identity = identity();
+    let grant = grant(&fx.target, action);
+    let issued_at = OffsetDateTime::now_utc();
+    let expires_at = issued_at + time::Duration::hours(1);
+    let lease_id = uuid::Uuid::new_v4();
+    let null = serde_json::Value::Null;
+    let plan = p.plan(&IssueRequest {
+        grant: &grant,
+        identity: &identity,
+        target: fx.access(),
+        lease_id,
+        issued_at,
+        expires_at,
+        plan: &null,
+    })?;
+    let credential = p
+        .issue(IssueRequest {
+            grant: &grant,
+            identity: &identity,
+            target: fx.access(),
+            lease_id,
+            issued_at,
+            expires_at,
+            plan: &plan,
+        })
+        .await?;
+    assert_eq!(
+        credential.provider_state, plan,
+        "provider state must equal the plan"
+    );
+    let username = plan["username"].as_str().unwrap().to_string();
+    let lease = Lease {
+        id: lease_id,
+        grant_id: grant.id,
+        kind: fx.target.kind.clone(),
+        identity: identity.id.clone(),
+        target: fx.target.name.clone(),
+        task: grant.task.clone(),
+        issued_at,
+        expires_at,
+        max_expires_at: issued_at + time::Duration::hours(8),
+        state: LeaseState::Active,
+        revocation_reason: None,
+        external: true,
+        provider_state: plan,
+        revoke_attempts: 0,
+        last_error: None,
+    };
+    Ok(Issued {
+        credential,
+        lease,
+        grant,
+        username,
+    })
+}
+
+/// A lease naming `username`, for revoking something the provider did not just issue.
+pub fn lease_for(fx: &Fixture, username: &str) -> Lease {
+    let now = OffsetDateTime::now_utc();
+    Lease {
+        id: uuid::Uuid::new_v4(),
+        grant_id: uuid::Uuid::new_v4(),
+        kind: fx.target.kind.clone(),
+        identity: "billing-deployer".into(),
+        target: fx.target.name.clone(),
+        task: "t".into(),
+        issued_at: now,
+        expires_at: now + time::Duration::hours(1),
+        max_expires_at: now + time::Duration::hours(1),
+        state: LeaseState::Revoking,
+        revocation_reason: None,
+        external: true,
+        provider_state: serde_json::json!({ "username": username }),
+        revoke_attempts: 0,
+        last_error: None,
+    }
+}
+
+/// Waits until a session's next query fails (a killed connection notices on its next use;
+/// MariaDB may take a moment to act on `KILL`).
+async fn session_ends(s: &mut Box<dyn Session>) -> bool {
+    for _ in 0..50 {
+        if s.select().await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn whole_seconds(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// Issue, use, renew, revoke with an open session, revoke again.
+pub async fn lifecycle<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let fx = &guard.fx;
+    let p = E::provider();
+    p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
+
+    // read: can SELECT, cannot INSERT
+    let read = issue(p.as_ref(), fx, "read").await.unwrap();
+    let c = &read.credential;
+    assert_eq!(c.public["username"], read.username.as_str());
+    assert!(read.username.starts_with(&fx.prefix), "{}", read.username);
+    assert!(
+        read.username.contains("billing_deployer"),
+        "{}",
+        read.username
+    );
+    let password = c.secrets["password"].expose();
+    assert_eq!(password.len(), 32);
+    assert!(password.chars().all(|ch| ch.is_ascii_alphanumeric()));
+    assert!(read.dsn().contains(password));
+    assert_eq!(c.public["host"], "127.0.0.1");
+    assert_eq!(c.public["database"], fx.database.as_str());
+    assert!(!format!("{:?}", c.public).contains(password));
+    assert!(E::user_exists(fx, &read.username).await);
+    let mut rs = E::connect(read.dsn()).await.unwrap();
+    assert_eq!(rs.select().await.unwrap(), 1);
+    assert!(rs.insert().await.is_err(), "a read grant must not INSERT");
+
+    // write: can INSERT
+    let write = issue(p.as_ref(), fx, "write").await.unwrap();
+    assert_ne!(write.username, read.username);
+    let mut ws = E::connect(write.dsn()).await.unwrap();
+    ws.insert().await.unwrap();
+    assert_eq!(ws.select().await.unwrap(), 2);
+
+    // server-side expiry and renewal
+    if E::HAS_EXPIRY {
+        let until = E::valid_until(fx, &read.username).await.unwrap();
+        assert_eq!(whole_seconds(until), whole_seconds(read.lease.expires_at));
+    }
+    let new_expiry = read.lease.expires_at + time::Duration::hours(2);
+    let renewed = p
+        .renew(&read.lease, &read.grant, fx.access(), new_expiry)
+        .await
+        .unwrap();
+    assert!(renewed.is_none(), "database users are extended in place");
+    if E::HAS_EXPIRY {
+        let until = E::valid_until(fx, &read.username).await.unwrap();
+        assert_eq!(whole_seconds(until), whole_seconds(new_expiry));
+    }
+
+    // revoke: user gone, new logins fail, the open session is ended
+    p.revoke(&read.lease, fx.access()).await.unwrap();
+    assert!(!E::user_exists(fx, &read.username).await);
+    assert!(
+        E::connect(read.dsn()).await.is_err(),
+        "revoked credentials must not connect"
+    );
+    assert!(
+        session_ends(&mut rs).await,
+        "an open session must be terminated by revoke"
+    );
+    // idempotent
+    p.revoke(&read.lease, fx.access()).await.unwrap();
+
+    // the other credential is untouched until its own revocation
+    assert_eq!(ws.select().await.unwrap(), 2);
+    p.revoke(&write.lease, fx.access()).await.unwrap();
+    assert!(session_ends(&mut ws).await);
+    assert!(!E::user_exists(fx, &write.username).await);
+}
+
+/// Leftover prefixed users without a live lease are dropped; live ones and the admin stay.
+pub async fn reconcile<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let fx = &guard.fx;
+    let p = E::provider();
+    let live = issue(p.as_ref(), fx, "read").await.unwrap();
+    // A credential whose lease was lost (a crash between issue and the lease update).
+    let leftover = issue(p.as_ref(), fx, "write").await.unwrap();
+    let mut session = E::connect(leftover.dsn()).await.unwrap();
+    let live_set: BTreeSet<String> = [live.username.clone()].into();
+
+    let report = p.reconcile(fx.access(), &live_set).await.unwrap();
+    assert_eq!(report.found, 2, "{report:?}");
+    assert_eq!(report.dropped, vec![leftover.username.clone()]);
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(E::user_exists(fx, &live.username).await);
+    assert!(!E::user_exists(fx, &leftover.username).await);
+    assert!(
+        E::user_exists(fx, &fx.admin_user).await,
+        "the admin must never be reconciled away"
+    );
+    assert!(session_ends(&mut session).await);
+
+    // nothing left to do
+    let again = p.reconcile(fx.access(), &live_set).await.unwrap();
+    assert_eq!((again.found, again.dropped.len()), (1, 0));
+    p.revoke(&live.lease, fx.access()).await.unwrap();
+}
+
+/// The admin password changes, the new URL works, the old one does not.
+pub async fn rotate_root<E: Engine>() {
+    let Some(mut guard) = fixture::<E>().await else {
+        return;
+    };
+    let p = E::provider();
+    // a cached admin connection exists before the rotation
+    let before = issue(p.as_ref(), &guard.fx, "read").await.unwrap();
+
+    let new = p.rotate_root(guard.fx.access()).await.unwrap();
+    assert_ne!(new.expose(), guard.fx.admin.expose());
+    let new_url = url::Url::parse(new.expose()).unwrap();
+    let new_password = new_url.password().unwrap().to_string();
+    assert!(new_password.len() >= 32);
+    assert_eq!(new_url.username(), guard.fx.admin_user);
+    assert!(E::password_works(&guard.fx, &guard.fx.admin_user, &new_password).await);
+    let old_password = guard.fx.admin_password.clone();
+    assert!(
+        !E::password_works(&guard.fx, &guard.fx.admin_user, &old_password).await,
+        "the old admin password must stop working"
+    );
+
+    // the provider carries on with the new secret (and drops connections of the old one)
+    guard.fx.admin = new;
+    guard.fx.admin_password = new_password;
+    let fx = &guard.fx;
+    let after = issue(p.as_ref(), fx, "write").await.unwrap();
+    p.revoke(&before.lease, fx.access()).await.unwrap();
+    p.revoke(&after.lease, fx.access()).await.unwrap();
+    assert!(!E::user_exists(fx, &before.username).await);
+}
+
+/// An unreachable target is `Unavailable` (retried by the server), never `Failed`.
+pub async fn target_down<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let mut fx = guard.fx.clone();
+    let secret_text = "Sup3rS3cretDownPw";
+    fx.admin = SecretString::new(E::down_admin_url(&fx, secret_text));
+    let p = E::provider();
+    let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+    assert_no_secret(&e, secret_text);
+    let e = p
+        .revoke(
+            &lease_for(&fx, &format!("{}x_0123456789", fx.prefix)),
+            fx.access(),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+    assert_no_secret(&e, secret_text);
+    let e = p
+        .reconcile(fx.access(), &BTreeSet::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+    let e = p.rotate_root(fx.access()).await.err().unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+    assert_no_secret(&e, secret_text);
+}
+
+/// Neither the admin password nor a generated password shows up in an error.
+pub async fn secrets_not_in_errors<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let p = E::provider();
+
+    // a rejected admin login
+    let mut fx = guard.fx.clone();
+    let secret_text = "Wr0ngPassw0rdXyz";
+    fx.admin = SecretString::new(E::rejected_admin_url(&fx, secret_text));
+    p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
+    let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+    assert_no_secret(&e, secret_text);
+    let e = p.rotate_root(fx.access()).await.err().unwrap();
+    assert_no_secret(&e, secret_text);
+
+    // a broken template that makes the server quote the generated password back
+    let mut fx = guard.fx.clone();
+    fx.target.settings["creation_statements"] = serde_json::json!([E::creation_echoing_password()]);
+    p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
+    let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
+    let text = format!("{e} {e:?}");
+    assert!(matches!(e, ProviderError::Failed(_)), "{e:?}");
+    assert!(
+        text.contains("[redacted]"),
+        "the server echoed nothing? {text}"
+    );
+    assert!(!has_password_like_run(&text), "{text}");
+    assert!(!text.contains(&guard.fx.admin_password));
+
+    // settings errors name the problem and nothing secret
+    let mut fx = guard.fx.clone();
+    fx.target.settings["grants"] = serde_json::json!({"read": []});
+    let e = p
+        .validate_target(&fx.target, Some(&fx.admin))
+        .err()
+        .unwrap();
+    assert!(matches!(e, ProviderError::BadSettings(_)), "{e:?}");
+    assert!(e.to_string().contains("write"), "{e}");
+    assert_no_secret(&e, &guard.fx.admin_password);
+}
+
+fn assert_no_secret(e: &ProviderError, secret: &str) {
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(secret), "secret leaked into error: {text}");
+}
+
+/// A run of 32 letters/digits: what a generated password looks like.
+fn has_password_like_run(text: &str) -> bool {
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            run += 1;
+            if run >= 32 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
