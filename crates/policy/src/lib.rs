@@ -40,6 +40,7 @@
 //! is deliberate: the validator then catches a misspelt action in a policy, and a request
 //! for an undeclared action is a clear `BadRequest` instead of a silent deny.
 
+#[doc(hidden)]
 pub mod bench_support;
 pub mod engine;
 pub mod load;
