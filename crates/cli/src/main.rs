@@ -99,6 +99,9 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Cedar policies: validate and test offline, explain a decision on the live broker.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Ask the broker whether a token it issued is still active (RFC 7662).
     Introspect {
         /// The access token to check.
@@ -233,6 +236,27 @@ enum AuditCmd {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Check a policy directory against the schema; errors name file, line and column.
+    Validate {
+        /// Policy directory.
+        dir: std::path::PathBuf,
+    },
+    /// Run table-driven policy tests (a cases.toml) against a policy directory.
+    Test {
+        cases: std::path::PathBuf,
+        /// Policy directory [default: the directory holding the cases file].
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// UTC offset for business-hours rules, e.g. +01:00.
+        #[arg(long, default_value = "+00:00")]
+        utc_offset: String,
+    },
+    /// Ask the broker how it would decide a request, and why; nothing is recorded.
+    Explain(RequestArgs),
+}
+
+#[derive(Subcommand)]
 enum KeysCmd {
     /// New signing key; old ones stay in the JWKS until their tokens expire.
     Rotate,
@@ -276,6 +300,23 @@ fn key_values(field: &str, items: &[String]) -> anyhow::Result<serde_json::Map<S
     Ok(map)
 }
 
+/// Context values that read as JSON scalars (`true`, `3`) are sent typed, so
+/// `--context break_glass=true` is a boolean; anything else stays a string.
+fn typed(map: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let typed = match &v {
+                Value::String(s) => match serde_json::from_str::<Value>(s) {
+                    Ok(scalar @ (Value::Bool(_) | Value::Number(_))) => scalar,
+                    _ => v,
+                },
+                _ => v,
+            };
+            (k, typed)
+        })
+        .collect()
+}
+
 fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
     pairs
         .iter()
@@ -309,6 +350,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
         return serve::run(*args).await.map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Policy(cmd @ (PolicyCmd::Validate { .. } | PolicyCmd::Test { .. })) =
+        cli.command
+    {
+        return policy_offline(out, cmd);
+    }
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
@@ -325,7 +371,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Answered above, before a client exists.
         Command::Serve(_)
         | Command::Completions { .. }
-        | Command::Audit(AuditCmd::Verify { store: Some(_) }) => {}
+        | Command::Audit(AuditCmd::Verify { store: Some(_) })
+        | Command::Policy(PolicyCmd::Validate { .. } | PolicyCmd::Test { .. }) => {}
+        Command::Policy(PolicyCmd::Explain(args)) => {
+            let v: Value = client
+                .post("/v1/policy/explain", request_body(&args)?)
+                .await?;
+            match out {
+                Format::Json => println!("{v}"),
+                Format::Table => {
+                    let d = &v["decision"];
+                    println!("outcome:       {}", output::cell(d.get("outcome")));
+                    if let Some(n) = d.get("approvals") {
+                        println!("approvals:     {n}");
+                    }
+                    println!("granted ttl:   {}", output::cell(v.get("granted_ttl")));
+                    println!("determined by: {}", output::cell(d.get("determined_by")));
+                    for reason in d["reasons"].as_array().into_iter().flatten() {
+                        println!("reason:        {}", output::cell(Some(reason)));
+                    }
+                }
+            }
+        }
         Command::Identity(cmd) => identity(&client, out, cmd).await?,
         Command::Target(cmd) => target(&client, out, cmd).await?,
         Command::Request(args) => request(&client, out, args).await?,
@@ -626,21 +693,117 @@ async fn target(client: &Client, out: Format, cmd: TargetCmd) -> anyhow::Result<
     Ok(())
 }
 
-async fn request(client: &Client, out: Format, args: RequestArgs) -> anyhow::Result<()> {
+fn policy_offline(out: Format, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Validate { dir } => {
+            match mayfly_policy::load_dir(&dir, mayfly_policy::LoadOptions::default()) {
+                Ok(engine) => {
+                    match out {
+                        Format::Json => println!(
+                            "{}",
+                            json!({"valid": true, "policies": engine.policy_count()})
+                        ),
+                        Format::Table => println!(
+                            "{}: {} policies valid",
+                            dir.display(),
+                            engine.policy_count()
+                        ),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    for d in &e.diagnostics {
+                        match out {
+                            Format::Json => println!(
+                                "{}",
+                                json!({"file": d.file, "line": d.line, "column": d.column, "policy": d.policy_id, "message": d.message})
+                            ),
+                            Format::Table => eprintln!("error: {d}"),
+                        }
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        PolicyCmd::Test {
+            cases,
+            dir,
+            utc_offset,
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => cases
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let options = mayfly_policy::LoadOptions {
+                utc_offset: mayfly_server::parse_utc_offset(&utc_offset)
+                    .map_err(anyhow::Error::msg)?,
+                ..Default::default()
+            };
+            let engine = match mayfly_policy::load_dir(&dir, options) {
+                Ok(e) => e,
+                Err(e) => {
+                    let first = e
+                        .diagnostics
+                        .first()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default();
+                    bail!("policies in {} do not load: {first}", dir.display());
+                }
+            };
+            let report = mayfly_policy::run_test_file(&cases, &engine);
+            if let Some(err) = &report.error {
+                bail!("{}: {err}", cases.display());
+            }
+            for case in &report.cases {
+                match out {
+                    Format::Json => println!(
+                        "{}",
+                        json!({"case": case.name, "passed": case.passed, "message": case.message})
+                    ),
+                    Format::Table => println!(
+                        "{} {}: {}",
+                        if case.passed { "ok  " } else { "FAIL" },
+                        case.name,
+                        case.message
+                    ),
+                }
+            }
+            if out == Format::Table {
+                println!("{} passed, {} failed", report.passed(), report.failed());
+            }
+            Ok(if report.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        // Answered over the API in `run`.
+        PolicyCmd::Explain(_) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn request_body(args: &RequestArgs) -> anyhow::Result<Value> {
     let mut body = json!({
         "target": args.target, "purpose": args.purpose, "task": args.task,
-        "context": key_values("context", &args.context)?,
+        "context": typed(key_values("context", &args.context)?),
     });
-    if let Some(i) = args.identity {
+    if let Some(i) = &args.identity {
         body["identity"] = json!(i);
     }
-    if let Some(a) = args.action {
+    if let Some(a) = &args.action {
         body["action"] = json!(a);
     }
     if let Some(t) = args.ttl {
         body["ttl"] = json!(t);
     }
-    let v: Value = client.post("/v1/grants", body).await?;
+    Ok(body)
+}
+
+async fn request(client: &Client, out: Format, args: RequestArgs) -> anyhow::Result<()> {
+    let v: Value = client.post("/v1/grants", request_body(&args)?).await?;
     if args.token_only {
         let secret = v["credential"]["access_token"]
             .as_str()

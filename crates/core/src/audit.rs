@@ -56,6 +56,10 @@ pub enum AuditKind {
     KeyRotated,
     #[serde(rename = "token.introspected")]
     TokenIntrospected,
+    #[serde(rename = "policy.reloaded")]
+    PolicyReloaded,
+    #[serde(rename = "policy.rejected")]
+    PolicyRejected,
 }
 
 impl AuditKind {
@@ -81,6 +85,8 @@ impl AuditKind {
             AuditKind::KeyCreated => "key.created",
             AuditKind::KeyRotated => "key.rotated",
             AuditKind::TokenIntrospected => "token.introspected",
+            AuditKind::PolicyReloaded => "policy.reloaded",
+            AuditKind::PolicyRejected => "policy.rejected",
         }
     }
 }
@@ -455,6 +461,8 @@ mod tests {
             KeyCreated,
             KeyRotated,
             TokenIntrospected,
+            PolicyReloaded,
+            PolicyRejected,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),

@@ -61,6 +61,55 @@ pub struct Config {
     /// Longest lifetime of any token; retired signing keys stay published this long.
     pub token_max_ttl: Ttl,
     pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+}
+
+/// Runtime authorisation. With a `dir`, Cedar policies decide every grant (default deny)
+/// and the directory is hot-reloaded; without one, each target's `allow` list decides.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory of `.cedar` policies (and optional `.cedarschema` fragments).
+    pub dir: Option<PathBuf>,
+    /// Fixed UTC offset for `context.now.hour`/`weekday`, e.g. `+01:00`.
+    pub utc_offset: String,
+    /// How often the directory is checked for changes.
+    pub reload_interval: Ttl,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: None,
+            utc_offset: "+00:00".into(),
+            reload_interval: Ttl::from_secs(2),
+        }
+    }
+}
+
+/// Parses `+01:00` / `-05:30` / `Z`.
+pub fn parse_utc_offset(text: &str) -> Result<time::UtcOffset, String> {
+    if text == "Z" || text == "UTC" {
+        return Ok(time::UtcOffset::UTC);
+    }
+    let format = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+    time::UtcOffset::parse(text, &format)
+        .map_err(|_| format!("utc_offset {text:?}: expected a form like +01:00"))
+}
+
+/// Loads the policy directory with the configured options.
+pub fn load_policy(
+    config: &PolicyConfig,
+    dir: &Path,
+) -> Result<mayfly_policy::ReloadingEngine, StartError> {
+    let options = mayfly_policy::LoadOptions {
+        utc_offset: parse_utc_offset(&config.utc_offset).map_err(StartError::Config)?,
+        ..Default::default()
+    };
+    mayfly_policy::ReloadingEngine::new(dir, options).map_err(|e| {
+        let lines: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
+        StartError::Config(format!("policy {}: {}", dir.display(), lines.join("; ")))
+    })
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -81,6 +130,7 @@ impl Default for Config {
             master_key_file: None,
             token_max_ttl: Ttl::from_secs(24 * 3600),
             auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -120,6 +170,7 @@ pub struct Bootstrap {
 
 pub struct Server {
     state: AppState,
+    policy_reload: Ttl,
 }
 
 /// Builds the router for a state.
@@ -259,12 +310,21 @@ impl Server {
             keys.clone(),
             issuer.clone(),
         )));
-        let policy: Arc<dyn PolicyEngine> = Arc::new(TargetAllowList);
+        let (policy, cedar): (Arc<dyn PolicyEngine>, _) = match &config.policy.dir {
+            Some(dir) => {
+                let engine = Arc::new(load_policy(&config.policy, dir)?);
+                let policies = engine.current().policy_count();
+                tracing::info!(dir = %dir.display(), policies, "Cedar policies loaded");
+                (engine.clone(), Some(engine))
+            }
+            None => (Arc::new(TargetAllowList), None),
+        };
 
         let state = AppState(Arc::new(state::Inner {
             store,
             auth: AuthChain::new(authenticators),
             policy,
+            cedar,
             providers,
             keys,
             metrics: metrics::Metrics::new(),
@@ -273,7 +333,14 @@ impl Server {
             expiry_wake: tokio::sync::Notify::new(),
             next_expiry_wake_ms: AtomicI64::new(0),
         }));
-        Ok((Server { state }, bootstrap))
+        let policy_reload = config.policy.reload_interval;
+        Ok((
+            Server {
+                state,
+                policy_reload,
+            },
+            bootstrap,
+        ))
     }
 
     pub fn state(&self) -> AppState {
@@ -299,12 +366,18 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(5),
         ));
-        let result = axum::serve(listener, app(self.state.clone()))
+        let policy = tokio::spawn(scheduler::run_policy_reload(
+            self.state.clone(),
+            Duration::from_secs(self.policy_reload.as_secs().max(1)),
+        ));
+        let service = app(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(StartError::Serve);
         expiry.abort();
         refresh.abort();
+        policy.abort();
         result
     }
 }

@@ -12,7 +12,7 @@ use crate::api;
         api::system::whoami, api::system::rotate_keys, api::system::introspect,
         api::identities::create, api::identities::list, api::identities::show, api::identities::disable, api::identities::enable,
         api::targets::create, api::targets::list, api::targets::show,
-        api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke,
+        api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke, api::grants::explain,
         api::leases::list, api::leases::show, api::leases::renew,
         api::audit::list, api::audit::verify,
     ),

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use mayfly_core::audit::{AuditDraft, AuditKind};
+
 use crate::state::AppState;
 
 const BATCH: u32 = 1000;
@@ -72,6 +74,44 @@ pub async fn run_key_refresh(state: AppState, every: Duration) {
         tokio::time::sleep(every).await;
         if let Err(e) = state.keys.reload().await {
             tracing::warn!(error = %e, "cannot reload signing keys");
+        }
+    }
+}
+
+/// Hot reload of the Cedar policy directory: a valid change takes effect, an invalid one is
+/// logged and audited and the previous policies stay in force.
+pub async fn run_policy_reload(state: AppState, every: Duration) {
+    let Some(engine) = state.cedar.clone() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let probe = engine.clone();
+        let outcome = match tokio::task::spawn_blocking(move || probe.reload_if_changed()).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload task failed");
+                continue;
+            }
+        };
+        let dir = engine.dir().display().to_string();
+        let event = match outcome {
+            mayfly_policy::ReloadOutcome::Unchanged => continue,
+            mayfly_policy::ReloadOutcome::Reloaded { policies } => {
+                tracing::info!(policies, "policies reloaded");
+                AuditDraft::new(AuditKind::PolicyReloaded, "system:policy")
+                    .detail(serde_json::json!({"policies": policies, "dir": dir}))
+            }
+            mayfly_policy::ReloadOutcome::Rejected { error } => {
+                let diagnostics: Vec<String> =
+                    error.diagnostics.iter().map(|d| d.to_string()).collect();
+                tracing::error!(errors = ?diagnostics, "policy change rejected; previous policies stay in force");
+                AuditDraft::new(AuditKind::PolicyRejected, "system:policy")
+                    .detail(serde_json::json!({"errors": diagnostics, "dir": dir}))
+            }
+        };
+        if let Err(e) = state.store.append_audit(vec![event]).await {
+            tracing::warn!(error = %e, "could not audit a policy reload");
         }
     }
 }

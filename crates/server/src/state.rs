@@ -36,6 +36,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub auth: AuthChain,
     pub policy: Arc<dyn PolicyEngine>,
+    /// The Cedar engine when policies come from a directory (for hot reload and checks).
+    pub cedar: Option<Arc<mayfly_policy::ReloadingEngine>>,
     pub providers: Providers,
     pub keys: Arc<Keyring>,
     pub metrics: Metrics,

@@ -192,27 +192,29 @@ async fn rejected(
     error
 }
 
-#[utoipa::path(post, path = "/v1/grants", request_body = GrantRequest, responses(
-    (status = 201, description = "issued", body = GrantResponse),
-    (status = 202, description = "waiting for approval", body = GrantResponse),
-    (status = 400, body = crate::error::Problem), (status = 403, description = "denied by policy", body = crate::error::Problem),
-    (status = 404, body = crate::error::Problem)))]
-pub async fn request(
-    State(state): State<AppState>,
-    caller: Caller,
-    body: Result<ApiJson<GrantRequest>, ApiError>,
-) -> Result<Response, ApiError> {
-    // Even a request that does not parse is audited (and nothing else is stored).
-    let body = match body {
-        Ok(ApiJson(body)) => body,
-        Err(e) => return Err(rejected(&state, &caller, None, e).await),
-    };
-    let now = mayfly_core::now();
-    let checked = match check(&state, &caller, &body, now).await {
-        Ok(c) => c,
-        Err(e) => return Err(rejected(&state, &caller, Some(&body), e).await),
-    };
-    let context = serde_json::Value::Object(body.context.clone());
+/// Checks a request and asks policy, without recording anything.
+async fn evaluate(
+    state: &AppState,
+    caller: &Caller,
+    body: &GrantRequest,
+    peer: &PeerIp,
+    now: OffsetDateTime,
+) -> Result<(Checked, serde_json::Value, Decision), ApiError> {
+    let checked = check(state, caller, body, now).await?;
+    if body.context.contains_key("source_ip") {
+        return Err(ApiError::field(
+            "context.source_ip",
+            "is set by the broker from the connection; do not send it",
+        ));
+    }
+    let mut context = body.context.clone();
+    if let Some(ip) = peer.0 {
+        context.insert(
+            "source_ip".into(),
+            serde_json::Value::String(ip.to_string()),
+        );
+    }
+    let context = serde_json::Value::Object(context);
     let decision = state.policy.decide(&PolicyRequest {
         principal: &caller.0,
         identity: &checked.identity,
@@ -223,10 +225,95 @@ pub async fn request(
         requested_ttl: checked.ttl,
         context: &context,
         now,
-    });
-    let decision = match decision {
-        Ok(d) => d,
-        Err(e) => return Err(rejected(&state, &caller, Some(&body), e.into()).await),
+    })?;
+    Ok((checked, context, decision))
+}
+
+/// The TTL a grant gets: the minimum of the request, the policy cap and the target's
+/// maximum; and the lease's renewal cap.
+fn granted_ttl(checked: &Checked, decision: &Decision) -> (Ttl, Ttl) {
+    let mut ttl = checked.ttl.min(checked.target.max_ttl);
+    let mut cap = checked.target.max_ttl;
+    if let Some(policy_cap) = decision.max_ttl {
+        ttl = ttl.min(policy_cap);
+        cap = cap.min(policy_cap);
+    }
+    (ttl, cap)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainResponse {
+    pub identity: String,
+    pub target: String,
+    pub action: String,
+    pub decision: Decision,
+    /// What an allowed request would be granted.
+    pub granted_ttl: Option<Ttl>,
+}
+
+/// Evaluates a grant request exactly as `POST /v1/grants` would, and records nothing: the
+/// policies that decided, and why.
+#[utoipa::path(post, path = "/v1/policy/explain", request_body = GrantRequest, responses(
+    (status = 200, body = ExplainResponse), (status = 400, body = crate::error::Problem)))]
+pub async fn explain(
+    State(state): State<AppState>,
+    caller: Caller,
+    peer: PeerIp,
+    ApiJson(body): ApiJson<GrantRequest>,
+) -> Result<Json<ExplainResponse>, ApiError> {
+    let now = mayfly_core::now();
+    let (checked, _, decision) = evaluate(&state, &caller, &body, &peer, now).await?;
+    let granted = matches!(
+        decision.outcome,
+        Outcome::Allow | Outcome::RequireApproval { .. }
+    )
+    .then(|| granted_ttl(&checked, &decision).0);
+    Ok(Json(ExplainResponse {
+        identity: checked.identity.id,
+        target: checked.target.name,
+        action: checked.action,
+        decision,
+        granted_ttl: granted,
+    }))
+}
+
+/// The caller's IP from the connection (absent when served without connection info).
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let info = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(PeerIp(info.map(|i| i.0.ip())))
+    }
+}
+
+#[utoipa::path(post, path = "/v1/grants", request_body = GrantRequest, responses(
+    (status = 201, description = "issued", body = GrantResponse),
+    (status = 202, description = "waiting for approval", body = GrantResponse),
+    (status = 400, body = crate::error::Problem), (status = 403, description = "denied by policy", body = crate::error::Problem),
+    (status = 404, body = crate::error::Problem)))]
+pub async fn request(
+    State(state): State<AppState>,
+    caller: Caller,
+    peer: PeerIp,
+    body: Result<ApiJson<GrantRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    // Even a request that does not parse is audited (and nothing else is stored).
+    let body = match body {
+        Ok(ApiJson(body)) => body,
+        Err(e) => return Err(rejected(&state, &caller, None, e).await),
+    };
+    let now = mayfly_core::now();
+    let (checked, context, decision) = match evaluate(&state, &caller, &body, &peer, now).await {
+        Ok(v) => v,
+        Err(e) => return Err(rejected(&state, &caller, Some(&body), e).await),
     };
     let mut grant = Grant {
         id: Uuid::now_v7(),
@@ -317,12 +404,7 @@ async fn issue(
             target.kind
         )));
     }
-    let mut ttl = checked.ttl.min(target.max_ttl);
-    let mut cap = target.max_ttl;
-    if let Some(policy_cap) = decision.max_ttl {
-        ttl = ttl.min(policy_cap);
-        cap = cap.min(policy_cap);
-    }
+    let (ttl, cap) = granted_ttl(checked, decision);
     grant.granted_ttl = Some(ttl);
     grant.state = grant
         .state

@@ -122,6 +122,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/grants/{id}", get(grants::show))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))
         .route("/v1/revoke", post(grants::bulk_revoke))
+        .route("/v1/policy/explain", post(grants::explain))
         .route("/v1/leases", get(leases::list))
         .route("/v1/leases/{id}", get(leases::show))
         .route("/v1/leases/{id}/renew", post(leases::renew))

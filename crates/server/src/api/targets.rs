@@ -97,6 +97,20 @@ pub async fn create(
             ),
         ));
     }
+    if let Some(cedar) = &state.cedar {
+        let engine = cedar.current();
+        let declared: Vec<&str> = engine.actions().collect();
+        if let Some(missing) = body
+            .actions
+            .iter()
+            .find(|a| !declared.contains(&a.as_str()))
+        {
+            return Err(ApiError::field(
+                "actions",
+                format!("action {missing:?} is not declared in the policy schema; declare it in a .cedarschema fragment in the policy directory"),
+            ));
+        }
+    }
     if !body.settings.is_object() {
         return Err(ApiError::field("settings", "must be a JSON object"));
     }
