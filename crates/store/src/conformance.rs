@@ -427,7 +427,64 @@ pub async fn no_live_lease_for_disabled_identity(store: Arc<dyn Store>) {
         "{err:?}"
     );
     assert_eq!(store.get_grant(g.id).await.unwrap(), None);
-    assert_chain_intact(store).await;
+
+    // The same checks hold for calls that arrive together (backends may group them):
+    // each call gets its own answer and only the acceptable ones are recorded.
+    create_identity(store, "fine", "team").await;
+    let at = now();
+    let ok = grant("fine", "team", "together", at);
+    let ok_lease = lease_for(
+        &ok,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let blocked = grant("agent", "team", "together", at);
+    let blocked_lease = lease_for(
+        &blocked,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let mismatched = grant("fine", "team", "together", at);
+    let mismatched_lease = lease_for(
+        &ok,
+        at,
+        at + Duration::minutes(5),
+        at + Duration::hours(1),
+        false,
+    );
+    let mut denied = grant("agent", "team", "together", at);
+    denied.state = GrantState::Denied;
+    let ok_events = grant_events(&ok, Some(&ok_lease));
+    let blocked_events = grant_events(&blocked, Some(&blocked_lease));
+    let denied_events = grant_events(&denied, None);
+    let (a, b, c, d) = tokio::join!(
+        store.record_grant(&ok, Some(&ok_lease), ok_events),
+        store.record_grant(&blocked, Some(&blocked_lease), blocked_events),
+        store.record_grant(&mismatched, Some(&mismatched_lease), vec![]),
+        store.record_grant(&denied, None, denied_events),
+    );
+    a.unwrap();
+    assert!(
+        matches!(&b, Err(StoreError::Rejected(CoreError::Invalid { field, .. })) if field == "identity"),
+        "{b:?}"
+    );
+    assert!(
+        matches!(&c, Err(StoreError::Rejected(CoreError::Invalid { field, .. })) if field == "lease.grant_id"),
+        "{c:?}"
+    );
+    // A denied grant carries no credential, so a disabled identity may still have one.
+    d.unwrap();
+    assert_eq!(lease(store, ok_lease.id).await, ok_lease);
+    assert_eq!(grant_of(store, denied.id).await, denied);
+    assert_eq!(store.get_grant(blocked.id).await.unwrap(), None);
+    assert_eq!(store.get_grant(mismatched.id).await.unwrap(), None);
+    let report = assert_chain_intact(store).await;
+    // identity created x2, disabled x1, ok grant+lease x2, denied x1
+    assert_eq!(report.entries, 6);
 }
 
 pub async fn list_filters_and_order(store: Arc<dyn Store>) {

@@ -334,31 +334,55 @@ impl Writer {
 
         let mut results: Vec<(Reply, Result<Output, StoreError>)> = Vec::with_capacity(count);
         let mut fatal: Option<StoreError> = None;
-        let mut jobs = jobs.into_iter();
-        for (op, reply) in jobs.by_ref() {
-            let head_before = chain.head.clone();
-            let pending_before = chain.pending.len();
-            if let Err(e) = exec(conn, "SAVEPOINT op").await {
-                results.push((reply, Err(replicate(&e))));
-                fatal = Some(e);
+        let mut jobs = jobs.into_iter().peekable();
+        while fatal.is_none() {
+            let Some((op, reply)) = jobs.next() else {
                 break;
-            }
-            let outcome = run_op(conn, chain, op).await;
-            let end = match &outcome {
-                Ok(_) => exec(conn, "RELEASE op").await,
-                Err(_) => {
-                    chain.head = head_before;
-                    chain.pending.truncate(pending_before);
-                    match exec(conn, "ROLLBACK TO op").await {
-                        Ok(()) => exec(conn, "RELEASE op").await,
-                        Err(e) => Err(e),
+            };
+            let is_grant = |job: &(Op, Reply)| matches!(job.0, Op::RecordGrant(..));
+            if matches!(op, Op::RecordGrant(..)) && jobs.peek().is_some_and(is_grant) {
+                let mut run = vec![(op, reply)];
+                while let Some(job) = jobs.next_if(is_grant) {
+                    run.push(job);
+                }
+                match record_grant_run(conn, chain, &run).await {
+                    Ok(Some(outcomes)) => {
+                        for ((_, reply), outcome) in run.into_iter().zip(outcomes) {
+                            results.push((reply, outcome));
+                        }
+                    }
+                    // The multi-row insert hit a conflict: redo the run one by one so only
+                    // the conflicting calls fail.
+                    Ok(None) => {
+                        for (op, reply) in run {
+                            if let Some(e) = &fatal {
+                                results.push((reply, Err(replicate(e))));
+                                continue;
+                            }
+                            match run_single(conn, chain, op).await {
+                                Ok(outcome) => results.push((reply, outcome)),
+                                Err(e) => {
+                                    results.push((reply, Err(replicate(&e))));
+                                    fatal = Some(e);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for (_, reply) in run {
+                            results.push((reply, Err(replicate(&e))));
+                        }
+                        fatal = Some(e);
                     }
                 }
-            };
-            results.push((reply, outcome));
-            if let Err(e) = end {
-                fatal = Some(e);
-                break;
+                continue;
+            }
+            match run_single(conn, chain, op).await {
+                Ok(outcome) => results.push((reply, outcome)),
+                Err(e) => {
+                    results.push((reply, Err(replicate(&e))));
+                    fatal = Some(e);
+                }
             }
         }
 
@@ -427,6 +451,215 @@ fn fail_all(jobs: Vec<(Op, Reply)>, err: &StoreError) {
     for (_, reply) in jobs {
         let _ = reply.send(Err(replicate(err)));
     }
+}
+
+/// Runs one operation inside its own savepoint. The inner result is the operation's; the
+/// outer error means the savepoint itself failed and the whole batch must be abandoned.
+async fn run_single(
+    conn: &mut SqliteConnection,
+    chain: &mut Chain,
+    op: Op,
+) -> Result<Result<Output, StoreError>, StoreError> {
+    let head_before = chain.head.clone();
+    let pending_before = chain.pending.len();
+    exec(conn, "SAVEPOINT op").await?;
+    let outcome = run_op(conn, chain, op).await;
+    match &outcome {
+        Ok(_) => exec(conn, "RELEASE op").await?,
+        Err(_) => {
+            chain.head = head_before;
+            chain.pending.truncate(pending_before);
+            exec(conn, "ROLLBACK TO op").await?;
+            exec(conn, "RELEASE op").await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Records a run of consecutive `record_grant` calls with one multi-row insert per table.
+///
+/// Under load most of a batch is grants, and every statement is a round trip to SQLite's
+/// thread, so this turns five statements per grant into five per run. Calls that fail
+/// their own checks (mismatched lease, disabled identity) are answered individually here;
+/// a key conflict anywhere undoes the run and returns `None` so the caller can redo it
+/// call by call and fail only the conflicting one.
+async fn record_grant_run(
+    conn: &mut SqliteConnection,
+    chain: &mut Chain,
+    run: &[(Op, Reply)],
+) -> Result<Option<Vec<Result<Output, StoreError>>>, StoreError> {
+    let head_before = chain.head.clone();
+    let pending_before = chain.pending.len();
+    exec(conn, "SAVEPOINT run").await?;
+    match insert_grant_run(conn, chain, run).await {
+        Ok(outcomes) => {
+            exec(conn, "RELEASE run").await?;
+            Ok(Some(outcomes))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, calls = run.len(), "grouped grant insert failed; retrying one by one");
+            chain.head = head_before;
+            chain.pending.truncate(pending_before);
+            exec(conn, "ROLLBACK TO run").await?;
+            exec(conn, "RELEASE run").await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn insert_grant_run(
+    conn: &mut SqliteConnection,
+    chain: &mut Chain,
+    run: &[(Op, Reply)],
+) -> Result<Vec<Result<Output, StoreError>>, StoreError> {
+    let items: Vec<(&Grant, Option<&Lease>, &[AuditDraft])> = run
+        .iter()
+        .filter_map(|(op, _)| match op {
+            Op::RecordGrant(g, l, e) => Some((&**g, l.as_deref(), e.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if items.len() != run.len() {
+        return Err(StoreError::Backend(
+            "a grant run holds another operation".into(),
+        ));
+    }
+    let mut outcomes: Vec<Result<Output, StoreError>> = items
+        .iter()
+        .map(|(g, l, _)| match l {
+            Some(l) => lease_matches_grant(g, l).map(|()| Output::Unit),
+            None => Ok(Output::Unit),
+        })
+        .collect();
+
+    let live: Vec<&str> = items
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|((_, l, _), ok)| match (l, ok) {
+            (Some(l), Ok(_)) if is_live(l) => Some(l.identity.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !live.is_empty() {
+        let json: String = sqlx::query_scalar(sql::DISABLED_AMONG)
+            .bind(to_json("identities", &live)?)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        let disabled: Vec<String> =
+            serde_json::from_str(&json).map_err(|e| corrupt("disabled identities", e))?;
+        if !disabled.is_empty() {
+            for ((_, l, _), outcome) in items.iter().zip(outcomes.iter_mut()) {
+                if let (Some(l), Ok(_)) = (l, &outcome) {
+                    if is_live(l) && disabled.contains(&l.identity) {
+                        *outcome = Err(identity_disabled(&l.identity));
+                    }
+                }
+            }
+        }
+    }
+
+    let now_ms = to_unix_ms(core_now());
+    let mut grant_rows = Vec::with_capacity(items.len());
+    let mut lease_rows = Vec::with_capacity(items.len());
+    for ((g, l, _), outcome) in items.iter().zip(&outcomes) {
+        if outcome.is_err() {
+            continue;
+        }
+        grant_rows.push(grant_json(g)?);
+        if let Some(l) = l {
+            lease_rows.push(lease_json(g, l, now_ms)?);
+        }
+    }
+    if !grant_rows.is_empty() {
+        sqlx::query(sql::INSERT_GRANTS_JSON)
+            .bind(to_json("grants", &grant_rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    }
+    if !lease_rows.is_empty() {
+        sqlx::query(sql::INSERT_LEASES_JSON)
+            .bind(to_json("leases", &lease_rows)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    }
+    let at = core_now();
+    for ((_, _, events), outcome) in items.iter().zip(&outcomes) {
+        if outcome.is_ok() {
+            for e in events.iter() {
+                chain.append(e.clone(), at);
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+fn is_live(l: &Lease) -> bool {
+    matches!(l.state, LeaseState::Active | LeaseState::Creating)
+}
+
+fn lease_matches_grant(g: &Grant, l: &Lease) -> Result<(), StoreError> {
+    if l.grant_id == g.id {
+        Ok(())
+    } else {
+        Err(StoreError::Rejected(CoreError::invalid(
+            "lease.grant_id",
+            format!("lease {} names grant {}, not {}", l.id, l.grant_id, g.id),
+        )))
+    }
+}
+
+fn identity_disabled(identity: &str) -> StoreError {
+    StoreError::Rejected(CoreError::invalid(
+        "identity",
+        format!("identity {identity:?} is disabled; no lease can be issued to it"),
+    ))
+}
+
+/// A grant as one row of [`sql::INSERT_GRANTS_JSON`], columns in order.
+fn grant_json(g: &Grant) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::json!([
+        g.id.to_string(),
+        g.identity,
+        g.owner,
+        g.target,
+        g.action,
+        g.purpose,
+        g.task,
+        ttl_secs(g.requested_ttl),
+        g.granted_ttl.map(ttl_secs),
+        to_json("context", &g.context)?,
+        g.state.as_str(),
+        g.revocation_reason.map(|r| r.as_str()),
+        to_json("decision", &g.decision)?,
+        to_unix_ms(g.created_at),
+        to_unix_ms(g.updated_at),
+    ]))
+}
+
+/// A lease as one row of [`sql::INSERT_LEASES_JSON`]; the owner comes from its grant.
+fn lease_json(g: &Grant, l: &Lease, now_ms: i64) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::json!([
+        l.id.to_string(),
+        l.grant_id.to_string(),
+        l.kind,
+        l.identity,
+        g.owner,
+        l.target,
+        l.task,
+        to_unix_ms(l.issued_at),
+        to_unix_ms(l.expires_at),
+        to_unix_ms(l.max_expires_at),
+        l.state.as_str(),
+        l.revocation_reason.map(|r| r.as_str()),
+        i64::from(l.external),
+        to_json("provider_state", &l.provider_state)?,
+        i64::from(l.revoke_attempts),
+        l.last_error,
+        (l.state == LeaseState::Revoking).then_some(now_ms),
+    ]))
 }
 
 /// Inserts the batch's remaining sealed rows and records the new head, inside the batch's
@@ -637,29 +870,18 @@ async fn record_grant(
     lease: Option<&Lease>,
 ) -> Result<(), StoreError> {
     if let Some(l) = lease {
-        if l.grant_id != g.id {
-            return Err(StoreError::Rejected(CoreError::invalid(
-                "lease.grant_id",
-                format!("lease {} names grant {}, not {}", l.id, l.grant_id, g.id),
-            )));
-        }
+        lease_matches_grant(g, l)?;
         // The kill switch and this write are serialised by the writer, so checking here
         // closes the race where a grant decided just before `disable_identity` would
         // otherwise record a live lease just after it.
-        if matches!(l.state, LeaseState::Active | LeaseState::Creating) {
+        if is_live(l) {
             let enabled: Option<i64> = sqlx::query_scalar(sql::IDENTITY_ENABLED)
                 .bind(&l.identity)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
             if enabled == Some(0) {
-                return Err(StoreError::Rejected(CoreError::invalid(
-                    "identity",
-                    format!(
-                        "identity {:?} is disabled; no lease can be issued to it",
-                        l.identity
-                    ),
-                )));
+                return Err(identity_disabled(&l.identity));
             }
         }
     }
