@@ -204,6 +204,8 @@ struct Entry<C> {
 /// More idle connections than this per target are closed: the server's schedulers work a
 /// target a few operations at a time.
 const MAX_IDLE: usize = 4;
+/// Idle connections younger than this are used without a ping.
+const PING_AFTER: Duration = Duration::from_secs(1);
 /// Idle connections older than this are dropped rather than pinged back to life.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 
@@ -222,7 +224,7 @@ impl<C: Connection> ConnCache<C> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self, key: &str, admin: &SecretString) -> Option<C> {
+    fn take(&self, key: &str, admin: &SecretString) -> Option<(C, Instant)> {
         let mut map = self.lock();
         let entry = map.get_mut(key)?;
         if !entry.admin.ct_eq(admin.expose()) {
@@ -231,7 +233,7 @@ impl<C: Connection> ConnCache<C> {
         }
         while let Some((c, since)) = entry.idle.pop() {
             if since.elapsed() < MAX_IDLE_AGE {
-                return Some(c);
+                return Some((c, since));
             }
         }
         None
@@ -263,15 +265,19 @@ impl<C: Connection> ConnCache<C> {
         self.lock().remove(key);
     }
 
-    /// An idle connection that still answers a ping, or a new one.
+    /// An idle connection, or a new one. A connection idle for more than a second is
+    /// pinged first (the server may have restarted or cut it); one used just now is not,
+    /// which saves a round trip per operation under load. Should it have died anyway, the
+    /// operation fails as `Unavailable`, the connection is discarded and the retry opens a
+    /// fresh one.
     pub async fn acquire(
         &self,
         key: &str,
         admin: &SecretString,
         options: &C::Options,
     ) -> Result<C, sqlx::Error> {
-        while let Some(mut c) = self.take(key, admin) {
-            if c.ping().await.is_ok() {
+        while let Some((mut c, since)) = self.take(key, admin) {
+            if since.elapsed() < PING_AFTER || c.ping().await.is_ok() {
                 return Ok(c);
             }
         }

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 
 use crate::common::{
     format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
-    Values, Var,
+    Template, Values, Var,
 };
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
 
@@ -115,13 +115,21 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `ALTER ROLE … NOLOGIN` and membership for the admin, committed together.
-async fn block_logins(conn: &mut PgConnection, q: &str) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    exec(&mut tx, "SET LOCAL synchronous_commit = off").await?;
-    exec(&mut tx, &format!("ALTER ROLE {q} NOLOGIN")).await?;
-    exec(&mut tx, &format!("GRANT {q} TO CURRENT_USER")).await?;
-    tx.commit().await
+/// Renders statements into one simple-protocol message. PostgreSQL runs the statements of
+/// one message as a single implicit transaction (all or nothing), and one message is one
+/// round trip instead of one per statement plus `BEGIN`/`COMMIT`. Templates therefore must
+/// not contain `BEGIN`/`COMMIT` themselves.
+fn batch<'t>(templates: impl Iterator<Item = &'t Template>, values: &Values<'_>) -> SecretString {
+    let mut out = String::new();
+    for t in templates {
+        let stmt = t.render(values);
+        let stmt = stmt.expose().trim().trim_end_matches(';');
+        if !out.is_empty() {
+            out.push_str(";\n");
+        }
+        out.push_str(stmt);
+    }
+    SecretString::new(out)
 }
 
 /// Runs SQL text with the simple query protocol. (Going through `Executor::execute`
@@ -154,69 +162,45 @@ impl PostgresProvider {
         conn: &mut PgConnection,
         name: &str,
     ) -> Result<bool, ProviderError> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT oid::int8 FROM pg_roles WHERE rolname = $1")
-                .bind(name)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| ctx.stmt_err("looking up the role", e, &[]))?;
-        if exists.is_none() {
-            return Ok(false);
-        }
         let q = quote_ident(name);
         // Step 1, committed before sessions are terminated: otherwise a login in between
         // would survive the drop. Membership lets a CREATEROLE (non-superuser) admin signal
         // the role's backends and REASSIGN/DROP OWNED; it disappears with the role.
+        // One simple-protocol message runs as one implicit transaction (one round trip).
         // Asynchronous commit is safe here: the final DROP commits synchronously, and WAL
         // is flushed in order, so this commit is durable whenever the drop is.
-        let step1 = block_logins(conn, &q);
-        match step1.await {
+        let step1 = format!(
+            "SET LOCAL synchronous_commit = off; ALTER ROLE {q} NOLOGIN; GRANT {q} TO CURRENT_USER"
+        );
+        match exec(conn, &step1).await {
             Ok(()) => {}
-            // dropped by someone else in the meantime
+            // Already gone (an earlier attempt, which terminated the sessions before it
+            // dropped the role): nothing left to do.
             Err(e) if is_undefined_object(&e) => return Ok(false),
             Err(e) => return Err(ctx.stmt_err("blocking logins", e, &[])),
         }
-        // Step 2: end open sessions. PostgreSQL 14+ can wait for each backend to exit, so
-        // "revoked" means no session of the role is left.
-        let wait = conn.server_version_num().is_some_and(|v| v >= 140000);
-        let sql = if wait {
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
-             WHERE usename = $1 AND pid <> pg_backend_pid()"
+        // Step 2, one message (one implicit transaction): end open sessions, then the
+        // revocation statements. Logins are already blocked, so no session can appear in
+        // between. PostgreSQL 14+ waits for each backend to exit, so "revoked" means no
+        // session of the role is left. `name` is `[a-z0-9_]`, safe inside the literal.
+        let wait = if conn.server_version_num().is_some_and(|v| v >= 140000) {
+            ", 5000"
         } else {
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = $1 AND pid <> pg_backend_pid()"
+            ""
         };
-        let ended: Vec<Option<bool>> = sqlx::query_scalar(sql)
-            .bind(name)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| ctx.stmt_err("terminating sessions", e, &[]))?;
-        if !ended.is_empty() {
-            tracing::info!(
-                target = ctx.name(),
-                role = name,
-                sessions = ended.len(),
-                "terminated sessions"
-            );
-        }
-        // Step 3: the revocation statements, atomically.
+        let terminate = format!(
+            "SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity \
+             WHERE usename = '{name}' AND pid <> pg_backend_pid()"
+        );
         let values = Values {
             name,
             ..Values::default()
         };
-        let mut tx = conn
-            .begin()
+        let drop = batch(ctx.config.revocation.iter(), &values);
+        let stmt = SecretString::new(format!("{terminate};\n{}", drop.expose()));
+        exec(conn, stmt.expose())
             .await
-            .map_err(|e| ctx.stmt_err("starting a transaction", e, &[]))?;
-        for (i, t) in ctx.config.revocation.iter().enumerate() {
-            let stmt = t.render(&values);
-            exec(&mut tx, stmt.expose())
-                .await
-                .map_err(|e| ctx.stmt_err(&format!("revocation statement {}", i + 1), e, &[]))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| ctx.stmt_err("committing the revocation", e, &[]))?;
+            .map_err(|e| ctx.stmt_err("terminating sessions and revocation statements", e, &[]))?;
         Ok(true)
     }
 
@@ -241,28 +225,10 @@ impl PostgresProvider {
         };
         let mut conn = self.connect(ctx).await?;
         // One transaction: either the role exists with all its grants, or nothing does.
-        let mut tx = conn
-            .begin()
+        let stmt = batch(ctx.config.creation.iter().chain(grants), &values);
+        exec(&mut conn, stmt.expose())
             .await
-            .map_err(|e| ctx.stmt_err("starting a transaction", e, &[]))?;
-        let statements = ctx
-            .config
-            .creation
-            .iter()
-            .map(|t| ("creation statement", t))
-            .chain(grants.iter().map(|t| ("grant statement", t)));
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (what, t) in statements {
-            let n = counts.entry(what).or_insert(0);
-            *n += 1;
-            let stmt = t.render(&values);
-            exec(&mut tx, stmt.expose())
-                .await
-                .map_err(|e| ctx.stmt_err(&format!("{what} {n}"), e, &[&password]))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| ctx.stmt_err("committing the new role", e, &[&password]))?;
+            .map_err(|e| ctx.stmt_err("creation and grant statements", e, &[&password]))?;
         self.release(ctx, conn);
         tracing::info!(target = ctx.name(), role = %name, action = %r.grant.action, "created role");
 
