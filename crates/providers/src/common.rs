@@ -570,21 +570,37 @@ pub fn format_expiration(t: OffsetDateTime) -> Result<String, ProviderError> {
 }
 
 /// The username recorded by `plan` (and so in the lease's provider state).
+///
+/// `Fresh` (issuing) also requires the current template's prefix. `Existing` (renew,
+/// revoke) only requires Mayfly's username shape: the template may have changed since the
+/// lease was issued, and a revocation that can never succeed would keep a user alive.
+/// The shape check is what keeps the name safe in SQL either way.
 pub fn username_from_state(
     state: &serde_json::Value,
     template: &UsernameTemplate,
+    when: StateUse,
 ) -> Result<String, ProviderError> {
     let name = state
         .get("username")
         .and_then(|v| v.as_str())
         .ok_or_else(|| ProviderError::Failed("lease state names no username".into()))?;
-    if !template.accepts(name) {
-        // Also guards SQL: only names of Mayfly's own shape are ever dropped.
+    let ok = match when {
+        StateUse::Fresh => template.accepts(name),
+        StateUse::Existing => valid_username(name, template.max_len),
+    };
+    if !ok {
         return Err(ProviderError::Failed(format!(
-            "lease state username {name:?} does not match the target's username template"
+            "lease state username {name:?} is not a username this target's template makes"
         )));
     }
     Ok(name.to_string())
+}
+
+/// See [`username_from_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateUse {
+    Fresh,
+    Existing,
 }
 
 #[cfg(test)]
@@ -684,6 +700,11 @@ mod tests {
         assert_ne!(g, u.generate("svc", "read").unwrap());
         assert!(!u.accepts("other_x"));
         assert!(!u.accepts("mayfly_x\"; drop"));
+        let state = |n: &str| serde_json::json!({ "username": n });
+        assert!(username_from_state(&state("other_abc"), &u, StateUse::Fresh).is_err());
+        assert!(username_from_state(&state("other_abc"), &u, StateUse::Existing).is_ok());
+        assert!(username_from_state(&state("x\"y"), &u, StateUse::Existing).is_err());
+        assert!(username_from_state(&serde_json::Value::Null, &u, StateUse::Existing).is_err());
         let a = UsernameTemplate::parse("mf_{{action}}_{{identity}}_{{rand}}", &SPEC).unwrap();
         let n = a.render_with("identity-that-is-long", "read", "0123456789");
         assert_eq!(n.len(), 30);

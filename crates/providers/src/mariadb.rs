@@ -36,7 +36,7 @@ use time::OffsetDateTime;
 
 use crate::common::{
     format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
-    Values, Var,
+    StateUse, Values, Var,
 };
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
 
@@ -271,7 +271,7 @@ impl MariaDbProvider {
         ctx: &Ctx<'_>,
         r: &IssueRequest<'_>,
     ) -> Result<IssuedCredential, ProviderError> {
-        let name = username_from_state(r.plan, &ctx.config.username)?;
+        let name = username_from_state(r.plan, &ctx.config.username, StateUse::Fresh)?;
         let grants = ctx.config.grants_for(&r.grant.action)?;
         let password = generate_password(ctx.config.password_length)?;
         let expiration = format_expiration(r.expires_at)?;
@@ -541,7 +541,11 @@ impl Provider for MariaDbProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(&lease.provider_state, &ctx.config.username)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let existed = self.drop_user(&ctx, &mut conn, &name).await?;

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 
 use crate::common::{
     format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
-    Template, Values, Var,
+    StateUse, Template, Values, Var,
 };
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
 
@@ -209,7 +209,7 @@ impl PostgresProvider {
         ctx: &Ctx<'_>,
         r: &IssueRequest<'_>,
     ) -> Result<IssuedCredential, ProviderError> {
-        let name = username_from_state(r.plan, &ctx.config.username)?;
+        let name = username_from_state(r.plan, &ctx.config.username, StateUse::Fresh)?;
         let grants = ctx.config.grants_for(&r.grant.action)?;
         let password = generate_password(ctx.config.password_length)?;
         let expiration = format_expiration(r.expires_at)?;
@@ -428,7 +428,11 @@ impl Provider for PostgresProvider {
         new_expiry: OffsetDateTime,
     ) -> Result<Option<IssuedCredential>, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(&lease.provider_state, &ctx.config.username)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
         let expiration = format_expiration(new_expiry)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
@@ -458,7 +462,11 @@ impl Provider for PostgresProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(&lease.provider_state, &ctx.config.username)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let existed = self.drop_user(&ctx, &mut conn, &name).await?;
