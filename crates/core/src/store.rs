@@ -138,8 +138,24 @@ pub trait Store: Send + Sync {
     ) -> Result<RevokeOutcome, StoreError>;
 
     // --- targets ----------------------------------------------------------------------
-    /// Creates a target; `Conflict` if the name is taken.
-    async fn create_target(&self, target: &Target, event: AuditDraft) -> Result<(), StoreError>;
+    /// Creates a target, with its admin secret sealed under the master key (context
+    /// `target-secret:<name>`) for external kinds; `Conflict` if the name is taken. Both
+    /// are written in one transaction.
+    async fn create_target(
+        &self,
+        target: &Target,
+        admin_sealed: Option<&[u8]>,
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// The sealed admin secret of a target, if it has one.
+    async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces a target's sealed admin secret (root rotation); `NotFound` if no target.
+    async fn set_target_secret(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError>;
     async fn list_targets(&self) -> Result<Vec<Target>, StoreError>;
 
@@ -183,6 +199,68 @@ pub trait Store: Send + Sync {
 
     /// The earliest expiry among active leases, from the index (no scan).
     async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    // --- write-ahead issuance and the revocation queue -----------------------------------
+    /// The external credential of a `creating` lease now exists: the lease becomes
+    /// `active` with the provider's final state and its grant `issued`, with `event`.
+    /// `Rejected` when the lease is no longer `creating` (e.g. revoked meanwhile).
+    async fn activate_lease(
+        &self,
+        id: Uuid,
+        provider_state: &serde_json::Value,
+        event: AuditDraft,
+    ) -> Result<Lease, StoreError>;
+
+    /// Issuance of a `creating` lease failed. With `cleaned` (the provider confirmed
+    /// nothing is left on the target) the lease is closed as `revoked`; otherwise it goes to
+    /// `revoking` for the revocation worker. Its grant becomes `failed`. Audits the failure
+    /// (`error` must hold no secret).
+    async fn abandon_lease(
+        &self,
+        id: Uuid,
+        cleaned: bool,
+        error: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Lease, StoreError>;
+
+    /// Claims up to `limit` `revoking` leases whose next attempt is due, pushing their next
+    /// attempt `claim_for` into the future so no other worker (or replica) takes them
+    /// meanwhile; a crashed worker's claims come due again after that.
+    async fn claim_revocations(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        claim_for: time::Duration,
+    ) -> Result<Vec<Lease>, StoreError>;
+
+    /// The target confirmed the credential is gone: `revoking` becomes `revoked` (or
+    /// `expired` when the reason was the TTL), audited once. `Ok(None)` when the lease was
+    /// no longer `revoking` (someone else finished it).
+    async fn complete_revocation(
+        &self,
+        id: Uuid,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// A revocation attempt failed: count it, keep the error (no secrets), schedule the
+    /// next attempt, and audit the attempt. The lease stays `revoking`: never dropped.
+    async fn revocation_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// `provider_state` of every lease of `target` not yet ended (creating, active,
+    /// revoking): what reconciliation must keep.
+    async fn live_provider_states(
+        &self,
+        target: &str,
+    ) -> Result<Vec<serde_json::Value>, StoreError>;
 
     // --- audit --------------------------------------------------------------------------
     /// Appends events that accompany no state change (rejected requests, failed logins).

@@ -52,7 +52,12 @@ impl Store for TokenStore {
     ) -> Result<RevokeOutcome, StoreError> {
         unused()
     }
-    async fn create_target(&self, _: &Target, _: AuditDraft) -> Result<(), StoreError> {
+    async fn create_target(
+        &self,
+        _: &Target,
+        _: Option<&[u8]>,
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
         unused()
     }
     async fn get_target(&self, _: &str) -> Result<Option<Target>, StoreError> {
@@ -150,6 +155,59 @@ impl Store for TokenStore {
         Ok(self.tokens.lock().unwrap().len() as u64)
     }
     async fn stats(&self) -> Result<StoreStats, StoreError> {
+        unused()
+    }
+    async fn get_target_secret(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        unused()
+    }
+    async fn set_target_secret(&self, _: &str, _: &[u8], _: AuditDraft) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn activate_lease(
+        &self,
+        _: Uuid,
+        _: &serde_json::Value,
+        _: AuditDraft,
+    ) -> Result<Lease, StoreError> {
+        unused()
+    }
+    async fn abandon_lease(
+        &self,
+        _: Uuid,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<Lease, StoreError> {
+        unused()
+    }
+    async fn claim_revocations(
+        &self,
+        _: OffsetDateTime,
+        _: u32,
+        _: time::Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        unused()
+    }
+    async fn complete_revocation(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<Option<Lease>, StoreError> {
+        unused()
+    }
+    async fn revocation_failed(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: OffsetDateTime,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn live_provider_states(&self, _: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         unused()
     }
 }

@@ -268,12 +268,20 @@ pub async fn target_crud_and_conflict(store: Arc<dyn Store>) {
     assert_eq!(store.get_target("billing-api").await.unwrap(), None);
     let t = target("billing-api");
     store
-        .create_target(&t, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .create_target(
+            &t,
+            None,
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
         .await
         .unwrap();
     let u = target("analytics");
     store
-        .create_target(&u, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .create_target(
+            &u,
+            None,
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -284,6 +292,7 @@ pub async fn target_crud_and_conflict(store: Arc<dyn Store>) {
     let err = store
         .create_target(
             &target("billing-api"),
+            None,
             AuditDraft::new(AuditKind::TargetCreated, "operator"),
         )
         .await
@@ -1376,7 +1385,11 @@ pub async fn reopen_keeps_everything(store: Arc<dyn Store>, reopen: Reopen) {
     let i = create_identity(&*store, "durable", "team").await;
     let t = target("billing-api");
     store
-        .create_target(&t, AuditDraft::new(AuditKind::TargetCreated, "operator"))
+        .create_target(
+            &t,
+            None,
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
         .await
         .unwrap();
     let at = now();
@@ -1590,5 +1603,378 @@ pub async fn stats_count(store: Arc<dyn Store>) {
     assert_eq!(stats.active_leases, 1);
     assert_eq!(stats.revoking_leases, 2);
     assert_eq!(stats.audit_entries, 1 + 5 * 2 + 4);
+    assert_chain_intact(store).await;
+}
+
+/// Sealed admin secrets are stored with their target, replaced on rotation, and never
+/// exist for an unknown target.
+pub async fn target_secrets(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let mut pg = target("pg-main");
+    pg.kind = "postgres".into();
+    store
+        .create_target(
+            &pg,
+            Some(b"sealed-v1"),
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap();
+    store
+        .create_target(
+            &target("api"),
+            None,
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_target_secret("pg-main").await.unwrap().as_deref(),
+        Some(&b"sealed-v1"[..])
+    );
+    assert_eq!(store.get_target_secret("api").await.unwrap(), None);
+    assert_eq!(store.get_target_secret("nope").await.unwrap(), None);
+    store
+        .set_target_secret(
+            "pg-main",
+            b"sealed-v2",
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_target_secret("pg-main").await.unwrap().as_deref(),
+        Some(&b"sealed-v2"[..])
+    );
+    let err = store
+        .set_target_secret(
+            "nope",
+            b"x",
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "target", .. }),
+        "{err:?}"
+    );
+    // A conflicting create stores neither the target nor its secret.
+    let err = store
+        .create_target(
+            &pg,
+            Some(b"other"),
+            AuditDraft::new(AuditKind::TargetCreated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        store.get_target_secret("pg-main").await.unwrap().as_deref(),
+        Some(&b"sealed-v2"[..])
+    );
+    assert_chain_intact(store).await;
+}
+
+/// Records an approved grant with a write-ahead (`creating`) external lease.
+async fn write_ahead(store: &dyn Store, who: &str, task: &str, username: &str) -> Issued {
+    let at = now();
+    let mut g = grant(who, "team-a", task, at);
+    g.state = GrantState::Approved;
+    let mut l = lease_for(
+        &g,
+        at,
+        at + Duration::minutes(10),
+        at + Duration::hours(1),
+        true,
+    );
+    l.state = LeaseState::Creating;
+    l.provider_state = json!({"username": username});
+    store
+        .record_grant(&g, Some(&l), grant_events(&g, None))
+        .await
+        .unwrap_or_else(|e| panic!("write-ahead record for {task}: {e}"));
+    Issued { grant: g, lease: l }
+}
+
+/// Write-ahead issuance: a `creating` lease becomes `active` (grant `issued`) once the
+/// credential exists, or is closed (grant `failed`) when issuance failed.
+pub async fn write_ahead_leases(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    create_identity(store, "svc", "team-a").await;
+    let ok = write_ahead(store, "svc", "t-ok", "mayfly_svc_a").await;
+    let cleaned = write_ahead(store, "svc", "t-cleaned", "mayfly_svc_b").await;
+    let unsure = write_ahead(store, "svc", "t-unsure", "mayfly_svc_c").await;
+    let live = store.live_provider_states("billing-api").await.unwrap();
+    assert_eq!(live.len(), 3, "creating leases are live: {live:?}");
+
+    let issued = AuditDraft::new(AuditKind::LeaseIssued, "identity:svc");
+    let active = store
+        .activate_lease(
+            ok.lease.id,
+            &json!({"username": "mayfly_svc_a", "host": "db"}),
+            issued,
+        )
+        .await
+        .unwrap();
+    assert_eq!(active.state, LeaseState::Active);
+    assert_eq!(active.provider_state["host"], "db");
+    assert_eq!(lease(store, ok.lease.id).await.state, LeaseState::Active);
+    assert_eq!(grant_of(store, ok.grant.id).await.state, GrantState::Issued);
+    let again = store
+        .activate_lease(
+            ok.lease.id,
+            &json!({}),
+            AuditDraft::new(AuditKind::LeaseIssued, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&again), "{again:?}");
+
+    let closed = store
+        .abandon_lease(
+            cleaned.lease.id,
+            true,
+            "target refused",
+            "identity:svc",
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed.state, LeaseState::Revoked);
+    assert_eq!(closed.revocation_reason, Some(RevocationReason::TaskFailed));
+    assert_eq!(closed.last_error.as_deref(), Some("target refused"));
+    assert_eq!(
+        grant_of(store, cleaned.grant.id).await.state,
+        GrantState::Failed
+    );
+
+    let pending = store
+        .abandon_lease(unsure.lease.id, false, "timeout", "identity:svc", now())
+        .await
+        .unwrap();
+    assert_eq!(pending.state, LeaseState::Revoking);
+    assert_eq!(
+        grant_of(store, unsure.grant.id).await.state,
+        GrantState::Failed
+    );
+    let err = store
+        .abandon_lease(unsure.lease.id, true, "again", "x", now())
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&err), "{err:?}");
+
+    let mut live: Vec<String> = store
+        .live_provider_states("billing-api")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s["username"].as_str().unwrap().to_string())
+        .collect();
+    live.sort();
+    assert_eq!(live, ["mayfly_svc_a", "mayfly_svc_c"]);
+    let kinds: Vec<AuditKind> = all_audit(
+        store,
+        AuditFilter {
+            task: Some("t-cleaned".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            AuditKind::GrantDecided,
+            AuditKind::GrantFailed,
+            AuditKind::LeaseRevoked
+        ]
+    );
+    assert_chain_intact(store).await;
+}
+
+/// The revocation queue: claimed work is invisible to other workers until its claim runs
+/// out, failures are counted and retried (never dropped), completion happens once.
+pub async fn revocation_queue(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    create_identity(store, "svc", "team-a").await;
+    let t0 = now();
+    let a = issue(
+        store,
+        "svc",
+        "team-a",
+        "t-a",
+        t0,
+        Duration::minutes(10),
+        true,
+    )
+    .await;
+    let b = issue(
+        store,
+        "svc",
+        "team-a",
+        "t-b",
+        t0,
+        Duration::minutes(10),
+        true,
+    )
+    .await;
+    let ttl = issue(
+        store,
+        "svc",
+        "team-a",
+        "t-ttl",
+        t0 - Duration::minutes(20),
+        Duration::minutes(10),
+        true,
+    )
+    .await;
+    store
+        .revoke(
+            &LeaseSelector::Task("t-a".into()),
+            RevocationReason::Admin,
+            "operator",
+            t0,
+        )
+        .await
+        .unwrap();
+    store
+        .revoke(
+            &LeaseSelector::Task("t-b".into()),
+            RevocationReason::TaskComplete,
+            "operator",
+            t0,
+        )
+        .await
+        .unwrap();
+    let expired = store.expire_due(t0, 10).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|l| l.id).collect::<Vec<_>>(),
+        [ttl.lease.id]
+    );
+    assert_eq!(expired[0].state, LeaseState::Revoking);
+
+    let claimed = store
+        .claim_revocations(t0, 10, Duration::seconds(30))
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = claimed.iter().map(|l| l.id).collect();
+    ids.sort();
+    let mut expected = vec![a.lease.id, b.lease.id, ttl.lease.id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(
+        store
+            .claim_revocations(t0, 10, Duration::seconds(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed work is hidden"
+    );
+    // A claim that runs out (a dead worker) makes the work due again.
+    let later = store
+        .claim_revocations(t0 + Duration::seconds(31), 10, Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 3);
+
+    // Failure: counted, kept, retried at the given time.
+    let retry_at = t0 + Duration::seconds(40);
+    store
+        .revocation_failed(
+            a.lease.id,
+            "connection refused",
+            retry_at,
+            "system:revoker",
+            t0,
+        )
+        .await
+        .unwrap();
+    let failed = lease(store, a.lease.id).await;
+    assert_eq!(
+        (failed.state, failed.revoke_attempts),
+        (LeaseState::Revoking, 1)
+    );
+    assert_eq!(failed.last_error.as_deref(), Some("connection refused"));
+    assert!(store
+        .claim_revocations(t0 + Duration::seconds(39), 10, Duration::seconds(30))
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.id != a.lease.id));
+    let due = store
+        .claim_revocations(retry_at, 10, Duration::seconds(30))
+        .await
+        .unwrap();
+    assert!(due.iter().any(|l| l.id == a.lease.id));
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.revoking_leases, 3);
+
+    // Completion: once, to revoked (or expired for the TTL), with its grant.
+    let done = store
+        .complete_revocation(a.lease.id, "system:revoker", t0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state, done.last_error.clone()),
+        (LeaseState::Revoked, None)
+    );
+    assert_eq!(
+        store
+            .complete_revocation(a.lease.id, "system:revoker", t0)
+            .await
+            .unwrap(),
+        None
+    );
+    let err = store
+        .revocation_failed(a.lease.id, "late", t0, "system:revoker", t0)
+        .await
+        .unwrap_err();
+    assert!(is_rejected_lease(&err), "{err:?}");
+    let done = store
+        .complete_revocation(ttl.lease.id, "system:revoker", t0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, LeaseState::Expired);
+    assert_eq!(
+        grant_of(store, ttl.grant.id).await.state,
+        GrantState::Expired
+    );
+    store
+        .complete_revocation(b.lease.id, "system:revoker", t0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .claim_revocations(t0 + Duration::hours(1), 10, Duration::seconds(30))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.stats().await.unwrap().revoking_leases, 0);
+
+    let story: Vec<AuditKind> = all_audit(
+        store,
+        AuditFilter {
+            task: Some("t-a".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(
+        story,
+        [
+            AuditKind::GrantDecided,
+            AuditKind::LeaseIssued,
+            AuditKind::LeaseRevoking,
+            AuditKind::LeaseRevokeFailed,
+            AuditKind::LeaseRevoked
+        ]
+    );
     assert_chain_intact(store).await;
 }

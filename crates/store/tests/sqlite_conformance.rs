@@ -123,6 +123,9 @@ macro_rules! suite {
 }
 
 suite!(
+    target_secrets,
+    write_ahead_leases,
+    revocation_queue,
     identity_crud_and_conflict,
     target_crud_and_conflict,
     record_grant_is_atomic,

@@ -129,7 +129,7 @@ pub async fn create(
         "kind": target.kind, "actions": target.actions, "max_ttl": target.max_ttl, "allow": target.allow,
     }));
     event.target = Some(target.name.clone());
-    state.store.create_target(&target, event).await?;
+    state.store.create_target(&target, None, event).await?;
     Ok((StatusCode::CREATED, Json(target)))
 }
 

@@ -263,6 +263,13 @@ impl SqliteStore {
         }
     }
 
+    async fn submit_lease(&self, op: Op) -> Result<Lease, StoreError> {
+        match self.submit(op).await? {
+            Output::Lease(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn submit_outcome(&self, op: Op) -> Result<RevokeOutcome, StoreError> {
         match self.submit(op).await? {
             Output::Outcome(o) => Ok(o),
@@ -367,9 +374,142 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_target(&self, target: &Target, event: AuditDraft) -> Result<(), StoreError> {
-        self.submit_unit(Op::CreateTarget(Box::new(target.clone()), event))
+    async fn create_target(
+        &self,
+        target: &Target,
+        admin_sealed: Option<&[u8]>,
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::CreateTarget(
+            Box::new(target.clone()),
+            admin_sealed.map(<[u8]>::to_vec),
+            event,
+        ))
+        .await
+    }
+
+    async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar(sql::GET_TARGET_SECRET)
+            .bind(name)
+            .fetch_optional(&self.read)
             .await
+            .map_err(map_sqlx)
+    }
+
+    async fn set_target_secret(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::SetTargetSecret {
+            name: name.to_string(),
+            sealed: sealed.to_vec(),
+            event,
+        })
+        .await
+    }
+
+    async fn activate_lease(
+        &self,
+        id: Uuid,
+        provider_state: &serde_json::Value,
+        event: AuditDraft,
+    ) -> Result<Lease, StoreError> {
+        self.submit_lease(Op::ActivateLease {
+            id,
+            provider_state: provider_state.clone(),
+            event,
+        })
+        .await
+    }
+
+    async fn abandon_lease(
+        &self,
+        id: Uuid,
+        cleaned: bool,
+        error: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Lease, StoreError> {
+        self.submit_lease(Op::AbandonLease {
+            id,
+            cleaned,
+            error: error.to_string(),
+            actor: actor.to_string(),
+            now,
+        })
+        .await
+    }
+
+    async fn claim_revocations(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        claim_for: time::Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        match self
+            .submit(Op::ClaimRevocations {
+                now,
+                limit,
+                until: now + claim_for,
+            })
+            .await?
+        {
+            Output::Leases(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn complete_revocation(
+        &self,
+        id: Uuid,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Lease>, StoreError> {
+        match self
+            .submit(Op::CompleteRevocation {
+                id,
+                actor: actor.to_string(),
+                now,
+            })
+            .await?
+        {
+            Output::MaybeLease(l) => Ok(l),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn revocation_failed(
+        &self,
+        id: Uuid,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::RevocationFailed {
+            id,
+            error: error.to_string(),
+            next_attempt,
+            actor: actor.to_string(),
+            now,
+        })
+        .await
+    }
+
+    async fn live_provider_states(
+        &self,
+        target: &str,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(sql::LIVE_PROVIDER_STATES)
+            .bind(target)
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r).map_err(|e| corrupt("provider_state", e.to_string())))
+            .collect()
     }
 
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {

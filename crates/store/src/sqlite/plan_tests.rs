@@ -68,6 +68,15 @@ async fn request_paths_use_indexes() {
     let expire_grants = sql::EXPIRE_GRANTS;
     let cases: Vec<(&str, &str, usize)> = vec![
         ("get_lease", sql::GET_LEASE, 1),
+        ("activate lease", sql::ACTIVATE_LEASE, 2),
+        ("abandon lease", sql::ABANDON_LEASE, 4),
+        ("claim revocations", sql::CLAIM_REVOCATIONS, 3),
+        ("complete revocation", sql::COMPLETE_REVOCATION, 1),
+        ("revocation failed", sql::REVOCATION_FAILED, 3),
+        ("live provider states", sql::LIVE_PROVIDER_STATES, 1),
+        ("issue grant", sql::ISSUE_GRANT, 2),
+        ("fail grant", sql::FAIL_GRANT, 2),
+        ("target secret", sql::GET_TARGET_SECRET, 1),
         ("get_grant", sql::GET_GRANT, 1),
         ("renew_lease", sql::RENEW_LEASE, 2),
         ("select by lease", sql::REVOKE_BY_LEASE.select, 1),

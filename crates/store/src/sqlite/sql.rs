@@ -300,3 +300,59 @@ fn push_where(sql: &mut String, conds: &[String]) {
         sql.push_str(&conds.join(" AND "));
     }
 }
+
+// --- external credentials: target secrets, write-ahead leases, the revocation queue ------
+
+pub(crate) const TARGET_EXISTS: &str = "SELECT 1 FROM targets WHERE name = ?1";
+pub(crate) const PUT_TARGET_SECRET: &str =
+    "INSERT INTO target_secrets (target, sealed, updated_at) \
+     VALUES (?1, ?2, ?3) \
+     ON CONFLICT (target) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
+pub(crate) const GET_TARGET_SECRET: &str = "SELECT sealed FROM target_secrets WHERE target = ?1";
+
+/// `creating` → `active` once the credential exists on the target.
+pub(crate) const ACTIVATE_LEASE: &str = concat!(
+    "UPDATE leases SET state = 'active', provider_state = ?2 ",
+    "WHERE id = ?1 AND state = 'creating' RETURNING ",
+    lease_cols!()
+);
+pub(crate) const ISSUE_GRANT: &str =
+    "UPDATE grants SET state = 'issued', updated_at = ?2 WHERE id = ?1 AND state = 'approved'";
+
+/// `creating` → `revoked` (nothing left on the target, `?2` = 1) or `revoking` (the worker
+/// must still make sure), after issuance failed.
+pub(crate) const ABANDON_LEASE: &str = concat!(
+    "UPDATE leases SET ",
+    "state = CASE WHEN ?2 = 1 THEN 'revoked' ELSE 'revoking' END, ",
+    "revocation_reason = 'task_failed', last_error = ?3, ",
+    "next_attempt_at = CASE WHEN ?2 = 1 THEN NULL ELSE ?4 END ",
+    "WHERE id = ?1 AND state = 'creating' RETURNING ",
+    lease_cols!()
+);
+pub(crate) const FAIL_GRANT: &str =
+    "UPDATE grants SET state = 'failed', updated_at = ?2 WHERE id = ?1 AND state = 'approved'";
+
+/// Claims due revocations by pushing their next attempt to `?2` (a lease on the work
+/// item: a worker that dies leaves them to come due again).
+pub(crate) const CLAIM_REVOCATIONS: &str = concat!(
+    "UPDATE leases SET next_attempt_at = ?2 WHERE rowid IN (",
+    "SELECT rowid FROM leases INDEXED BY leases_revoking_due ",
+    "WHERE state = 'revoking' AND next_attempt_at <= ?1 ",
+    "ORDER BY next_attempt_at LIMIT ?3) RETURNING ",
+    lease_cols!()
+);
+pub(crate) const COMPLETE_REVOCATION: &str = concat!(
+    "UPDATE leases SET ",
+    "state = CASE WHEN revocation_reason = 'ttl' THEN 'expired' ELSE 'revoked' END, ",
+    "last_error = NULL, next_attempt_at = NULL ",
+    "WHERE id = ?1 AND state = 'revoking' RETURNING ",
+    lease_cols!()
+);
+pub(crate) const REVOCATION_FAILED: &str = concat!(
+    "UPDATE leases SET revoke_attempts = revoke_attempts + 1, last_error = ?2, ",
+    "next_attempt_at = ?3 WHERE id = ?1 AND state = 'revoking' RETURNING ",
+    lease_cols!()
+);
+pub(crate) const LIVE_PROVIDER_STATES: &str = "SELECT provider_state FROM leases \
+     INDEXED BY leases_target_live \
+     WHERE target = ?1 AND state IN ('creating', 'active', 'revoking')";

@@ -47,7 +47,41 @@ pub(crate) enum Op {
         actor: String,
         now: OffsetDateTime,
     },
-    CreateTarget(Box<Target>, AuditDraft),
+    CreateTarget(Box<Target>, Option<Vec<u8>>, AuditDraft),
+    SetTargetSecret {
+        name: String,
+        sealed: Vec<u8>,
+        event: AuditDraft,
+    },
+    ActivateLease {
+        id: Uuid,
+        provider_state: serde_json::Value,
+        event: AuditDraft,
+    },
+    AbandonLease {
+        id: Uuid,
+        cleaned: bool,
+        error: String,
+        actor: String,
+        now: OffsetDateTime,
+    },
+    ClaimRevocations {
+        now: OffsetDateTime,
+        limit: u32,
+        until: OffsetDateTime,
+    },
+    CompleteRevocation {
+        id: Uuid,
+        actor: String,
+        now: OffsetDateTime,
+    },
+    RevocationFailed {
+        id: Uuid,
+        error: String,
+        next_attempt: OffsetDateTime,
+        actor: String,
+        now: OffsetDateTime,
+    },
     RecordGrant(Box<Grant>, Option<Box<Lease>>, Vec<AuditDraft>),
     RenewLease {
         id: Uuid,
@@ -76,6 +110,7 @@ pub(crate) enum Output {
     Identity(Identity),
     Outcome(RevokeOutcome),
     Lease(Lease),
+    MaybeLease(Option<Lease>),
     Leases(Vec<Lease>),
 }
 
@@ -765,9 +800,157 @@ async fn run_op(
             finish_revocation(conn, chain, &ended, reason, &selector, &actor, now).await?;
             Ok(Output::Outcome(outcome))
         }
-        Op::CreateTarget(target, event) => {
+        Op::CreateTarget(target, sealed, event) => {
             create_target(conn, &target).await?;
+            if let Some(sealed) = sealed {
+                put_target_secret(conn, &target.name, &sealed).await?;
+            }
             chain.append(event, core_now());
+            Ok(Output::Unit)
+        }
+        Op::SetTargetSecret {
+            name,
+            sealed,
+            event,
+        } => {
+            let exists: Option<i64> = sqlx::query_scalar(sql::TARGET_EXISTS)
+                .bind(&name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "target",
+                    id: name,
+                });
+            }
+            put_target_secret(conn, &name, &sealed).await?;
+            chain.append(event, core_now());
+            Ok(Output::Unit)
+        }
+        Op::ActivateLease {
+            id,
+            provider_state,
+            event,
+        } => {
+            let row = sqlx::query(sql::ACTIVATE_LEASE)
+                .bind(id.to_string())
+                .bind(to_json("provider_state", &provider_state)?)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+                .ok_or_else(|| not_in_state(id, "creating"))?;
+            let LeaseRow { lease, owner } = lease_from_row(&row)?;
+            set_grant(conn, sql::ISSUE_GRANT, lease.grant_id).await?;
+            let mut event = event.for_lease(&lease);
+            event.owner = Some(owner);
+            chain.append(event, core_now());
+            Ok(Output::Lease(lease))
+        }
+        Op::AbandonLease {
+            id,
+            cleaned,
+            error,
+            actor,
+            now,
+        } => {
+            let row = sqlx::query(sql::ABANDON_LEASE)
+                .bind(id.to_string())
+                .bind(i64::from(cleaned))
+                .bind(&error)
+                .bind(to_unix_ms(now))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+                .ok_or_else(|| not_in_state(id, "creating"))?;
+            let LeaseRow { lease, owner } = lease_from_row(&row)?;
+            set_grant(conn, sql::FAIL_GRANT, lease.grant_id).await?;
+            let mut failed = AuditDraft::new(AuditKind::GrantFailed, actor.as_str())
+                .for_lease(&lease)
+                .detail(serde_json::json!({"error": error, "cleaned": cleaned}));
+            failed.lease_id = Some(lease.id);
+            failed.owner = Some(owner.clone());
+            let kind = if cleaned {
+                AuditKind::LeaseRevoked
+            } else {
+                AuditKind::LeaseRevoking
+            };
+            let mut ended = AuditDraft::new(kind, actor.as_str())
+                .for_lease(&lease)
+                .detail(serde_json::json!({"reason": RevocationReason::TaskFailed.as_str(), "state": lease.state.as_str()}));
+            ended.owner = Some(owner);
+            chain.append(failed, now);
+            chain.append(ended, now);
+            Ok(Output::Lease(lease))
+        }
+        Op::ClaimRevocations { now, limit, until } => {
+            let rows = sqlx::query(sql::CLAIM_REVOCATIONS)
+                .bind(to_unix_ms(now))
+                .bind(to_unix_ms(until))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            let leases = rows
+                .iter()
+                .map(|r| lease_from_row(r).map(|l| l.lease))
+                .collect::<Result<Vec<Lease>, StoreError>>()?;
+            Ok(Output::Leases(leases))
+        }
+        Op::CompleteRevocation { id, actor, now } => {
+            let Some(row) = sqlx::query(sql::COMPLETE_REVOCATION)
+                .bind(id.to_string())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+            else {
+                return Ok(Output::MaybeLease(None));
+            };
+            let LeaseRow { lease, owner } = lease_from_row(&row)?;
+            let reason = lease.revocation_reason.unwrap_or(RevocationReason::Admin);
+            let statement = if lease.state == LeaseState::Expired {
+                sql::EXPIRE_GRANTS
+            } else {
+                sql::REVOKE_GRANTS
+            };
+            update_grants(conn, statement, reason, now, &[lease.grant_id.to_string()]).await?;
+            let mut event = AuditDraft::new(AuditKind::LeaseRevoked, actor.as_str())
+                .for_lease(&lease)
+                .detail(serde_json::json!({
+                    "reason": reason.as_str(),
+                    "state": lease.state.as_str(),
+                    "attempts": lease.revoke_attempts + 1,
+                    "confirmed_by_target": true,
+                }));
+            event.owner = Some(owner);
+            chain.append(event, now);
+            Ok(Output::MaybeLease(Some(lease)))
+        }
+        Op::RevocationFailed {
+            id,
+            error,
+            next_attempt,
+            actor,
+            now,
+        } => {
+            let row = sqlx::query(sql::REVOCATION_FAILED)
+                .bind(id.to_string())
+                .bind(&error)
+                .bind(to_unix_ms(next_attempt))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+                .ok_or_else(|| not_in_state(id, "revoking"))?;
+            let LeaseRow { lease, owner } = lease_from_row(&row)?;
+            let mut event = AuditDraft::new(AuditKind::LeaseRevokeFailed, actor.as_str())
+                .for_lease(&lease)
+                .detail(serde_json::json!({
+                    "error": error,
+                    "attempt": lease.revoke_attempts,
+                    "next_attempt_at": rfc3339(next_attempt),
+                }));
+            event.owner = Some(owner);
+            chain.append(event, now);
             Ok(Output::Unit)
         }
         Op::RecordGrant(grant, lease, events) => {
@@ -1119,6 +1302,43 @@ async fn finish_revocation(
 }
 
 /// Moves the given grants from issued to the end state `statement` sets.
+async fn put_target_secret(
+    conn: &mut SqliteConnection,
+    name: &str,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(sql::PUT_TARGET_SECRET)
+        .bind(name)
+        .bind(sealed)
+        .bind(to_unix_ms(core_now()))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(map_sqlx)
+}
+
+/// Moves one grant with a single-grant statement (`?1` id, `?2` now).
+async fn set_grant(
+    conn: &mut SqliteConnection,
+    statement: &str,
+    grant_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(statement)
+        .bind(grant_id.to_string())
+        .bind(to_unix_ms(core_now()))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(map_sqlx)
+}
+
+fn not_in_state(id: Uuid, state: &str) -> StoreError {
+    StoreError::Rejected(CoreError::invalid(
+        "lease",
+        format!("lease {id} is not {state}"),
+    ))
+}
+
 async fn update_grants(
     conn: &mut SqliteConnection,
     statement: &str,
