@@ -1,6 +1,8 @@
 //! The `postgres` credential kind: a real, temporary PostgreSQL role per lease.
 //!
-//! Issue creates the role and runs the action's grants in one transaction, with
+//! Issue creates the role and runs the action's grants in one transaction (the statements
+//! are sent as one message, which PostgreSQL runs as one implicit transaction, so
+//! templates must not contain `BEGIN`/`COMMIT`), with
 //! `VALID UNTIL` set to the lease expiry so the role stops working even if the broker is
 //! down when the lease ends. Renew moves `VALID UNTIL`. Revoke blocks new logins,
 //! terminates the role's sessions and then drops it.
