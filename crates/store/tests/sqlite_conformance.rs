@@ -350,14 +350,14 @@ async fn closed_store_is_unavailable() {
 
 #[tokio::test]
 async fn open_dispatches_on_scheme() {
-    let err = mayfly_store::open("postgres://u:hunter2@db/mayfly", Durability::Fsync)
+    // postgres:// goes to the PostgreSQL backend (nothing listens on port 1), and its
+    // error does not echo the password.
+    let err = mayfly_store::open("postgres://u:hunter2@127.0.0.1:1/mayfly", Durability::Fsync)
         .await
         .err()
         .unwrap();
-    assert!(
-        matches!(&err, StoreError::Backend(m) if m.contains("PostgreSQL backend not built yet")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
     let err = mayfly_store::open("mysql://u:hunter2@db/mayfly", Durability::Fsync)
         .await
         .err()
