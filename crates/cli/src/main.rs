@@ -147,6 +147,8 @@ enum IdentityCmd {
     Whoami,
 }
 
+// Parsed once per process; boxing the large variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum TargetCmd {
     Add {
@@ -166,9 +168,30 @@ enum TargetCmd {
         /// Token audience (token targets); default the target name.
         #[arg(long)]
         audience: Option<String>,
+        /// Provider settings as a JSON object (e.g. the grant statements of a database target).
+        #[arg(long, conflicts_with = "settings_file")]
+        settings: Option<String>,
+        /// Provider settings from a JSON file.
+        #[arg(long)]
+        settings_file: Option<std::path::PathBuf>,
+        /// Read the admin connection URL (with its password) from this environment variable.
+        /// Secrets are never taken as flag values: those show up in `ps`.
+        #[arg(long, conflicts_with = "admin_url_file")]
+        admin_url_env: Option<String>,
+        /// Read the admin connection URL from this file.
+        #[arg(long)]
+        admin_url_file: Option<std::path::PathBuf>,
     },
     List,
     Show {
+        name: String,
+    },
+    /// Drop users on the target that carry Mayfly's prefix but belong to no live lease.
+    Reconcile {
+        name: String,
+    },
+    /// Replace the target's admin password with a random one only Mayfly knows.
+    RotateRoot {
         name: String,
     },
 }
@@ -663,12 +686,48 @@ async fn target(client: &Client, out: Format, cmd: TargetCmd) -> anyhow::Result<
             max_ttl,
             allow,
             audience,
+            settings,
+            settings_file,
+            admin_url_env,
+            admin_url_file,
         } => {
-            let mut settings = serde_json::Map::new();
+            let text = match (settings, settings_file) {
+                (Some(s), _) => Some(s),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let mut settings = match text {
+                Some(t) => match serde_json::from_str::<Value>(&t)
+                    .context("settings must be a JSON object")?
+                {
+                    Value::Object(m) => m,
+                    _ => bail!("settings must be a JSON object"),
+                },
+                None => serde_json::Map::new(),
+            };
             if let Some(a) = audience {
                 settings.insert("audience".into(), Value::String(a));
             }
-            let body = json!({"name": name, "kind": kind, "actions": actions, "default_ttl": default_ttl, "max_ttl": max_ttl, "allow": allow, "settings": settings});
+            let mut body = json!({"name": name, "kind": kind, "actions": actions, "default_ttl": default_ttl, "max_ttl": max_ttl, "allow": allow, "settings": settings});
+            let admin = match (admin_url_env, admin_url_file) {
+                (Some(var), _) => Some(
+                    std::env::var(&var)
+                        .with_context(|| format!("environment variable {var} is not set"))?,
+                ),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            if let Some(a) = admin {
+                body["admin"] = json!(a);
+            }
             output::object(out, &client.post::<Value>("/v1/targets", body).await?);
         }
         TargetCmd::List => {
@@ -687,6 +746,18 @@ async fn target(client: &Client, out: Format, cmd: TargetCmd) -> anyhow::Result<
             out,
             &client
                 .get::<Value>(&format!("/v1/targets/{name}"), &[])
+                .await?,
+        ),
+        TargetCmd::Reconcile { name } => output::object(
+            out,
+            &client
+                .post::<Value>(&format!("/v1/targets/{name}/reconcile"), json!({}))
+                .await?,
+        ),
+        TargetCmd::RotateRoot { name } => output::object(
+            out,
+            &client
+                .post::<Value>(&format!("/v1/targets/{name}/rotate-root"), json!({}))
                 .await?,
         ),
     }

@@ -58,6 +58,10 @@ pub enum AuditKind {
     PolicyReloaded,
     #[serde(rename = "policy.rejected")]
     PolicyRejected,
+    #[serde(rename = "target.reconciled")]
+    TargetReconciled,
+    #[serde(rename = "target.root_rotated")]
+    TargetRootRotated,
 }
 
 impl AuditKind {
@@ -85,6 +89,8 @@ impl AuditKind {
             AuditKind::TokenIntrospected => "token.introspected",
             AuditKind::PolicyReloaded => "policy.reloaded",
             AuditKind::PolicyRejected => "policy.rejected",
+            AuditKind::TargetReconciled => "target.reconciled",
+            AuditKind::TargetRootRotated => "target.root_rotated",
         }
     }
 }
@@ -482,6 +488,8 @@ mod tests {
             TokenIntrospected,
             PolicyReloaded,
             PolicyRejected,
+            TargetReconciled,
+            TargetRootRotated,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),

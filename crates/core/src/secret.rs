@@ -42,6 +42,14 @@ impl fmt::Display for SecretString {
     }
 }
 
+/// Secrets arrive in requests (a target's admin URL), so they can be read from JSON; there
+/// is deliberately no `Serialize`, so they cannot be written back out by accident.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString::new)
+    }
+}
+
 /// Secret bytes (key material).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBytes(Zeroizing<Vec<u8>>);

@@ -84,6 +84,16 @@ pub struct DbSettings {
     pub database: Option<String>,
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    // Read by runtime policy (Cedar maps them onto the target entity), not by the
+    // provider; listed so they are not rejected as unknown keys.
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub sensitivity: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
 }
 
 /// Settings after validation, templates parsed.

@@ -29,11 +29,27 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod providers;
 pub mod scheduler;
 pub mod state;
 pub mod token;
 
 pub use state::AppState;
+
+/// Crash-safety test hook: with `MAYFLY_CRASH_AT=<point>` the process aborts at that
+/// point, exactly as `kill -9` would, so tests can stop the broker between write-ahead and
+/// creation, or between creation and commit. Read once; unset in normal operation.
+pub fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("MAYFLY_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        eprintln!("mayfly: MAYFLY_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
 
 /// Largest accepted request body. Grant requests are small; anything bigger is a mistake
 /// or an attack.
@@ -62,6 +78,9 @@ pub struct Config {
     pub token_max_ttl: Ttl,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
+    /// How often external targets are reconciled (users with Mayfly's prefix and no live
+    /// lease are dropped) and stale `creating` leases cleaned up.
+    pub reconcile_interval: Ttl,
 }
 
 /// Runtime authorisation. With a `dir`, Cedar policies decide every grant (default deny)
@@ -131,6 +150,7 @@ impl Default for Config {
             token_max_ttl: Ttl::from_secs(24 * 3600),
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
+            reconcile_interval: Ttl::from_secs(15 * 60),
         }
     }
 }
@@ -171,6 +191,9 @@ pub struct Bootstrap {
 pub struct Server {
     state: AppState,
     policy_reload: Ttl,
+    reconcile_every: Duration,
+    /// The store is this process's alone (embedded SQLite): no other replica issues.
+    exclusive_store: bool,
 }
 
 /// Builds the router for a state.
@@ -265,8 +288,9 @@ impl Server {
             .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("mayfly.db").display()));
         let store: Arc<dyn Store> = mayfly_store::open(&url, durability).await?;
 
+        let master = Arc::new(master);
         let keys = Arc::new(
-            keys::Keyring::load_or_create(store.clone(), Arc::new(master), config.token_max_ttl)
+            keys::Keyring::load_or_create(store.clone(), master.clone(), config.token_max_ttl)
                 .await?,
         );
 
@@ -305,11 +329,20 @@ impl Server {
             .issuer
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen));
+        let metrics = Arc::new(metrics::Metrics::new());
         let mut providers = state::Providers::default();
-        providers.register(Arc::new(token::TokenProvider::new(
-            keys.clone(),
-            issuer.clone(),
-        )));
+        let deadline = Duration::from_secs(30);
+        let mut builtin: Vec<Arc<dyn mayfly_core::provider::Provider>> = vec![Arc::new(
+            token::TokenProvider::new(keys.clone(), issuer.clone()),
+        )];
+        builtin.extend(mayfly_providers::builtin());
+        for provider in builtin {
+            providers.register(Arc::new(providers::Guarded::new(
+                provider,
+                deadline,
+                metrics.clone(),
+            )));
+        }
         let (policy, cedar): (Arc<dyn PolicyEngine>, _) = match &config.policy.dir {
             Some(dir) => {
                 let engine = Arc::new(load_policy(&config.policy, dir)?);
@@ -327,17 +360,24 @@ impl Server {
             cedar,
             providers,
             keys,
-            metrics: metrics::Metrics::new(),
+            metrics,
+            master,
+            revoker_wake: tokio::sync::Notify::new(),
+            creating_grace: deadline * 2,
             issuer,
             token_max_ttl: config.token_max_ttl,
             expiry_wake: tokio::sync::Notify::new(),
             next_expiry_wake_ms: AtomicI64::new(0),
         }));
         let policy_reload = config.policy.reload_interval;
+        let exclusive_store = url.starts_with("sqlite");
+        let reconcile_every = Duration::from_secs(config.reconcile_interval.as_secs().max(10));
         Ok((
             Server {
                 state,
                 policy_reload,
+                reconcile_every,
+                exclusive_store,
             },
             bootstrap,
         ))
@@ -366,6 +406,14 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(5),
         ));
+        // Leases left `creating` by a crash of this broker are cleaned up first; with an
+        // embedded store no other process can be mid-issue, so none need the grace time.
+        scheduler::reconcile_creating(&self.state, self.exclusive_store).await;
+        let revoker = tokio::spawn(scheduler::run_revoker(self.state.clone()));
+        let sweeper = tokio::spawn(scheduler::run_sweeper(
+            self.state.clone(),
+            self.reconcile_every,
+        ));
         let policy = tokio::spawn(scheduler::run_policy_reload(
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
@@ -378,6 +426,8 @@ impl Server {
         expiry.abort();
         refresh.abort();
         policy.abort();
+        revoker.abort();
+        sweeper.abort();
         result
     }
 }

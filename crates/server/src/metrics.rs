@@ -18,6 +18,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub kind: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -33,6 +39,8 @@ pub struct Metrics {
     /// Seconds from a lease's expiry to its revocation by the scheduler.
     pub expiry_lag: Histogram,
     pub store_up: Gauge,
+    pub provider_errors: Family<ProviderLabel, Counter>,
+    pub revoke_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -88,7 +96,21 @@ impl Metrics {
             "1 when the store answered the last health check",
             store_up.clone(),
         );
+        let provider_errors = Family::<ProviderLabel, Counter>::default();
+        registry.register(
+            "provider_errors",
+            "Failed credential provider calls, by kind and operation",
+            provider_errors.clone(),
+        );
+        let revoke_retries = Counter::default();
+        registry.register(
+            "revoke_retries",
+            "Revocation attempts that failed and were rescheduled",
+            revoke_retries.clone(),
+        );
         Metrics {
+            provider_errors,
+            revoke_retries,
             registry,
             grants,
             revocations,
@@ -115,6 +137,15 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc_by(n);
+    }
+
+    pub fn provider_error(&self, kind: &str, op: &str) {
+        self.provider_errors
+            .get_or_create(&ProviderLabel {
+                kind: kind.into(),
+                op: op.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

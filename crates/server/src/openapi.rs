@@ -11,7 +11,7 @@ use crate::api;
         api::system::healthz, api::system::metrics, api::system::jwks, api::system::openid_configuration,
         api::system::whoami, api::system::rotate_keys, api::system::introspect,
         api::identities::create, api::identities::list, api::identities::show, api::identities::disable, api::identities::enable,
-        api::targets::create, api::targets::list, api::targets::show,
+        api::targets::create, api::targets::list, api::targets::show, api::targets::reconcile, api::targets::rotate_root,
         api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke, api::grants::explain,
         api::leases::list, api::leases::show, api::leases::renew,
         api::audit::list, api::audit::verify,

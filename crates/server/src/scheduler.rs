@@ -10,6 +10,9 @@
 use std::time::Duration;
 
 use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::model::{Lease, LeaseState};
+use mayfly_core::provider::{ReconcileReport, TargetAccess};
+use mayfly_core::store::LeaseFilter;
 
 use crate::state::AppState;
 
@@ -30,6 +33,10 @@ pub async fn run_expiry(state: AppState) {
                     if !leases.is_empty() {
                         state.metrics.revoked("ttl", leases.len() as u64);
                         tracing::debug!(count = leases.len(), "expired leases");
+                    }
+                    if leases.iter().any(|l| l.state == LeaseState::Revoking) {
+                        // External credentials: the target must still drop them.
+                        state.revoker_wake.notify_one();
                     }
                     if leases.len() < BATCH as usize {
                         break;
@@ -114,4 +121,195 @@ pub async fn run_policy_reload(state: AppState, every: Duration) {
             tracing::warn!(error = %e, "could not audit a policy reload");
         }
     }
+}
+
+/// Ends leases a crash left in `creating`: whatever the provider may have created is
+/// removed (revoke is idempotent: a user that was never created is simply absent), then
+/// the lease is closed. If the target cannot be reached, the lease goes to the revocation
+/// queue and is retried until it can.
+pub async fn reconcile_creating(state: &AppState, all: bool) {
+    let filter = LeaseFilter {
+        state: Some(LeaseState::Creating),
+        limit: Some(10_000),
+        ..Default::default()
+    };
+    let leases = match state.store.list_leases(&filter).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list creating leases");
+            return;
+        }
+    };
+    let cutoff =
+        mayfly_core::now() - time::Duration::seconds_f64(state.creating_grace.as_secs_f64());
+    for lease in leases.into_iter().filter(|l| all || l.issued_at < cutoff) {
+        let cleaned = match revoke_on_target(state, &lease).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(lease = %lease.id, error = %e, "cannot clean up an interrupted issuance yet; queued for revocation");
+                false
+            }
+        };
+        let why = "issuance interrupted (broker stopped between write-ahead and completion)";
+        match state
+            .store
+            .abandon_lease(
+                lease.id,
+                cleaned,
+                why,
+                "system:reconcile",
+                mayfly_core::now(),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %lease.id, cleaned, "closed an interrupted issuance"),
+            Err(e) => {
+                tracing::warn!(lease = %lease.id, error = %e, "cannot close an interrupted issuance")
+            }
+        }
+    }
+    state.revoker_wake.notify_one();
+}
+
+/// Revokes one lease's credential on its target.
+async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), String> {
+    let provider = state
+        .providers
+        .get(&lease.kind)
+        .ok_or_else(|| format!("no provider for kind {:?}", lease.kind))?;
+    let target = state
+        .store
+        .get_target(&lease.target)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("target {:?} no longer exists", lease.target))?;
+    let admin = crate::providers::admin_secret(state, &lease.target)
+        .await
+        .map_err(|e| e.to_string())?;
+    provider
+        .revoke(
+            lease,
+            TargetAccess {
+                target: &target,
+                admin: admin.as_ref(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Exponential backoff with jitter, capped at five minutes: retried until it succeeds, but
+/// a target that is down for hours is not hammered.
+pub fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempts.min(8)).min(Duration::from_secs(300));
+    let jitter = mayfly_core::secret::random_bytes::<1>()
+        .map(|b| f64::from(b[0]) / 255.0)
+        .unwrap_or(0.5);
+    base.mul_f64(0.5 + jitter)
+}
+
+/// The revocation worker: takes due `revoking` leases, revokes them on their targets, and
+/// completes or reschedules each. Claims are time-limited, so work claimed by a replica
+/// that dies becomes due again for the others.
+pub async fn run_revoker(state: AppState) {
+    const CLAIM_FOR: time::Duration = time::Duration::seconds(90);
+    loop {
+        let now = mayfly_core::now();
+        let claimed = match state.store.claim_revocations(now, 64, CLAIM_FOR).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim revocations");
+                Vec::new()
+            }
+        };
+        let busy = !claimed.is_empty();
+        for lease in claimed {
+            let result = revoke_on_target(&state, &lease).await;
+            let now = mayfly_core::now();
+            let outcome = match result {
+                Ok(()) => state
+                    .store
+                    .complete_revocation(lease.id, "system:revoker", now)
+                    .await
+                    .map(|_| ()),
+                Err(error) => {
+                    state.metrics.revoke_retries.inc();
+                    let next = now
+                        + time::Duration::seconds_f64(backoff(lease.revoke_attempts).as_secs_f64());
+                    state
+                        .store
+                        .revocation_failed(lease.id, &error, next, "system:revoker", now)
+                        .await
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(lease = %lease.id, error = %e, "cannot record a revocation attempt");
+            }
+        }
+        if !busy {
+            tokio::select! {
+                _ = tokio::time::sleep(MAX_SLEEP) => {}
+                _ = state.revoker_wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// Periodic housekeeping: interrupted issuances past their grace time, and reconciliation
+/// of every external target.
+pub async fn run_sweeper(state: AppState, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        reconcile_creating(&state, false).await;
+        let targets = match state.store.list_targets().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list targets to reconcile");
+                continue;
+            }
+        };
+        for target in targets {
+            if state
+                .providers
+                .get(&target.kind)
+                .is_some_and(|p| p.external())
+            {
+                if let Err(e) = reconcile_target(&state, &target, "system:reconcile").await {
+                    tracing::warn!(target = %target.name, error = %e, "reconciliation failed");
+                }
+            }
+        }
+    }
+}
+
+/// Drops users on the target that carry Mayfly's prefix but belong to no live lease, and
+/// audits what it found.
+pub async fn reconcile_target(
+    state: &AppState,
+    target: &mayfly_core::model::Target,
+    actor: &str,
+) -> Result<ReconcileReport, crate::error::ApiError> {
+    let provider = state.providers.get(&target.kind).ok_or_else(|| {
+        crate::error::ApiError::Internal(format!("no provider for {:?}", target.kind))
+    })?;
+    let live = crate::providers::live_names(&state.store.live_provider_states(&target.name).await?);
+    let admin = crate::providers::admin_secret(state, &target.name).await?;
+    let report = provider
+        .reconcile(
+            TargetAccess {
+                target,
+                admin: admin.as_ref(),
+            },
+            &live,
+        )
+        .await?;
+    let mut event = AuditDraft::new(AuditKind::TargetReconciled, actor).detail(serde_json::json!({
+        "found": report.found,
+        "dropped": report.dropped,
+        "failed": report.failed,
+        "live": live.len(),
+    }));
+    event.target = Some(target.name.clone());
+    state.store.append_audit(vec![event]).await?;
+    Ok(report)
 }

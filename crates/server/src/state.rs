@@ -40,7 +40,14 @@ pub struct Inner {
     pub cedar: Option<Arc<mayfly_policy::ReloadingEngine>>,
     pub providers: Providers,
     pub keys: Arc<Keyring>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Key-encryption key, for sealing and unsealing target admin secrets.
+    pub master: Arc<mayfly_core::seal::MasterKey>,
+    /// Woken when leases enter `revoking`, so the revocation worker starts at once.
+    pub revoker_wake: Notify,
+    /// How long a `creating` lease may stay so before it is presumed orphaned by a crash
+    /// (another replica may still be creating it until then).
+    pub creating_grace: std::time::Duration,
     /// `iss` of issued tokens and base of discovery URLs.
     pub issuer: String,
     /// Hard cap on any token's lifetime; also how long retired keys stay published.
@@ -53,6 +60,15 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// Counts ended leases and starts the revocation worker when some must still be
+    /// removed from their targets.
+    pub fn record_revocation(&self, reason: &str, outcome: mayfly_core::store::RevokeOutcome) {
+        self.metrics.revoked(reason, outcome.total());
+        if outcome.revoking > 0 {
+            self.revoker_wake.notify_one();
+        }
+    }
+
     /// Tells the expiry scheduler about a new lease expiry.
     pub fn lease_expires_at(&self, at: mayfly_core::OffsetDateTime) {
         if mayfly_core::to_unix_ms(at) < self.next_expiry_wake_ms.load(Ordering::Relaxed) {

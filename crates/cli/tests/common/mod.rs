@@ -26,6 +26,8 @@ pub struct Options {
     pub config: Option<String>,
     pub durability: &'static str,
     pub token: Option<String>,
+    /// Extra environment for the broker process (e.g. `MAYFLY_CRASH_AT`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
             config: None,
             durability: "crash-safe",
             token: None,
+            env: Vec::new(),
         }
     }
 }
@@ -60,6 +63,9 @@ impl Broker {
             .env("MAYFLY_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         if let Some(config) = &opts.config {
             let path = dir.join("mayfly.toml");
             std::fs::write(&path, config).unwrap();
@@ -232,4 +238,34 @@ impl Drop for Broker {
 
 pub fn store_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("mayfly.db").display())
+}
+
+/// Whether the real services must be there (CI sets it): then a missing one fails the
+/// test instead of skipping it.
+pub fn services_required() -> bool {
+    std::env::var("MAYFLY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// A superuser connection to the local PostgreSQL, or `None` (with a SKIPPED line) when it
+/// is unreachable and services are not required.
+pub async fn postgres_superuser(suite: &str) -> Option<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let url = "postgres://postgres@127.0.0.1:5432/postgres";
+    let why = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url))
+        .await
+    {
+        Ok(Ok(c)) => return Some(c),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    if services_required() {
+        panic!("{suite}: PostgreSQL at 127.0.0.1:5432 is required (MAYFLY_REQUIRE_SERVICES=1) but unreachable: {why}");
+    }
+    eprintln!("SKIPPED: {suite} — PostgreSQL 127.0.0.1:5432 unreachable ({why})");
+    None
+}
+
+/// A short random lowercase suffix for per-test database objects.
+pub fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }

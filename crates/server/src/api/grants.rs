@@ -396,21 +396,10 @@ async fn issue(
             target.name, target.kind
         ))
     })?;
-    if provider.external() {
-        // External credentials need the write-ahead path (lease recorded as `creating`
-        // before the target is touched); no external provider is registered yet.
-        return Err(ApiError::Internal(format!(
-            "provider {:?} needs write-ahead issuance",
-            target.kind
-        )));
-    }
     let (ttl, cap) = granted_ttl(checked, decision);
     grant.granted_ttl = Some(ttl);
-    grant.state = grant
-        .state
-        .transition(GrantState::Approved)?
-        .transition(GrantState::Issued)?;
-    let lease = Lease {
+    grant.state = grant.state.transition(GrantState::Approved)?;
+    let mut lease = Lease {
         id: Uuid::now_v7(),
         grant_id: grant.id,
         kind: target.kind.clone(),
@@ -422,51 +411,179 @@ async fn issue(
         max_expires_at: now + cap.as_time(),
         state: LeaseState::Active,
         revocation_reason: None,
-        external: false,
+        external: provider.external(),
         provider_state: serde_json::Value::Null,
         revoke_attempts: 0,
         last_error: None,
     };
-    let credential = provider
-        .issue(IssueRequest {
-            grant: &grant,
-            identity: &checked.identity,
-            target: TargetAccess {
-                target,
-                admin: None,
-            },
-            lease_id: lease.id,
-            issued_at: lease.issued_at,
-            expires_at: lease.expires_at,
-            plan: &serde_json::Value::Null,
-        })
-        .await?;
-    let lease = Lease {
-        provider_state: credential.provider_state.clone(),
-        ..lease
+    let admin = if provider.external() {
+        Some(
+            crate::providers::admin_secret(state, &target.name)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Internal(format!("target {:?} has no admin secret", target.name))
+                })?,
+        )
+    } else {
+        None
     };
-    let issued = AuditDraft::new(AuditKind::LeaseIssued, actor)
-        .for_lease(&lease)
-        .detail(serde_json::json!({
+    let access = TargetAccess {
+        target,
+        admin: admin.as_ref(),
+    };
+    let identity = &checked.identity;
+    let owner = grant.owner.clone();
+    let issued_event = |lease: &Lease| {
+        let event = AuditDraft::new(AuditKind::LeaseIssued, actor).for_lease(lease).detail(serde_json::json!({
             "kind": lease.kind, "granted_ttl": ttl, "expires_at": rfc3339(lease.expires_at), "max_expires_at": rfc3339(lease.max_expires_at),
         }));
-    let issued = AuditDraft {
-        owner: Some(grant.owner.clone()),
-        ..issued
+        AuditDraft {
+            owner: Some(owner.clone()),
+            ..event
+        }
     };
-    // Acknowledged only once grant, lease and audit are committed together.
+
+    if !provider.external() {
+        // Self-contained: made in memory, so grant, lease and audit commit together and
+        // nothing is acknowledged before they have.
+        let credential = provider
+            .issue(issue_request(
+                &grant,
+                identity,
+                access,
+                &lease,
+                &serde_json::Value::Null,
+            ))
+            .await?;
+        lease.provider_state = credential.provider_state.clone();
+        let mut grant = grant;
+        grant.state = grant.state.transition(GrantState::Issued)?;
+        let issued = issued_event(&lease);
+        state
+            .store
+            .record_grant(&grant, Some(&lease), vec![requested, decided, issued])
+            .await?;
+        return Ok(created(state, grant, lease, &credential));
+    }
+
+    // Write-ahead: the lease naming what will be created is committed before the target
+    // is touched, so a crash at any later point leaves a `creating` lease that start-up
+    // reconciliation cleans up. Nothing exists on the target that Mayfly does not know of.
+    let plan = provider.plan(&issue_request(
+        &grant,
+        identity,
+        access,
+        &lease,
+        &serde_json::Value::Null,
+    ))?;
+    lease.state = LeaseState::Creating;
+    lease.provider_state = plan.clone();
     state
         .store
-        .record_grant(&grant, Some(&lease), vec![requested, decided, issued])
+        .record_grant(&grant, Some(&lease), vec![requested, decided])
         .await?;
+    crate::crash_point("after-write-ahead");
+    let outcome = provider
+        .issue(issue_request(&grant, identity, access, &lease, &plan))
+        .await;
+    let credential = match outcome {
+        Ok(c) => c,
+        Err(e) => {
+            fail_issuance(
+                state,
+                provider.as_ref(),
+                &lease,
+                access,
+                &e.to_string(),
+                actor,
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+    crate::crash_point("after-create");
+    match state
+        .store
+        .activate_lease(lease.id, &credential.provider_state, issued_event(&lease))
+        .await
+    {
+        Ok(active) => {
+            let mut grant = grant;
+            grant.state = grant.state.transition(GrantState::Issued)?;
+            Ok(created(state, grant, active, &credential))
+        }
+        Err(e) => {
+            // Not acknowledged, so the credential must not outlive this request.
+            fail_issuance(
+                state,
+                provider.as_ref(),
+                &lease,
+                access,
+                "could not record the issued credential",
+                actor,
+            )
+            .await;
+            Err(e.into())
+        }
+    }
+}
+
+fn issue_request<'a>(
+    grant: &'a Grant,
+    identity: &'a Identity,
+    target: TargetAccess<'a>,
+    lease: &Lease,
+    plan: &'a serde_json::Value,
+) -> IssueRequest<'a> {
+    IssueRequest {
+        grant,
+        identity,
+        target,
+        lease_id: lease.id,
+        issued_at: lease.issued_at,
+        expires_at: lease.expires_at,
+        plan,
+    }
+}
+
+/// Undoes a failed external issuance: removes whatever may exist on the target and closes
+/// the write-ahead lease; if the target cannot confirm, the revocation worker retries.
+async fn fail_issuance(
+    state: &AppState,
+    provider: &dyn mayfly_core::provider::Provider,
+    lease: &Lease,
+    access: TargetAccess<'_>,
+    error: &str,
+    actor: &str,
+) {
+    state.metrics.grant("failed");
+    let cleaned = provider.revoke(lease, access).await.is_ok();
+    if let Err(e) = state
+        .store
+        .abandon_lease(lease.id, cleaned, error, actor, mayfly_core::now())
+        .await
+    {
+        tracing::warn!(lease = %lease.id, error = %e, "cannot close a failed issuance; start-up reconciliation will");
+    }
+    if !cleaned {
+        state.revoker_wake.notify_one();
+    }
+}
+
+fn created(
+    state: &AppState,
+    grant: Grant,
+    lease: Lease,
+    credential: &IssuedCredential,
+) -> Response {
     state.metrics.grant("issued");
     state.lease_expires_at(lease.expires_at);
     let body = GrantResponse {
-        credential: Some(credential_json(&credential)),
+        credential: Some(credential_json(credential)),
         grant,
         lease: Some(lease),
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 fn rfc3339(t: OffsetDateTime) -> Option<String> {
@@ -624,7 +741,7 @@ pub async fn revoke(
             mayfly_core::now(),
         )
         .await?;
-    state.metrics.revoked(reason.as_str(), revoked.total());
+    state.record_revocation(reason.as_str(), revoked);
     Ok(Json(RevokeResponse {
         total: revoked.total(),
         revoked,
@@ -665,7 +782,7 @@ pub async fn bulk_revoke(
         .store
         .revoke(&selector, reason, &caller.0.actor(), mayfly_core::now())
         .await?;
-    state.metrics.revoked(reason.as_str(), revoked.total());
+    state.record_revocation(reason.as_str(), revoked);
     Ok(Json(RevokeResponse {
         total: revoked.total(),
         revoked,

@@ -124,7 +124,7 @@ pub async fn disable(
         .store
         .disable_identity(&id, &caller.0.actor(), mayfly_core::now())
         .await?;
-    state.metrics.revoked("identity_disabled", revoked.total());
+    state.record_revocation("identity_disabled", revoked);
     Ok(Json(DisableResponse {
         identity: load(&state, &id).await?,
         revoked,

@@ -114,13 +114,16 @@ pub async fn renew(
         .providers
         .get(&lease.kind)
         .ok_or_else(|| ApiError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
+    let admin = crate::providers::admin_secret(&state, &target.name).await?;
+    // The lease is extended first: if the target then fails to follow (PostgreSQL's
+    // VALID UNTIL), the credential only ends earlier than recorded, never later.
     let credential = provider
         .renew(
             &renewed,
             &grant,
             TargetAccess {
                 target: &target,
-                admin: None,
+                admin: admin.as_ref(),
             },
             renewed.expires_at,
         )

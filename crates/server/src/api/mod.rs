@@ -118,6 +118,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/identities/{id}/enable", post(identities::enable))
         .route("/v1/targets", post(targets::create).get(targets::list))
         .route("/v1/targets/{name}", get(targets::show))
+        .route("/v1/targets/{name}/reconcile", post(targets::reconcile))
+        .route("/v1/targets/{name}/rotate-root", post(targets::rotate_root))
         .route("/v1/grants", post(grants::request).get(grants::list))
         .route("/v1/grants/{id}", get(grants::show))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))

@@ -6,6 +6,8 @@ use axum::Json;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::Target;
+use mayfly_core::provider::{ProviderError, ReconcileReport, TargetAccess};
+use mayfly_core::secret::SecretString;
 use mayfly_core::validate;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -13,6 +15,7 @@ use utoipa::ToSchema;
 use super::{ApiJson, ApiPath};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::providers::{admin_secret, secret_context};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -33,6 +36,11 @@ pub struct CreateTarget {
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub settings: serde_json::Value,
+    /// Admin connection URL with its password, for external kinds (`postgres`, `mariadb`).
+    /// Stored sealed under the master key; never returned, logged or audited.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub admin: Option<SecretString>,
 }
 
 fn default_ttl() -> Ttl {
@@ -124,12 +132,38 @@ pub async fn create(
         settings: body.settings,
         created_at: mayfly_core::now(),
     };
-    provider.validate_target(&target, None)?;
+    if provider.external() && body.admin.is_none() {
+        return Err(ApiError::field(
+            "admin",
+            format!(
+                "{} targets need the admin connection URL Mayfly uses to create users",
+                target.kind
+            ),
+        ));
+    }
+    provider
+        .validate_target(&target, body.admin.as_ref())
+        .map_err(|e| match e {
+            ProviderError::BadSettings(m) => ApiError::field("settings", m),
+            other => other.into(),
+        })?;
+    let sealed = match &body.admin {
+        Some(secret) => Some(
+            state
+                .master
+                .seal(secret.expose().as_bytes(), &secret_context(&target.name))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        None => None,
+    };
     let mut event = AuditDraft::new(AuditKind::TargetCreated, caller.0.actor()).detail(serde_json::json!({
         "kind": target.kind, "actions": target.actions, "max_ttl": target.max_ttl, "allow": target.allow,
     }));
     event.target = Some(target.name.clone());
-    state.store.create_target(&target, None, event).await?;
+    state
+        .store
+        .create_target(&target, sealed.as_deref(), event)
+        .await?;
     Ok((StatusCode::CREATED, Json(target)))
 }
 
@@ -157,4 +191,115 @@ pub async fn show(
             id: name,
             field: Some("target"),
         })
+}
+
+async fn external_target(
+    state: &AppState,
+    name: &str,
+) -> Result<
+    (
+        mayfly_core::model::Target,
+        std::sync::Arc<dyn mayfly_core::provider::Provider>,
+    ),
+    ApiError,
+> {
+    let target = state
+        .store
+        .get_target(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            what: "target",
+            id: name.to_string(),
+            field: Some("target"),
+        })?;
+    let provider = state
+        .providers
+        .get(&target.kind)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("no provider for {:?}", target.kind)))?;
+    if !provider.external() {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "target {name:?} is a {} target: it has no users to reconcile or root to rotate",
+                target.kind
+            ),
+        });
+    }
+    Ok((target, provider))
+}
+
+/// Drops users on the target that carry Mayfly's prefix and belong to no live lease.
+#[utoipa::path(post, path = "/v1/targets/{name}/reconcile", responses((status = 200, body = ReconcileReport), (status = 404, body = crate::error::Problem)))]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ReconcileReport>, ApiError> {
+    caller.require_operator()?;
+    let (target, _) = external_target(&state, &name).await?;
+    Ok(Json(
+        crate::scheduler::reconcile_target(&state, &target, &caller.0.actor()).await?,
+    ))
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct RotateRootResponse {
+    pub target: String,
+    pub rotated: bool,
+}
+
+/// Replaces the target's admin password with a new random one only Mayfly knows.
+#[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", responses((status = 200, body = RotateRootResponse), (status = 404, body = crate::error::Problem)))]
+pub async fn rotate_root(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<RotateRootResponse>, ApiError> {
+    caller.require_operator()?;
+    let (target, provider) = external_target(&state, &name).await?;
+    // Run to completion even if the client goes away: once the target has the new
+    // password, it must be recorded, or Mayfly is locked out of the target.
+    let actor = caller.0.actor();
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let state = task_state;
+        let admin = admin_secret(&state, &name).await?;
+        let new_admin = provider
+            .rotate_root(TargetAccess {
+                target: &target,
+                admin: admin.as_ref(),
+            })
+            .await?;
+        let sealed = state
+            .master
+            .seal(new_admin.expose().as_bytes(), &secret_context(&name))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut last = None;
+        for attempt in 0..5u32 {
+            let mut event = AuditDraft::new(AuditKind::TargetRootRotated, actor.as_str());
+            event.target = Some(name.clone());
+            match state.store.set_target_secret(&name, &sealed, event).await {
+                Ok(()) => {
+                    return Ok(RotateRootResponse {
+                        target: name,
+                        rotated: true,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(target = %name, attempt, error = %e, "cannot store the rotated admin secret; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        Err(last
+            .map(ApiError::from)
+            .unwrap_or_else(|| ApiError::Internal("rotation not recorded".into())))
+    });
+    match task.await {
+        Ok(result) => result.map(Json),
+        Err(e) => Err(ApiError::Internal(format!(
+            "root rotation task failed: {e}"
+        ))),
+    }
 }

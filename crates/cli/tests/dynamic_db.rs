@@ -1,0 +1,400 @@
+//! Dynamic PostgreSQL credentials through the running broker, against the real server:
+//! issued logins connect and can do exactly what the grant allows, die at revocation and
+//! at TTL, revocation is retried while the target refuses, stray users are reconciled, and
+//! a crash between write-ahead and creation, or between creation and commit, leaves no
+//! orphan after restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{postgres_superuser, suffix, Broker, Options};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// A database, schema and dedicated admin role of this test's own, dropped at the end.
+struct PgFixture {
+    db: String,
+    admin: String,
+    /// Every user Mayfly creates here starts with this (the username template's prefix).
+    prefix: String,
+}
+
+impl PgFixture {
+    async fn create(su: &mut PgConnection) -> PgFixture {
+        let s = suffix();
+        let f = PgFixture {
+            db: format!("mayfly_dyn_{s}"),
+            admin: format!("mayfly_admin_{s}"),
+            prefix: format!("t{s}_"),
+        };
+        su.execute(format!("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'pw_{s}'", f.admin).as_str())
+            .await
+            .unwrap();
+        su.execute(format!("CREATE DATABASE {} OWNER {}", f.db, f.admin).as_str())
+            .await
+            .unwrap();
+        let mut db = PgConnection::connect(&format!("postgres://postgres@127.0.0.1:5432/{}", f.db))
+            .await
+            .unwrap();
+        db.execute(format!("CREATE SCHEMA app AUTHORIZATION {}", f.admin).as_str())
+            .await
+            .unwrap();
+        db.execute("CREATE TABLE app.items (id int)").await.unwrap();
+        db.execute(format!("ALTER TABLE app.items OWNER TO {}", f.admin).as_str())
+            .await
+            .unwrap();
+        db.execute("INSERT INTO app.items VALUES (1)")
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        f
+    }
+
+    fn admin_url(&self) -> String {
+        let s = &self.admin["mayfly_admin_".len()..];
+        format!(
+            "postgres://{}:pw_{s}@127.0.0.1:5432/{}",
+            self.admin, self.db
+        )
+    }
+
+    fn target(&self, name: &str) -> Value {
+        json!({
+            "name": name, "kind": "postgres", "actions": ["read", "write"], "default_ttl": "10m", "max_ttl": "1h", "allow": ["*"],
+            "admin": self.admin_url(),
+            "settings": {
+                "username_template": format!("{}{{{{identity}}}}_{{{{rand}}}}", self.prefix),
+                "grants": {
+                    "read": ["GRANT USAGE ON SCHEMA app TO \"{{name}}\"", "GRANT SELECT ON ALL TABLES IN SCHEMA app TO \"{{name}}\""],
+                    "write": ["GRANT USAGE ON SCHEMA app TO \"{{name}}\"", "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA app TO \"{{name}}\""]
+                },
+                "environment": "test"
+            }
+        })
+    }
+
+    async fn users(&self, su: &mut PgConnection) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 || '%' ORDER BY 1",
+        )
+        .bind(&self.prefix)
+        .fetch_all(&mut *su)
+        .await
+        .unwrap()
+    }
+
+    async fn drop_all(&self, su: &mut PgConnection) {
+        su.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db).as_str())
+            .await
+            .unwrap();
+        for user in self.users(su).await {
+            su.execute(format!("DROP ROLE IF EXISTS \"{user}\"").as_str())
+                .await
+                .unwrap();
+        }
+        su.execute(format!("DROP ROLE IF EXISTS {}", self.admin).as_str())
+            .await
+            .unwrap();
+    }
+}
+
+async fn wait_state(broker: &Broker, lease: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = broker.get(&format!("/v1/leases/{lease}")).await;
+        if last["state"] == state {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("lease {lease} never became {state}: {last}");
+}
+
+async fn request(broker: &Broker, action: &str, ttl: &str, task: &str) -> Value {
+    let (status, body) = broker
+        .post("/v1/grants", json!({"identity": "etl", "target": "pg", "action": action, "purpose": "nightly load", "task": task, "ttl": ttl}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn postgres_credentials_live_and_die_with_their_lease() {
+    let Some(mut su) = postgres_superuser("dynamic postgres credentials").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su).await;
+    let broker = Broker::start();
+    broker.add_identity("etl", "team-data").await;
+    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
+    assert_eq!(status, 201, "{target}");
+    assert!(
+        !target.to_string().contains("pw_"),
+        "the admin secret came back: {target}"
+    );
+
+    // A read grant connects, can SELECT, cannot INSERT.
+    let read = request(&broker, "read", "10m", "load-1").await;
+    let dsn = read["credential"]["dsn"].as_str().unwrap().to_string();
+    let username = read["credential"]["username"].as_str().unwrap().to_string();
+    assert!(username.starts_with(&f.prefix), "{username}");
+    assert_eq!(read["lease"]["state"], "active");
+    let mut session = PgConnection::connect(&dsn).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM app.items")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        session
+            .execute("INSERT INTO app.items VALUES (2)")
+            .await
+            .is_err(),
+        "read grant could write"
+    );
+    let until: Option<String> =
+        sqlx::query_scalar("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1")
+            .bind(&username)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert!(until.is_some(), "VALID UNTIL is the second safety net");
+
+    // A write grant can INSERT.
+    let write = request(&broker, "write", "10m", "load-2").await;
+    let mut writer = PgConnection::connect(write["credential"]["dsn"].as_str().unwrap())
+        .await
+        .unwrap();
+    writer
+        .execute("INSERT INTO app.items VALUES (3)")
+        .await
+        .unwrap();
+    writer.close().await.unwrap();
+
+    // Revoke: the open session is terminated, new logins fail, the user is gone.
+    let (status, _) = broker
+        .post(
+            &format!(
+                "/v1/grants/{}/revoke",
+                read["grant"]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_state(&broker, read["lease"]["id"].as_str().unwrap(), "revoked").await;
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
+        "an open session survived revocation"
+    );
+    assert!(
+        PgConnection::connect(&dsn).await.is_err(),
+        "a revoked login still connects"
+    );
+    assert!(!f.users(&mut su).await.contains(&username));
+
+    // TTL: the expiry scheduler hands the lease to the revocation worker, which drops it.
+    let short = request(&broker, "read", "2s", "load-3").await;
+    let short_dsn = short["credential"]["dsn"].as_str().unwrap().to_string();
+    PgConnection::connect(&short_dsn)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    wait_state(&broker, short["lease"]["id"].as_str().unwrap(), "expired").await;
+    assert!(
+        PgConnection::connect(&short_dsn).await.is_err(),
+        "an expired login still connects"
+    );
+
+    // Target refuses (admin cannot log in): revocation is retried, visible, then completes.
+    let doomed = request(&broker, "read", "10m", "load-4").await;
+    su.execute(format!("ALTER ROLE {} NOLOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    // Also end the broker's pooled admin sessions, so the target truly refuses it.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&f.admin)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    broker
+        .post(
+            &format!(
+                "/v1/grants/{}/revoke",
+                doomed["grant"]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    let doomed_id = doomed["lease"]["id"].as_str().unwrap().to_string();
+    let mut pending = Value::Null;
+    for _ in 0..100 {
+        pending = broker.get(&format!("/v1/leases/{doomed_id}")).await;
+        if pending["revoke_attempts"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending["state"], "revoking", "{pending}");
+    assert!(
+        pending["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty() && !e.contains("pw_")),
+        "{pending}"
+    );
+    let listed = broker.get("/v1/leases?state=revoking").await;
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["id"] == doomed_id.as_str()));
+    su.execute(format!("ALTER ROLE {} LOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    wait_state(&broker, &doomed_id, "revoked").await;
+    assert!(!f.users(&mut su).await.contains(
+        &doomed["credential"]["username"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    ));
+    let story = broker.audit("task=load-4").await;
+    assert!(
+        story.iter().any(|e| e["kind"] == "lease.revoke_failed"),
+        "each failed attempt is audited"
+    );
+
+    // Reconcile: a stray user with Mayfly's prefix and no lease is dropped; live ones stay.
+    let live = request(&broker, "read", "10m", "load-5").await;
+    let live_user = live["credential"]["username"].as_str().unwrap().to_string();
+    su.execute(format!("CREATE ROLE {}stray LOGIN", f.prefix).as_str())
+        .await
+        .unwrap();
+    let (status, report) = broker.post("/v1/targets/pg/reconcile", json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["dropped"], json!([format!("{}stray", f.prefix)]));
+    let mut expected = vec![
+        live_user.clone(),
+        write["credential"]["username"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    expected.sort();
+    assert_eq!(f.users(&mut su).await, expected, "live leases' users stay");
+
+    // Root rotation: Mayfly keeps working with a password only it knows.
+    let (status, rotated) = broker.post("/v1/targets/pg/rotate-root", json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let after = request(&broker, "read", "10m", "load-6").await;
+    PgConnection::connect(after["credential"]["dsn"].as_str().unwrap())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+
+    // Secrets stay out of the audit chain, which verifies.
+    let everything = serde_json::to_string(&broker.audit("limit=10000").await).unwrap();
+    assert!(
+        !everything.contains("pw_")
+            && !everything.contains(after["credential"]["password"].as_str().unwrap())
+    );
+    assert_eq!(
+        broker.get("/v1/audit/verify").await["first_break"],
+        Value::Null
+    );
+    drop(broker);
+    f.drop_all(&mut su).await;
+}
+
+/// Kills the broker at `point` during a grant, restarts it, and checks nothing is left.
+async fn crash_leaves_no_orphan(point: &str) {
+    let Some(mut su) = postgres_superuser("dynamic postgres crash safety").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su).await;
+    let broker = Broker::start();
+    broker.add_identity("etl", "team-data").await;
+    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
+    let (dir, token) = broker.kill();
+
+    let crashing = Broker::start_in(
+        &dir,
+        Options {
+            token: Some(token.clone()),
+            env: vec![("MAYFLY_CRASH_AT", point.to_string())],
+            ..Options::default()
+        },
+    );
+    let result = crashing
+        .http
+        .post(crashing.url("/v1/grants"))
+        .bearer_auth(&token)
+        .json(&json!({"identity": "etl", "target": "pg", "action": "read", "purpose": "p", "task": "crash", "ttl": "10m"}))
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "the broker answered instead of crashing at {point}"
+    );
+    let (dir, token) = crashing.kill();
+    let created_before_restart = f.users(&mut su).await;
+    if point == "after-create" {
+        assert_eq!(
+            created_before_restart.len(),
+            1,
+            "the crash point is after the user was created"
+        );
+    } else {
+        assert!(
+            created_before_restart.is_empty(),
+            "nothing is created before the write-ahead commit returns"
+        );
+    }
+
+    let broker = Broker::start_in(
+        &dir,
+        Options {
+            token: Some(token),
+            ..Options::default()
+        },
+    );
+    let leases = broker.get("/v1/leases?task=crash").await;
+    let lease = &leases.as_array().unwrap()[0];
+    assert_eq!(
+        lease["state"], "revoked",
+        "the interrupted lease is closed at start: {lease}"
+    );
+    assert!(
+        f.users(&mut su).await.is_empty(),
+        "an orphan user survived the restart"
+    );
+    let grant = broker
+        .get(&format!(
+            "/v1/grants/{}",
+            lease["grant_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(grant["state"], "failed");
+    assert_eq!(
+        broker.get("/v1/audit/verify").await["first_break"],
+        Value::Null
+    );
+    drop(broker);
+    f.drop_all(&mut su).await;
+}
+
+#[tokio::test]
+async fn crash_between_write_ahead_and_creation_leaves_no_orphan() {
+    crash_leaves_no_orphan("after-write-ahead").await;
+}
+
+#[tokio::test]
+async fn crash_between_creation_and_commit_leaves_no_orphan() {
+    crash_leaves_no_orphan("after-create").await;
+}
