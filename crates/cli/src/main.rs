@@ -99,6 +99,9 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Offline store maintenance (opens the stores directly; stop the broker first).
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Cedar policies: validate and test offline, explain a decision on the live broker.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -259,6 +262,20 @@ enum AuditCmd {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy every record, and the audit chain entry for entry, into an empty store, then
+    /// verify the chain there (e.g. embedded SQLite to PostgreSQL for several replicas).
+    Migrate {
+        /// Source store URL, e.g. sqlite:///var/lib/mayfly/mayfly.db
+        #[arg(long)]
+        from: String,
+        /// Target store URL (must be empty), e.g. postgres://mayfly@db/mayfly
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// Check a policy directory against the schema; errors name file, line and column.
     Validate {
@@ -378,6 +395,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return policy_offline(out, cmd);
     }
+    if let Command::Store(StoreCmd::Migrate { from, to }) = &cli.command {
+        eprintln!(
+            "mayfly: copying {} into {} …",
+            redact_url(from),
+            redact_url(to)
+        );
+        let report = mayfly_store::copy_store(from, to)
+            .await
+            .context("migration failed")?;
+        let intact = report
+            .verified
+            .as_ref()
+            .is_some_and(|v| v.first_break.is_none());
+        match out {
+            Format::Json => println!("{}", serde_json::to_value(&report)?),
+            Format::Table => {
+                println!(
+                    "copied {} identities, {} targets, {} grants, {} leases, {} signing keys, {} audit entries",
+                    report.identities, report.targets, report.grants, report.leases, report.signing_keys, report.audit_entries
+                );
+                println!(
+                    "audit chain on the target: {}",
+                    if intact { "intact" } else { "BROKEN" }
+                );
+            }
+        }
+        return Ok(if intact {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    }
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
@@ -395,6 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(_)
         | Command::Completions { .. }
         | Command::Audit(AuditCmd::Verify { store: Some(_) })
+        | Command::Store(_)
         | Command::Policy(PolicyCmd::Validate { .. } | PolicyCmd::Test { .. }) => {}
         Command::Policy(PolicyCmd::Explain(args)) => {
             let v: Value = client
@@ -762,6 +812,18 @@ async fn target(client: &Client, out: Format, cmd: TargetCmd) -> anyhow::Result<
         ),
     }
     Ok(())
+}
+
+/// A store URL for messages: the password, if any, replaced.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:[redacted]{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn policy_offline(out: Format, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
