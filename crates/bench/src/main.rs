@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 const ISSUER: &str = "https://bench-issuer.mayfly.test";
 const KID: &str = "bench-1";
 const OWNER: &str = "team-bench";
+/// Requests slower than this are listed by send time (to find periodic stalls).
+const SLOW_US: u64 = 100_000;
 
 #[derive(Parser)]
 #[command(
@@ -514,6 +516,7 @@ impl From<&LoadOpts> for Spec {
 
 struct Outcome<T> {
     hist: Histogram<u64>,
+    slow: Vec<f64>,
     statuses: BTreeMap<String, u64>,
     error_sample: Option<String>,
     elapsed: Duration,
@@ -547,10 +550,26 @@ impl<T> Outcome<T> {
                 "max": round3(self.hist.max() as f64 / 1000.0), "mean": round3(self.hist.mean() / 1000.0)},
             "statuses": self.statuses,
             "error_sample": self.error_sample,
+            "slow_over_100ms": self.slow.len(),
+            "slow_stall_starts_s": stall_starts(&self.slow),
             "client_cpu_pct": round1(100.0 * self.client_cpu_s / secs),
             "server_cpu_pct": self.server_cpu_s.map(|s| round1(100.0 * s / secs)),
         })
     }
+}
+
+/// Send times (s from start) at which runs of >100 ms requests begin: one entry per stall.
+fn stall_starts(slow: &[f64]) -> Vec<f64> {
+    let mut starts: Vec<f64> = Vec::new();
+    let mut last = f64::NEG_INFINITY;
+    for &t in slow {
+        if t - last > 0.2 {
+            starts.push(round3(t));
+        }
+        last = t;
+    }
+    starts.truncate(50);
+    starts
 }
 
 fn round1(x: f64) -> f64 {
@@ -565,6 +584,7 @@ type ExtractFn<T> = dyn Fn(u64, u16, &[u8]) -> Option<T> + Send + Sync;
 
 struct WorkerOut<T> {
     hist: Histogram<u64>,
+    slow: Vec<f64>,
     statuses: BTreeMap<String, u64>,
     error_sample: Option<String>,
     extracted: Vec<T>,
@@ -577,10 +597,9 @@ async fn run_load<T: Send + 'static>(
     extract: Arc<ExtractFn<T>>,
 ) -> Result<Outcome<T>> {
     let next = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_seconds(None).unwrap_or(0.0);
-    let server0 = cpu_seconds(server_pid);
-    let start = Instant::now();
-    let mut handles = Vec::new();
+    // Open every connection before the clock starts (GET /healthz on each), so connection
+    // set-up is not counted as request latency.
+    let mut clients = Vec::new();
     for _ in 0..spec.connections {
         // One client per worker: exactly `connections` keep-alive connections.
         let client = reqwest::Client::builder()
@@ -588,6 +607,22 @@ async fn run_load<T: Send + 'static>(
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(60))
             .build()?;
+        clients.push(client);
+    }
+    let probe = make(&clients[0], u64::MAX);
+    let base = probe.build()?.url().origin().ascii_serialization();
+    let warm: Vec<_> = clients
+        .iter()
+        .map(|c| c.get(format!("{base}/healthz")).send())
+        .collect();
+    for w in warm {
+        w.await?.bytes().await?;
+    }
+    let cpu0 = cpu_seconds(None).unwrap_or(0.0);
+    let server0 = cpu_seconds(server_pid);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for client in clients {
         let next = next.clone();
         let make = make.clone();
         let extract = extract.clone();
@@ -598,6 +633,7 @@ async fn run_load<T: Send + 'static>(
                 statuses: BTreeMap::new(),
                 error_sample: None,
                 extracted: Vec::new(),
+                slow: Vec::new(),
             };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -621,6 +657,9 @@ async fn run_load<T: Send + 'static>(
                         let body = resp.bytes().await;
                         let us = scheduled.elapsed().as_micros() as u64;
                         out.hist.saturating_record(us.max(1));
+                        if us > SLOW_US && out.slow.len() < 1000 {
+                            out.slow.push((scheduled - start).as_secs_f64());
+                        }
                         match body {
                             Ok(b) => {
                                 if !(200..300).contains(&status) && out.error_sample.is_none() {
@@ -660,6 +699,7 @@ async fn run_load<T: Send + 'static>(
     let mut statuses = BTreeMap::new();
     let mut error_sample = None;
     let mut extracted = Vec::new();
+    let mut slow = Vec::new();
     for h in handles {
         let w = h.await??;
         hist.add(&w.hist).map_err(|e| anyhow!("histogram: {e}"))?;
@@ -670,10 +710,13 @@ async fn run_load<T: Send + 'static>(
             error_sample = w.error_sample;
         }
         extracted.extend(w.extracted);
+        slow.extend(w.slow);
     }
+    slow.sort_by(|a, b| a.total_cmp(b));
     let elapsed = start.elapsed();
     Ok(Outcome {
         hist,
+        slow,
         statuses,
         error_sample,
         elapsed,
