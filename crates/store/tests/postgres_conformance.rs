@@ -988,3 +988,58 @@ async fn open_dispatches_postgres_urls() {
     store.ping().await.unwrap();
     assert_eq!(store.stats().await.unwrap(), Default::default());
 }
+
+/// Throughput of `record_grant` from many concurrent callers (grant + lease + two audit
+/// events each), on one replica and on two replicas sharing the database. Run manually:
+/// `cargo test --release -p mayfly-store --test postgres_conformance grant_throughput --
+/// --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run in release with --ignored"]
+async fn grant_throughput() {
+    for replicas in [1usize, 2] {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let stores: Vec<Arc<dyn Store>> = {
+            let mut v: Vec<Arc<dyn Store>> = Vec::new();
+            for _ in 0..replicas {
+                v.push(Arc::new(db.open().await));
+            }
+            v
+        };
+        const WORKERS: usize = 256;
+        const PER_WORKER: usize = 40;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let store = stores[w % replicas].clone();
+                tokio::spawn(async move {
+                    for i in 0..PER_WORKER {
+                        let (g, l) = issued(
+                            &format!("svc-{w}"),
+                            &format!("task-{w}-{i}"),
+                            mayfly_core::now(),
+                            Duration::minutes(10),
+                            false,
+                        );
+                        store
+                            .record_grant(&g, Some(&l), events(&g, &l))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let n = WORKERS * PER_WORKER;
+        eprintln!(
+            "postgres, {replicas} replica(s): {n} grants in {elapsed:?} = {:.0} grants/s",
+            n as f64 / elapsed.as_secs_f64()
+        );
+        assert_eq!(stores[0].stats().await.unwrap().active_leases, n as u64);
+        assert!(stores[0].verify_audit().await.unwrap().ok());
+    }
+}
