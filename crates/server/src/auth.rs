@@ -7,13 +7,14 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::auth::{AuthRejection, Presented, Principal, Proven};
+use mayfly_core::model::Identity;
 
 use crate::error::ApiError;
 use crate::metrics::CodeLabel;
 use crate::state::AppState;
 
 /// The authenticated caller.
-pub struct Caller(pub Principal);
+pub struct Caller(pub Principal, pub Option<Identity>);
 
 impl Caller {
     /// Administration endpoints: operators only.
@@ -47,13 +48,15 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, AuthRejection> {
     Ok(Some(token.trim()))
 }
 
+/// Authenticates a bearer; for a workload also returns its identity record, as read for
+/// this request (handlers reuse it instead of reading it again).
 pub async fn authenticate(
     state: &AppState,
     bearer: Option<&str>,
-) -> Result<Principal, AuthRejection> {
+) -> Result<(Principal, Option<Identity>), AuthRejection> {
     let proven = state.auth.authenticate(&Presented { bearer }).await?;
     match proven {
-        Proven::Operator { name } => Ok(Principal::Operator { name }),
+        Proven::Operator { name } => Ok((Principal::Operator { name }, None)),
         Proven::Workload(claims) => {
             let identity = state
                 .store
@@ -67,7 +70,7 @@ pub async fn authenticate(
             if identity.is_usable_at(mayfly_core::now()).is_err() {
                 return Err(AuthRejection::IdentityExpired(identity.id));
             }
-            Ok(Principal::workload(claims, &identity))
+            Ok((Principal::workload(claims, &identity), Some(identity)))
         }
     }
 }
@@ -81,7 +84,7 @@ impl FromRequestParts<AppState> for Caller {
             Err(e) => Err(e),
         };
         match result {
-            Ok(principal) => Ok(Caller(principal)),
+            Ok((principal, identity)) => Ok(Caller(principal, identity)),
             Err(AuthRejection::Unavailable(why)) => Err(ApiError::Unavailable(why)),
             Err(rejection) => {
                 state

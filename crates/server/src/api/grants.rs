@@ -95,15 +95,19 @@ async fn check(
     validate::purpose(&body.purpose)?;
     validate::task(&body.task)?;
 
-    let identity = state
-        .store
-        .get_identity(&identity_id)
-        .await?
-        .ok_or(ApiError::NotFound {
-            what: "identity",
-            id: identity_id.clone(),
-            field: Some("identity"),
-        })?;
+    // A workload's own identity was read moments ago to authenticate it.
+    let identity = match &caller.1 {
+        Some(own) if own.id == identity_id => own.clone(),
+        _ => state
+            .store
+            .get_identity(&identity_id)
+            .await?
+            .ok_or(ApiError::NotFound {
+                what: "identity",
+                id: identity_id.clone(),
+                field: Some("identity"),
+            })?,
+    };
     if let Err(why) = identity.is_usable_at(now) {
         return Err(ApiError::Forbidden {
             code: "identity_unusable",
