@@ -3,8 +3,9 @@
 //! This crate owns persistence: the SQLite backend (the embedded default), the PostgreSQL
 //! backend (many replicas on one database), their schema migrations, copying a deployment
 //! from one backend to another ([`migrate`]), and the backend-neutral conformance suite
-//! every [`Store`] implementation must pass. The contract itself — what each operation means, which errors it returns —
-//! lives in [`mayfly_core::store`]; nothing here adds behaviour the trait does not promise.
+//! every [`Store`] implementation must pass. The contract itself — what each operation
+//! means, which errors it returns — lives in [`mayfly_core::store`]; nothing here adds
+//! behaviour the trait does not promise.
 //!
 //! Use [`open`] to get a store from a configuration URL.
 
