@@ -6,6 +6,9 @@
 //!   its platform issued; it is verified against the issuer's published keys and mapped
 //!   to a Mayfly identity by binding rules on its claims. Workloads hold no long-lived
 //!   Mayfly secret.
+//! - [`JwtSvidAuthenticator`] and [`X509SvidVerifier`] ([`spiffe`]): SPIFFE workloads,
+//!   by JWT-SVID bearer token or X.509-SVID TLS client certificate, verified against
+//!   the trust domain's bundle file and mapped to an identity by SPIFFE ID rules.
 //! - [`AuthChain`]: asks the authenticators in order, as the server does per request.
 //!
 //! Authenticators only prove a credential and name the identity it binds to; whether
@@ -14,6 +17,7 @@
 
 pub mod oidc;
 pub mod operator;
+pub mod spiffe;
 
 #[cfg(test)]
 mod test_store;
@@ -26,6 +30,9 @@ pub use oidc::{OidcAuthenticator, OidcConfigError, OidcIssuerConfig, OidcRule};
 pub use operator::{
     generate_operator_token, hash_operator_token, OperatorTokenAuthenticator, OperatorTokenError,
     OPERATOR_TOKEN_PREFIX,
+};
+pub use spiffe::{
+    JwtSvidAuthenticator, SpiffeConfigError, SpiffeRule, SpiffeTrustDomainConfig, X509SvidVerifier,
 };
 
 /// The authenticators of a server, asked in order until one claims the credential.

@@ -174,6 +174,16 @@ impl KeySet {
 /// entry does not disable an issuer; a document with no usable key is an error, so that a
 /// broken response never replaces working keys.
 pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
+    parse_jwks_for_use(bytes, |u| u.is_none_or(|u| u == "sig"))
+}
+
+/// [`parse_jwks`] with the caller deciding which JWK `use` values are signature keys for
+/// it (SPIFFE bundles mark JWT-SVID authorities `"jwt-svid"` and hold X.509 authorities,
+/// `"x509-svid"`, in the same document).
+pub(crate) fn parse_jwks_for_use(
+    bytes: &[u8],
+    accept_use: fn(Option<&str>) -> bool,
+) -> Result<KeySet, String> {
     let doc: Value =
         serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not valid JSON: {e}"))?;
     let entries = doc
@@ -182,7 +192,7 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
         .ok_or("JWKS has no \"keys\" array")?;
     let mut keys = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        match parse_jwk(entry) {
+        match parse_jwk(entry, accept_use) {
             Ok(Some(key)) => keys.push(key),
             Ok(None) => {}
             Err(reason) => tracing::debug!(index = i, %reason, "skipping JWKS entry"),
@@ -195,10 +205,13 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
 }
 
 /// `Ok(None)`: a well-formed key that is not for signatures.
-fn parse_jwk(jwk: &Value) -> Result<Option<VerifyKey>, String> {
+fn parse_jwk(
+    jwk: &Value,
+    accept_use: fn(Option<&str>) -> bool,
+) -> Result<Option<VerifyKey>, String> {
     let text = |name: &str| jwk.get(name).and_then(Value::as_str);
     let required = |name: &str| text(name).ok_or_else(|| format!("missing {name:?}"));
-    if text("use").is_some_and(|u| u != "sig") {
+    if !accept_use(text("use")) {
         return Ok(None);
     }
     let kty = required("kty")?;

@@ -46,7 +46,7 @@
 //! presenting the same token again skips signature verification without ever extending
 //! its validity.
 
-mod claims;
+pub(crate) mod claims;
 pub mod config;
 pub(crate) mod jwks;
 mod verified;
@@ -373,16 +373,16 @@ impl Authenticator for OidcAuthenticator {
 }
 
 /// The parts of a JWT in compact serialization.
-struct JwtParts<'a> {
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
+pub(crate) struct JwtParts<'a> {
+    pub(crate) header: &'a str,
+    pub(crate) payload: &'a str,
+    pub(crate) signature: &'a str,
     /// `header.payload`, the signed bytes.
-    signed: &'a str,
+    pub(crate) signed: &'a str,
 }
 
 /// Splits a JWT-shaped bearer; `None` when it is not one (so it is someone else's).
-fn split_jwt(token: &str) -> Option<JwtParts<'_>> {
+pub(crate) fn split_jwt(token: &str) -> Option<JwtParts<'_>> {
     let mut parts = token.split('.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || header.is_empty() || payload.is_empty() {
@@ -403,7 +403,7 @@ fn split_jwt(token: &str) -> Option<JwtParts<'_>> {
     })
 }
 
-fn decode_json_part(part: &str) -> Option<Map<String, Value>> {
+pub(crate) fn decode_json_part(part: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(map) => Some(map),
@@ -435,7 +435,7 @@ fn check_algorithm(
     Ok(alg)
 }
 
-fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
+pub(crate) fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
     let accepts = |v: &Value| v.as_str().is_some_and(|a| accepted.iter().any(|x| x == a));
     match aud {
         Some(Value::String(_)) => aud.is_some_and(accepts),
@@ -445,7 +445,7 @@ fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
 }
 
 /// Token-supplied text, shortened for use in a rejection message.
-fn echo(text: &str) -> String {
+pub(crate) fn echo(text: &str) -> String {
     let mut out: String = text
         .chars()
         .filter(|c| !c.is_control())
