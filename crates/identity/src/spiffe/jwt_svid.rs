@@ -144,6 +144,11 @@ impl JwtSvidAuthenticator {
         let Some(jwt) = split_jwt(token) else {
             return AuthOutcome::NotMine;
         };
+        // Not decoded at all when oversized (whose it is cannot be known without decoding
+        // it); the OIDC authenticator, if configured, reports it as too large.
+        if token.len() > MAX_TOKEN_BYTES {
+            return AuthOutcome::NotMine;
+        }
         // Undecodable parts or a non-SPIFFE `sub`: some other authenticator's token (the
         // OIDC one reports malformed JWTs).
         let (Some(header), Some(payload)) =
@@ -158,7 +163,7 @@ impl JwtSvidAuthenticator {
         else {
             return AuthOutcome::NotMine;
         };
-        match self.verify_svid(&jwt, token.len(), &header, &payload, sub, now) {
+        match self.verify_svid(&jwt, &header, &payload, sub, now) {
             Ok(claims) => AuthOutcome::Accepted(Proven::Workload(claims)),
             Err(rejection) => AuthOutcome::Rejected(rejection),
         }
@@ -167,15 +172,11 @@ impl JwtSvidAuthenticator {
     fn verify_svid(
         &self,
         jwt: &crate::oidc::JwtParts<'_>,
-        token_len: usize,
         header: &Map<String, Value>,
         payload: &Map<String, Value>,
         sub: &str,
         now: i64,
     ) -> Result<WorkloadClaims, AuthRejection> {
-        if token_len > MAX_TOKEN_BYTES {
-            return Err(AuthRejection::Malformed("token is too large".into()));
-        }
         // 1. Header.
         let alg = check_algorithm(header)?;
         if let Some(typ) = header.get("typ") {

@@ -35,11 +35,13 @@
 //! Rules are tried in order and the first match names the identity. A rule has exactly
 //! one of:
 //! - `spiffe_id`: the SPIFFE ID, compared exactly;
-//! - `spiffe_id_pattern`: the same number of path segments as the ID, where `*` matches
-//!   any run of characters *within one segment* and never `/`. So `…/sa/*` matches
-//!   `…/sa/api` but not `…/sa/api/v2`: a pattern can never reach into a deeper part of
-//!   the namespace than its author wrote, which is the mistake that would silently
-//!   widen a grant. Write one rule per depth if several are meant.
+//! - `spiffe_id_pattern`: matches IDs with the same number of path segments, segment by
+//!   segment, where `*` matches any run of characters (possibly none) *within one
+//!   segment* and never `/`. Segments are never empty, so a lone `*` is exactly one whole
+//!   segment: `…/sa/*` matches `…/sa/api` but neither `…/sa` nor `…/sa/api/v2`, and
+//!   `…/sa/worker-*` matches `…/sa/worker-7`. A pattern can never reach into a deeper
+//!   part of the namespace than its author wrote — the mistake that would silently widen
+//!   who gets an identity. Write one rule per depth if several are meant.
 //!
 //! Both must name the entry's own trust domain (checked at start-up), so a rule can never
 //! bind an ID of another trust domain.

@@ -652,6 +652,67 @@ async fn jwt_bundle_rotation_and_missing_bundle() {
     );
 }
 
+#[tokio::test]
+async fn jwt_svid_goes_before_oidc_in_the_chain() {
+    use crate::{AuthChain, OidcAuthenticator, OidcIssuerConfig};
+    let f = jwt_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let oidc_key = es256("oidc-1");
+    let oidc_jwks = dir.path().join("oidc.json");
+    let mut jwk = oidc_key.jwk.clone();
+    jwk["use"] = json!("sig");
+    std::fs::write(&oidc_jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+    let oidc: OidcIssuerConfig = serde_json::from_value(json!({
+        "issuer": "https://ci.example",
+        "audiences": ["mayfly"],
+        "jwks_file": oidc_jwks,
+        "algorithms": ["ES256"],
+        "rules": [{"identity": "billing-ci", "claims": {"sub": "repo:acme/billing:*"}}],
+    }))
+    .unwrap();
+    let chain = AuthChain::new(vec![
+        Arc::new(f.auth),
+        Arc::new(OidcAuthenticator::new(vec![oidc]).unwrap()),
+    ]);
+    let oidc_token = sign(
+        &oidc_key,
+        &with(svid_claims("repo:acme/billing:ref:refs/heads/main"), |c| {
+            c["iss"] = json!("https://ci.example")
+        }),
+    );
+    let svid_token = sign(&f.key, &svid_claims(API));
+    let identity = |proven: Proven| match proven {
+        Proven::Workload(claims) => (claims.identity, claims.method),
+        other => panic!("unexpected {other:?}"),
+    };
+    let got = chain
+        .authenticate(&Presented {
+            bearer: Some(&oidc_token),
+        })
+        .await
+        .unwrap();
+    assert_eq!(identity(got), ("billing-ci".to_owned(), "oidc".to_owned()));
+    let got = chain
+        .authenticate(&Presented {
+            bearer: Some(&svid_token),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        identity(got),
+        ("payments-api".to_owned(), "jwt-svid".to_owned())
+    );
+    // An oversized JWT is left to the OIDC authenticator, which says why.
+    let huge = format!("{}.{}.c2ln", b64(b"{}"), "A".repeat(20 * 1024));
+    let rejection = chain
+        .authenticate(&Presented {
+            bearer: Some(&huge),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(rejection.code(), "malformed_credential");
+}
+
 #[test]
 fn bundle_changes_are_checked_at_most_every_interval() {
     let dir = tempfile::tempdir().unwrap();

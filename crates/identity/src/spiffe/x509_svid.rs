@@ -12,6 +12,21 @@
 //!    rustls kept, which repeats the checks (bundles may have rotated since the
 //!    handshake) and applies the binding rules.
 //!
+//! # Wiring it into a server
+//!
+//! ```text
+//! let verifier = Arc::new(X509SvidVerifier::new(config.auth.spiffe.clone())?);
+//! let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+//!         rustls::crypto::ring::default_provider()))
+//!     .with_safe_default_protocol_versions()?
+//!     .with_client_cert_verifier(verifier.client_cert_verifier())
+//!     .with_single_cert(server_chain, server_key)?;
+//! // After the handshake (tokio-rustls: `stream.get_ref().1.peer_certificates()`), keep
+//! // the chain with the connection, and per request without a bearer token:
+//! let claims = verifier.authenticate_chain(&peer_chain, UnixTime::now())?;
+//! // then the same identity exists / enabled / unexpired check as for bearer tokens.
+//! ```
+//!
 //! # Checks, in order
 //!
 //! 1. The leaf is DER X.509 with exactly one URI SAN, a valid workload SPIFFE ID (zero,
