@@ -2,7 +2,10 @@
 //! agent rewrites on CA rotation.
 //!
 //! The file's modification time and size are checked at most every `check_interval`
-//! (5 s); when either changed it is read and parsed again. A failed read or parse keeps
+//! (5 s); when either changed it is read and parsed again. A file modified less than
+//! 2 s before it was read is read again at the next check whatever its stamp says:
+//! filesystems with coarse timestamps could otherwise hide a second same-size write
+//! (a rotated CA of the same key type) made within one timestamp tick. A failed read or parse keeps
 //! the previous value (and is logged once per change of the file, not per request).
 //!
 //! Synchronous on purpose: the X.509 verifier runs inside rustls' synchronous callbacks,
@@ -16,6 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Bundles are a few KiB; refuse to read anything much larger.
 const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+
+/// How old a file's modification time must be before its stamp is trusted.
+const SETTLE_TIME: Duration = Duration::from_secs(2);
 
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -49,7 +55,6 @@ impl<T> FileBundle<T> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn with_check_interval(mut self, interval: Duration) -> Self {
         self.check_interval = interval;
         self
@@ -96,8 +101,14 @@ impl<T> FileBundle<T> {
             return;
         }
         // Recorded before parsing so that a broken file is reported once, not on every
-        // check, and re-read as soon as it is replaced.
-        s.stamp = Some(stamp);
+        // check, and re-read as soon as it is replaced. Not recorded for a file still
+        // being written to (see the module docs).
+        let settled = stamp.0.is_some_and(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age >= SETTLE_TIME)
+        });
+        s.stamp = settled.then_some(stamp);
         let result = if meta.len() > MAX_BUNDLE_BYTES {
             Err(format!("{shown} is too large for a bundle"))
         } else {

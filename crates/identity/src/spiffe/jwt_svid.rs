@@ -28,6 +28,7 @@
 //!    `spiffe_id` and `trust_domain`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
@@ -36,7 +37,7 @@ use mayfly_core::auth::{
 };
 use serde_json::{Map, Value};
 
-use super::bundle::FileBundle;
+use super::bundle::{FileBundle, CHECK_INTERVAL};
 use super::SpiffeTrustDomainConfig;
 use super::{parse_spiffe_id, validate_all, DomainSettings, SpiffeConfigError};
 use crate::oidc::claims::{numeric_date, Numeric};
@@ -57,14 +58,14 @@ const ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-pub(crate) struct JwtDomain {
-    pub(crate) settings: DomainSettings,
-    pub(crate) bundle: FileBundle<KeySet>,
+struct JwtDomain {
+    settings: DomainSettings,
+    bundle: FileBundle<KeySet>,
 }
 
 /// Verifies JWT-SVID bearer tokens. See the module docs for its behaviour.
 pub struct JwtSvidAuthenticator {
-    pub(crate) domains: Vec<JwtDomain>,
+    domains: Vec<JwtDomain>,
 }
 
 impl std::fmt::Debug for JwtSvidAuthenticator {
@@ -87,7 +88,7 @@ fn jwt_key_use(u: Option<&str>) -> bool {
     matches!(u, None | Some("jwt-svid") | Some("sig"))
 }
 
-pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<KeySet, String> {
+fn parse_bundle(bytes: &[u8]) -> Result<KeySet, String> {
     parse_jwks_for_use(bytes, jwt_key_use)
 }
 
@@ -99,12 +100,20 @@ impl JwtSvidAuthenticator {
     pub fn new(
         configs: impl IntoIterator<Item = SpiffeTrustDomainConfig>,
     ) -> Result<Self, SpiffeConfigError> {
+        Self::with_check_interval(configs, CHECK_INTERVAL)
+    }
+
+    /// [`JwtSvidAuthenticator::new`] with another bundle-file check interval (tests).
+    pub(crate) fn with_check_interval(
+        configs: impl IntoIterator<Item = SpiffeTrustDomainConfig>,
+        interval: Duration,
+    ) -> Result<Self, SpiffeConfigError> {
         let domains: Vec<JwtDomain> = validate_all(configs)?
             .into_iter()
             .filter_map(|settings| {
                 let path = settings.jwt_bundle_file.clone()?;
                 Some(JwtDomain {
-                    bundle: FileBundle::new(path, parse_bundle),
+                    bundle: FileBundle::new(path, parse_bundle).with_check_interval(interval),
                     settings,
                 })
             })

@@ -48,6 +48,7 @@
 //! untrusted trust domain, its (length-limited) name.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mayfly_core::auth::{AuthRejection, WorkloadClaims};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -58,18 +59,18 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 
-use super::bundle::FileBundle;
+use super::bundle::{FileBundle, CHECK_INTERVAL};
 use super::jwt_svid::attributes;
 use super::SpiffeTrustDomainConfig;
 use super::{parse_spiffe_id, validate_all, DomainSettings, SpiffeConfigError};
 use crate::oidc::echo;
 
 /// A trust domain's X.509 authorities.
-pub(crate) struct CaBundle {
+struct CaBundle {
     anchors: Vec<TrustAnchor<'static>>,
 }
 
-pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<CaBundle, String> {
+fn parse_bundle(bytes: &[u8]) -> Result<CaBundle, String> {
     let mut anchors = Vec::new();
     for (i, cert) in CertificateDer::pem_slice_iter(bytes).enumerate() {
         let cert = cert.map_err(|e| format!("certificate {} is not valid PEM: {e}", i + 1))?;
@@ -83,18 +84,22 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<CaBundle, String> {
     Ok(CaBundle { anchors })
 }
 
-pub(crate) struct X509Domain {
-    pub(crate) settings: DomainSettings,
-    pub(crate) bundle: FileBundle<CaBundle>,
+struct X509Domain {
+    settings: DomainSettings,
+    bundle: FileBundle<CaBundle>,
 }
 
 /// Verifies X.509-SVID client certificates. See the module docs for its behaviour.
-pub struct X509SvidVerifier {
-    pub(crate) domains: Vec<X509Domain>,
+/// Clones share bundles and settings (the rustls verifier holds one too).
+#[derive(Clone, Debug)]
+pub struct X509SvidVerifier(Arc<Shared>);
+
+struct Shared {
+    domains: Vec<X509Domain>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl std::fmt::Debug for X509SvidVerifier {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("X509SvidVerifier")
             .field(
@@ -123,12 +128,20 @@ impl X509SvidVerifier {
     pub fn new(
         configs: impl IntoIterator<Item = SpiffeTrustDomainConfig>,
     ) -> Result<Self, SpiffeConfigError> {
+        Self::with_check_interval(configs, CHECK_INTERVAL)
+    }
+
+    /// [`X509SvidVerifier::new`] with another bundle-file check interval (tests).
+    pub(crate) fn with_check_interval(
+        configs: impl IntoIterator<Item = SpiffeTrustDomainConfig>,
+        interval: Duration,
+    ) -> Result<Self, SpiffeConfigError> {
         let domains: Vec<X509Domain> = validate_all(configs)?
             .into_iter()
             .filter_map(|settings| {
                 let path = settings.x509_bundle_file.clone()?;
                 Some(X509Domain {
-                    bundle: FileBundle::new(path, parse_bundle),
+                    bundle: FileBundle::new(path, parse_bundle).with_check_interval(interval),
                     settings,
                 })
             })
@@ -139,15 +152,16 @@ impl X509SvidVerifier {
                 reason: "no [[auth.spiffe]] entry has an x509_bundle_file".into(),
             });
         }
-        Ok(X509SvidVerifier {
+        Ok(X509SvidVerifier(Arc::new(Shared {
             domains,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        })
+        })))
     }
 
     /// The trust domains served, in order.
     pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
-        self.domains
+        self.0
+            .domains
             .iter()
             .map(|d| d.settings.trust_domain.as_str())
     }
@@ -155,7 +169,8 @@ impl X509SvidVerifier {
     /// Loads every bundle now: per trust domain, the number of CA certificates or why
     /// none could be loaded. Not fatal: loading is retried on use.
     pub fn load_bundles(&self) -> Vec<(String, Result<usize, String>)> {
-        self.domains
+        self.0
+            .domains
             .iter()
             .map(|d| {
                 (
@@ -170,8 +185,8 @@ impl X509SvidVerifier {
     /// accepts connections without one, and fails the handshake for a certificate that
     /// is not a valid X.509-SVID of a configured trust domain (rules are not applied
     /// here; [`X509SvidVerifier::authenticate_chain`] does that per request).
-    pub fn client_cert_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(TlsVerifier(self.clone()))
+    pub fn client_cert_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(TlsVerifier(self.0.clone()))
     }
 
     /// The workload a TLS peer's certificate chain (leaf first, as rustls'
@@ -184,7 +199,7 @@ impl X509SvidVerifier {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(AuthRejection::Missing);
         };
-        let svid = self.verify_svid(leaf, intermediates, now)?;
+        let svid = self.0.verify_svid(leaf, intermediates, now)?;
         let domain = svid.settings;
         let id = parse_spiffe_id(&svid.spiffe_id)
             .map_err(|r| AuthRejection::Malformed(format!("URI SAN: {r}")))?;
@@ -201,7 +216,9 @@ impl X509SvidVerifier {
             expires_at: Some(svid.not_after),
         })
     }
+}
 
+impl Shared {
     /// Steps 1–5 of the module docs.
     fn verify_svid(
         &self,
@@ -344,7 +361,7 @@ fn chain_rejection(error: &webpki::Error, trust_domain: &str) -> AuthRejection {
 
 /// The rustls face of [`X509SvidVerifier`].
 #[derive(Debug)]
-struct TlsVerifier(Arc<X509SvidVerifier>);
+struct TlsVerifier(Arc<Shared>);
 
 impl ClientCertVerifier for TlsVerifier {
     fn offer_client_auth(&self) -> bool {
