@@ -189,3 +189,91 @@ async fn workload_with_oidc_jwt_gets_its_own_grant() {
         "a workload token reached the audit log"
     );
 }
+
+#[tokio::test]
+async fn workload_with_jwt_svid_is_bound_by_spiffe_id() {
+    let domain_key = Issuer::new();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let bundle = dir.join("prod-acme.jwks");
+    std::fs::write(&bundle, domain_key.jwks().to_string()).unwrap();
+    let config = format!(
+        r#"
+[[auth.spiffe]]
+trust_domain = "prod.acme"
+jwt_bundle_file = "{}"
+audiences = ["mayfly"]
+
+[[auth.spiffe.rules]]
+identity = "payments-api"
+spiffe_id_pattern = "spiffe://prod.acme/ns/payments/sa/*"
+"#,
+        bundle.display()
+    );
+    let broker = Broker::start_in(
+        &dir,
+        Options {
+            config: Some(config),
+            ..Options::default()
+        },
+    );
+    broker.add_identity("payments-api", "team-payments").await;
+    broker.add_token_target("ledger", &["payments-api"]).await;
+
+    let svid = |sub: &str| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": "ci-1"});
+        let claims = json!({"sub": sub, "aud": ["mayfly"], "exp": now + 300, "iat": now});
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = domain_key.pair.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    };
+    let token = svid("spiffe://prod.acme/ns/payments/sa/api");
+    let (status, me, _) = broker
+        .call(Method::GET, "/v1/whoami", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (me["method"].as_str(), me["identity"].as_str()),
+        (Some("jwt-svid"), Some("payments-api"))
+    );
+    assert_eq!(
+        me["attributes"]["spiffe_id"],
+        "spiffe://prod.acme/ns/payments/sa/api"
+    );
+    let body = json!({"target": "ledger", "action": "read", "purpose": "settle", "task": "batch-9", "ttl": "5m"});
+    let (status, issued, _) = broker
+        .call(Method::POST, "/v1/grants", Some(&token), Some(body))
+        .await;
+    assert_eq!(status, 201, "{issued}");
+
+    // Another namespace, or another trust domain, is refused with a specific code.
+    let (status, problem, _) = broker
+        .call(
+            Method::GET,
+            "/v1/whoami",
+            Some(&svid("spiffe://prod.acme/ns/web/sa/api")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("no_rule_matched"))
+    );
+    let (status, problem, _) = broker
+        .call(
+            Method::GET,
+            "/v1/whoami",
+            Some(&svid("spiffe://evil.example/ns/payments/sa/api")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("untrusted_issuer")),
+        "{problem}"
+    );
+}

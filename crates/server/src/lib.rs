@@ -136,6 +136,8 @@ pub fn load_policy(
 pub struct AuthConfig {
     /// Trusted OIDC issuers whose JWTs identify workloads.
     pub oidc: Vec<OidcIssuerConfig>,
+    /// SPIFFE trust domains: JWT-SVIDs verified against each domain's bundle.
+    pub spiffe: Vec<mayfly_identity::SpiffeTrustDomainConfig>,
 }
 
 impl Default for Config {
@@ -309,6 +311,26 @@ impl Server {
 
         let mut authenticators: Vec<Arc<dyn Authenticator>> =
             vec![Arc::new(OperatorTokenAuthenticator::new(store.clone()))];
+        // JWT-SVIDs first: they claim only tokens whose subject is a SPIFFE ID, whereas the
+        // OIDC authenticator rejects any JWT from an issuer it does not know.
+        if config
+            .auth
+            .spiffe
+            .iter()
+            .any(|d| d.jwt_bundle_file.is_some())
+        {
+            let svid = mayfly_identity::JwtSvidAuthenticator::new(config.auth.spiffe.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            for (domain, result) in svid.load_bundles() {
+                match result {
+                    Ok(keys) => tracing::info!(%domain, keys, "loaded SPIFFE JWT bundle"),
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "cannot load SPIFFE JWT bundle yet; retrying on use")
+                    }
+                }
+            }
+            authenticators.push(Arc::new(svid));
+        }
         if !config.auth.oidc.is_empty() {
             let oidc = OidcAuthenticator::new(config.auth.oidc.clone())
                 .map_err(|e| StartError::Config(e.to_string()))?;
