@@ -120,7 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!("mayfly: data dir {}", config.data_dir.display());
-    eprintln!("mayfly: listening on http://{addr}");
+    eprintln!("mayfly: listening on {}://{addr}", server.scheme());
     tracing::info!(%addr, "mayfly serving");
     server.serve(listener, shutdown_signal()).await?;
     tracing::info!("mayfly stopped");

@@ -55,6 +55,25 @@ pub async fn authenticate(
     bearer: Option<&str>,
 ) -> Result<(Principal, Option<Identity>), AuthRejection> {
     let proven = state.auth.authenticate(&Presented { bearer }).await?;
+    bind(state, proven).await
+}
+
+/// Authenticates the X.509-SVID the connection presented (mutual TLS).
+async fn authenticate_certificate(
+    state: &AppState,
+    verifier: &mayfly_identity::X509SvidVerifier,
+    chain: &crate::tls::PeerCertificates,
+) -> Result<(Principal, Option<Identity>), AuthRejection> {
+    let claims = verifier.authenticate_chain(&chain.0, rustls_pki_types::UnixTime::now())?;
+    bind(state, Proven::Workload(claims)).await
+}
+
+/// Turns a proven credential into the principal: for a workload, its identity must exist,
+/// be enabled and not be past its expiry date, whichever method proved it.
+async fn bind(
+    state: &AppState,
+    proven: Proven,
+) -> Result<(Principal, Option<Identity>), AuthRejection> {
     match proven {
         Proven::Operator { name } => Ok((Principal::Operator { name }, None)),
         Proven::Workload(claims) => {
@@ -79,9 +98,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let result = match bearer(parts) {
-            Ok(token) => authenticate(state, token).await,
-            Err(e) => Err(e),
+        let certificate = parts
+            .extensions
+            .get::<crate::tls::PeerCertificates>()
+            .cloned();
+        let result = match (bearer(parts), certificate, &state.x509) {
+            // A bearer token, when sent, decides; a client certificate is used without one.
+            (Ok(None), Some(chain), Some(verifier)) => {
+                authenticate_certificate(state, verifier, &chain).await
+            }
+            (Ok(token), _, _) => authenticate(state, token).await,
+            (Err(e), _, _) => Err(e),
         };
         match result {
             Ok((principal, identity)) => Ok(Caller(principal, identity)),

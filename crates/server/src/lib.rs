@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod providers;
 pub mod scheduler;
 pub mod state;
+pub mod tls;
 pub mod token;
 
 pub use state::AppState;
@@ -78,6 +79,9 @@ pub struct Config {
     pub token_max_ttl: Ttl,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
+    /// Serve HTTPS (and accept X.509-SVID client certificates when SPIFFE X.509 bundles
+    /// are configured).
+    pub tls: Option<tls::TlsConfig>,
     /// How often external targets are reconciled (users with Mayfly's prefix and no live
     /// lease are dropped) and stale `creating` leases cleaned up.
     pub reconcile_interval: Ttl,
@@ -153,6 +157,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
             reconcile_interval: Ttl::from_secs(15 * 60),
+            tls: None,
         }
     }
 }
@@ -192,6 +197,7 @@ pub struct Bootstrap {
 
 pub struct Server {
     state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     policy_reload: Ttl,
     reconcile_every: Duration,
     /// The store is this process's alone (embedded SQLite): no other replica issues.
@@ -347,10 +353,38 @@ impl Server {
             authenticators.push(Arc::new(oidc));
         }
 
+        let x509 = if config
+            .auth
+            .spiffe
+            .iter()
+            .any(|d| d.x509_bundle_file.is_some())
+        {
+            if config.tls.is_none() {
+                return Err(StartError::Config(
+                    "auth.spiffe x509_bundle_file needs [tls]: X.509-SVIDs are client certificates"
+                        .into(),
+                ));
+            }
+            let verifier = mayfly_identity::X509SvidVerifier::new(config.auth.spiffe.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            for (domain, result) in verifier.load_bundles() {
+                if let Err(e) = result {
+                    tracing::warn!(%domain, error = %e, "cannot load SPIFFE X.509 bundle yet; retrying on use");
+                }
+            }
+            Some(verifier)
+        } else {
+            None
+        };
+        let tls = match &config.tls {
+            Some(t) => Some(tls::server_config(t, x509.as_ref())?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer = config
             .issuer
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.listen));
+            .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
         let metrics = Arc::new(metrics::Metrics::new());
         let mut providers = state::Providers::default();
         let deadline = Duration::from_secs(30);
@@ -380,6 +414,7 @@ impl Server {
             auth: AuthChain::new(authenticators),
             policy,
             cedar,
+            x509,
             providers,
             keys,
             metrics,
@@ -397,12 +432,22 @@ impl Server {
         Ok((
             Server {
                 state,
+                tls,
                 policy_reload,
                 reconcile_every,
                 exclusive_store,
             },
             bootstrap,
         ))
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn state(&self) -> AppState {
@@ -440,11 +485,17 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
         ));
-        let service = app(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartError::Serve);
+        let result = match self.tls.clone() {
+            Some(config) => tls::serve(listener, config, app(self.state.clone()), shutdown).await,
+            None => {
+                let service =
+                    app(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(StartError::Serve)
+            }
+        };
         expiry.abort();
         refresh.abort();
         policy.abort();

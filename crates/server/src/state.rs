@@ -38,6 +38,8 @@ pub struct Inner {
     pub policy: Arc<dyn PolicyEngine>,
     /// The Cedar engine when policies come from a directory (for hot reload and checks).
     pub cedar: Option<Arc<mayfly_policy::ReloadingEngine>>,
+    /// Verifies X.509-SVID client certificates presented over mutual TLS.
+    pub x509: Option<mayfly_identity::X509SvidVerifier>,
     pub providers: Providers,
     pub keys: Arc<Keyring>,
     pub metrics: Arc<Metrics>,

@@ -1,0 +1,155 @@
+//! Mutual TLS: a workload proves itself with an X.509-SVID client certificate, no bearer
+//! token; certificates from other CAs never complete the handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Broker, Options};
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use serde_json::{json, Value};
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+/// A leaf signed by `ca`, as (certificate PEM, key PEM).
+fn leaf(ca: &Ca, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn svid(ca: &Ca, id: &str) -> reqwest::Identity {
+    let (cert, key) = leaf(
+        ca,
+        vec![SanType::URI(Ia5String::try_from(id).unwrap())],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn workload_authenticates_with_an_x509_svid_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let authority = ca();
+    let ca_pem = authority.cert.pem();
+    let (server_cert, server_key) = leaf(
+        &authority,
+        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), server_key).unwrap();
+    let config = format!(
+        r#"
+[tls]
+cert_file = "{d}/server.pem"
+key_file = "{d}/server.key"
+
+[[auth.spiffe]]
+trust_domain = "prod.acme"
+x509_bundle_file = "{d}/ca.pem"
+
+[[auth.spiffe.rules]]
+identity = "payments-api"
+spiffe_id = "spiffe://prod.acme/ns/payments/sa/api"
+"#,
+        d = dir.display()
+    );
+    let mut broker = Broker::start_in(
+        &dir,
+        Options {
+            config: Some(config),
+            ..Options::default()
+        },
+    );
+    assert!(broker.addr.starts_with("https://"), "{}", broker.addr);
+    let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone());
+        if let Some(i) = identity {
+            b = b.identity(i);
+        }
+        b.build().unwrap()
+    };
+    broker.http = client(None);
+    broker.add_identity("payments-api", "team-payments").await;
+    broker.add_token_target("ledger", &["payments-api"]).await;
+    assert!(
+        broker.get("/.well-known/openid-configuration").await["issuer"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
+
+    // The SVID alone authenticates the workload and gets it a grant.
+    let workload = client(Some(svid(
+        &authority,
+        "spiffe://prod.acme/ns/payments/sa/api",
+    )));
+    let me: Value = workload
+        .get(broker.url("/v1/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["method"].as_str(), me["identity"].as_str()),
+        (Some("spiffe-x509"), Some("payments-api")),
+        "{me}"
+    );
+    let resp = workload
+        .post(broker.url("/v1/grants"))
+        .json(&json!({"target": "ledger", "action": "read", "purpose": "settle", "task": "batch-1", "ttl": "5m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // No certificate and no token: 401. A valid SVID no rule binds: 401 no_rule_matched.
+    let anonymous: Value = client(None)
+        .get(broker.url("/v1/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anonymous["code"], "missing_credential");
+    let stranger = client(Some(svid(&authority, "spiffe://prod.acme/ns/web/sa/api")));
+    let refused: Value = stranger
+        .get(broker.url("/v1/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["code"], "no_rule_matched");
+
+    // A certificate from another CA never completes the handshake.
+    let forged = client(Some(svid(&ca(), "spiffe://prod.acme/ns/payments/sa/api")));
+    assert!(forged.get(broker.url("/v1/whoami")).send().await.is_err());
+}

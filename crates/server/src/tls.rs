@@ -1,0 +1,125 @@
+//! HTTPS with optional mutual TLS: workloads may present an X.509-SVID as their client
+//! certificate instead of a bearer token.
+//!
+//! axum's own `serve` cannot hand a connection's peer certificates to its requests, so
+//! TLS connections are accepted here: each is handshaken with rustls, and its verified
+//! certificate chain (if any) and remote address are attached to every request on it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tower::ServiceExt;
+
+use crate::StartError;
+
+/// `[tls]`: serve HTTPS with this certificate and key (PEM).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The verified client certificate chain of the connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// Builds the rustls server configuration; with a verifier, client certificates are
+/// requested (not required: operators and token-bearing workloads connect without one).
+pub fn server_config(
+    tls: &TlsConfig,
+    verifier: Option<&mayfly_identity::X509SvidVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let bad = |what: &str, path: &PathBuf, e: String| {
+        StartError::Config(format!("tls.{what} {}: {e}", path.display()))
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
+        .map_err(|e| bad("cert_file", &tls.cert_file, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("cert_file", &tls.cert_file, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "cert_file",
+            &tls.cert_file,
+            "no certificate found".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| bad("key_file", &tls.key_file, e.to_string()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Config(format!("tls: {e}")))?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v.client_cert_verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        StartError::Config(format!(
+            "tls: certificate and key do not match or are unusable: {e}"
+        ))
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// Accepts TLS connections until `shutdown` resolves, serving `app` on each.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // A client certificate that is not a valid SVID ends here.
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let peer = stream.get_ref().1.peer_certificates().map(|c| {
+                PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
+            });
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
+                    if let Some(p) = &peer {
+                        request.extensions_mut().insert(p.clone());
+                    }
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
