@@ -40,6 +40,7 @@ use super::rows::{
     identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs, LeaseRow,
 };
 use super::sql;
+use crate::events;
 
 /// Most operations committed together: bounds one commit's latency and how long a batch
 /// holds the chain head that every replica waits on.
@@ -793,15 +794,7 @@ async fn run_op(conn: &mut PgConnection, chain: &mut Chain, op: Op) -> Result<Ou
             let selector = LeaseSelector::Identity(id.clone());
             let ended = end_leases(conn, &selector, reason, now).await?;
             let outcome = count(&ended);
-            let mut event = AuditDraft::new(AuditKind::IdentityDisabled, actor.as_str()).detail(
-                serde_json::json!({
-                    "revoked": outcome.revoked,
-                    "revoking": outcome.revoking,
-                }),
-            );
-            event.identity = Some(id);
-            event.owner = Some(owner);
-            chain.append(event, now);
+            chain.append(events::identity_disabled(id, owner, outcome, &actor), now);
             finish_revocation(conn, chain, &ended, reason, &selector, &actor, now).await?;
             Ok(Output::Outcome(outcome))
         }
@@ -870,22 +863,9 @@ async fn run_op(conn: &mut PgConnection, chain: &mut Chain, op: Op) -> Result<Ou
                 .ok_or_else(|| not_in_state(id, "creating"))?;
             let LeaseRow { lease, owner } = lease_from_row(&row)?;
             set_grant(conn, sql::FAIL_GRANT, lease.grant_id).await?;
-            let mut failed = AuditDraft::new(AuditKind::GrantFailed, actor.as_str())
-                .for_lease(&lease)
-                .detail(serde_json::json!({"error": error, "cleaned": cleaned}));
-            failed.lease_id = Some(lease.id);
-            failed.owner = Some(owner.clone());
-            let kind = if cleaned {
-                AuditKind::LeaseRevoked
-            } else {
-                AuditKind::LeaseRevoking
-            };
-            let mut ended = AuditDraft::new(kind, actor.as_str())
-                .for_lease(&lease)
-                .detail(serde_json::json!({"reason": RevocationReason::TaskFailed.as_str(), "state": lease.state.as_str()}));
-            ended.owner = Some(owner);
-            chain.append(failed, now);
-            chain.append(ended, now);
+            for event in events::issuance_abandoned(&lease, &owner, &error, cleaned, &actor) {
+                chain.append(event, now);
+            }
             Ok(Output::Lease(lease))
         }
         Op::CompleteRevocation { id, actor, now } => {
@@ -912,16 +892,10 @@ async fn run_op(conn: &mut PgConnection, chain: &mut Chain, op: Op) -> Result<Ou
                 vec![lease.grant_id.to_string()],
             )
             .await?;
-            let mut event = AuditDraft::new(AuditKind::LeaseRevoked, actor.as_str())
-                .for_lease(&lease)
-                .detail(serde_json::json!({
-                    "reason": reason.as_str(),
-                    "state": lease.state.as_str(),
-                    "attempts": lease.revoke_attempts + 1,
-                    "confirmed_by_target": true,
-                }));
-            event.owner = Some(owner);
-            chain.append(event, now);
+            chain.append(
+                events::revocation_completed(&lease, owner, reason, &actor),
+                now,
+            );
             Ok(Output::MaybeLease(Some(lease)))
         }
         Op::RevocationFailed {
@@ -940,15 +914,10 @@ async fn run_op(conn: &mut PgConnection, chain: &mut Chain, op: Op) -> Result<Ou
                 .map_err(map_sqlx)?
                 .ok_or_else(|| not_in_state(id, "revoking"))?;
             let LeaseRow { lease, owner } = lease_from_row(&row)?;
-            let mut event = AuditDraft::new(AuditKind::LeaseRevokeFailed, actor.as_str())
-                .for_lease(&lease)
-                .detail(serde_json::json!({
-                    "error": error,
-                    "attempt": lease.revoke_attempts,
-                    "next_attempt_at": rfc3339(next_attempt),
-                }));
-            event.owner = Some(owner);
-            chain.append(event, now);
+            chain.append(
+                events::revocation_failed(&lease, owner, &error, next_attempt, &actor),
+                now,
+            );
             Ok(Output::Unit)
         }
         Op::RecordGrant(grant, lease, events) => {
