@@ -149,7 +149,88 @@ spiffe_id = "spiffe://prod.acme/ns/payments/sa/api"
         .unwrap();
     assert_eq!(refused["code"], "no_rule_matched");
 
-    // A certificate from another CA never completes the handshake.
-    let forged = client(Some(svid(&ca(), "spiffe://prod.acme/ns/payments/sa/api")));
-    assert!(forged.get(broker.url("/v1/whoami")).send().await.is_err());
+    // Bad certificates: the client still proves it holds the key during the handshake,
+    // then the request is refused with the specific reason, and audited.
+    let id = "spiffe://prod.acme/ns/payments/sa/api";
+    let uri = |u: &str| SanType::URI(Ia5String::try_from(u).unwrap());
+    let pem_identity = |(cert, key): (String, String)| {
+        reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap()
+    };
+    let ca_as_leaf = {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.subject_alt_names = vec![uri(id)];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ];
+        let cert = params
+            .signed_by(&key, &authority.cert, &authority.key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let expired = {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![uri(id)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+        params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let cert = params
+            .signed_by(&key, &authority.cert, &authority.key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let cases: Vec<(&str, reqwest::Identity, &str)> = vec![
+        ("chain to another CA", svid(&ca(), id), "bad_signature"),
+        (
+            "two URI SANs",
+            pem_identity(leaf(
+                &authority,
+                vec![uri(id), uri("spiffe://prod.acme/x")],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )),
+            "malformed_credential",
+        ),
+        (
+            "no URI SAN",
+            pem_identity(leaf(
+                &authority,
+                vec![],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )),
+            "malformed_credential",
+        ),
+        (
+            "CA certificate as leaf",
+            pem_identity(ca_as_leaf),
+            "malformed_credential",
+        ),
+        ("expired", pem_identity(expired), "expired"),
+    ];
+    let before = broker
+        .audit("limit=10000")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "auth.failed")
+        .count();
+    for (case, identity, code) in &cases {
+        let resp = client(Some(identity.clone()))
+            .get(broker.url("/v1/whoami"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{case}");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], *code, "{case}: {problem}");
+    }
+    let after = broker
+        .audit("limit=10000")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "auth.failed")
+        .count();
+    assert_eq!(after - before, cases.len(), "each refusal is audited once");
 }

@@ -114,7 +114,7 @@ pub enum AuthRejection {
     UntrustedIssuer(String),
     #[error("token key id {0:?} is unknown to the issuer's JWKS")]
     UnknownKey(String),
-    #[error("token signature is invalid")]
+    #[error("credential signature is invalid (not signed by a trusted key or CA)")]
     BadSignature,
     #[error("token algorithm {0} is not allowed")]
     AlgorithmNotAllowed(String),

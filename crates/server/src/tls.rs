@@ -57,7 +57,8 @@ pub fn server_config(
     .with_safe_default_protocol_versions()
     .map_err(|e| StartError::Config(format!("tls: {e}")))?;
     let builder = match verifier {
-        Some(v) => builder.with_client_cert_verifier(v.client_cert_verifier()),
+        Some(v) => builder
+            .with_client_cert_verifier(Arc::new(DeferChainToRequest(v.client_cert_verifier()))),
         None => builder.with_no_client_auth(),
     };
     let config = builder.with_single_cert(chain, key).map_err(|e| {
@@ -66,6 +67,55 @@ pub fn server_config(
         ))
     })?;
     Ok(Arc::new(config))
+}
+
+/// Requests a client certificate and checks, during the handshake, that the client holds
+/// its private key (the handshake signatures), but defers judging the certificate itself
+/// (chain to the trust domain's bundle, one SPIFFE URI SAN, not a CA, validity) to the
+/// request. There [`mayfly_identity::X509SvidVerifier::authenticate_chain`] rejects it with
+/// a specific reason, as a 401 problem and an audit event, instead of an opaque handshake
+/// failure the operator cannot see. Every authenticated request path goes through that
+/// check; endpoints that need no authentication ignore the certificate.
+#[derive(Debug)]
+struct DeferChainToRequest(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for DeferChainToRequest {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Accepts TLS connections until `shutdown` resolves, serving `app` on each.
