@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{Broker, Options};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -47,12 +46,6 @@ impl Drop for Database {
         })
         .join();
     }
-}
-
-fn master_key() -> String {
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// Every audit entry, paged.
@@ -94,7 +87,7 @@ async fn three_replicas_one_truth_through_a_crash() {
     // under it.
     let env = vec![
         ("MAYFLY_STORE", url.clone()),
-        ("MAYFLY_MASTER_KEY", master_key()),
+        ("MAYFLY_MASTER_KEY", common::master_key()),
     ];
     let start = |token: Option<String>| {
         let dir = tempfile::tempdir().unwrap().keep();

@@ -269,3 +269,11 @@ pub async fn postgres_superuser(suite: &str) -> Option<sqlx::PgConnection> {
 pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }
+
+/// A fresh random master key (base64), for replicas that must share one.
+pub fn master_key() -> String {
+    use base64::Engine;
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
