@@ -579,6 +579,19 @@ pub fn format_expiration(t: OffsetDateTime) -> Result<String, ProviderError> {
         .map_err(|e| ProviderError::Failed(format!("expiry: {e}")))
 }
 
+/// The write-ahead plan shared by the database providers: the username the credential
+/// will have, chosen before anything exists on the target.
+pub fn plan_username(
+    spec: &EngineSpec,
+    request: &mayfly_core::provider::IssueRequest<'_>,
+) -> Result<serde_json::Value, ProviderError> {
+    let config = Config::from_target(spec, request.target.target)?;
+    let name = config
+        .username
+        .generate(&request.identity.id, &request.grant.action)?;
+    Ok(serde_json::json!({ "username": name }))
+}
+
 /// The username recorded by `plan` (and so in the lease's provider state).
 ///
 /// `Fresh` (issuing) also requires the current template's prefix. `Existing` (renew,

@@ -410,11 +410,7 @@ impl Provider for PostgresProvider {
     }
 
     fn plan(&self, request: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
-        let config = Config::from_target(&SPEC, request.target.target)?;
-        let name = config
-            .username
-            .generate(&request.identity.id, &request.grant.action)?;
-        Ok(serde_json::json!({ "username": name }))
+        crate::common::plan_username(&SPEC, request)
     }
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {

@@ -15,6 +15,7 @@ use mayfly_core::store::{Store, StoreError};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod errors;
 mod events;
 pub mod migrate;
 mod postgres;

@@ -5,6 +5,7 @@
 //! reset, server shutting down, pool exhausted) are `Unavailable`: the pool reconnects on
 //! its own once the server is back, so callers only need to retry.
 
+pub(crate) use crate::errors::{corrupt, replicate};
 use mayfly_core::store::StoreError;
 
 /// Maps an error with no better context. Call sites that know which record a unique
@@ -84,42 +85,6 @@ pub(crate) fn conflict_or(err: sqlx::Error, what: &'static str, id: &str) -> Sto
             id: id.to_string(),
         },
         _ => map_sqlx(err),
-    }
-}
-
-pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {detail}"))
-}
-
-/// A copy of an error for every operation of a failed batch (`StoreError` is not `Clone`).
-pub(crate) fn replicate(err: &StoreError) -> StoreError {
-    use mayfly_core::CoreError;
-    match err {
-        StoreError::NotFound { what, id } => StoreError::NotFound {
-            what,
-            id: id.clone(),
-        },
-        StoreError::Conflict { what, id } => StoreError::Conflict {
-            what,
-            id: id.clone(),
-        },
-        StoreError::Rejected(c) => StoreError::Rejected(match c {
-            CoreError::Invalid { field, reason } => CoreError::Invalid {
-                field: field.clone(),
-                reason: reason.clone(),
-            },
-            CoreError::IllegalGrantTransition { from, to } => CoreError::IllegalGrantTransition {
-                from: *from,
-                to: *to,
-            },
-            CoreError::IllegalLeaseTransition { from, to } => CoreError::IllegalLeaseTransition {
-                from: *from,
-                to: *to,
-            },
-        }),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
     }
 }
 
