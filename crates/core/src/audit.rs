@@ -217,7 +217,6 @@ impl AuditEvent {
 
 /// SHA-256 of a canonical body, lowercase hex.
 pub fn hash_entry(canonical_body: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, canonical_body.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest.as_ref() {
@@ -225,6 +224,23 @@ pub fn hash_entry(canonical_body: &str) -> String {
         out.push(HEX[usize::from(b & 0xf)] as char);
     }
     out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Whether `stored` is [`hash_entry`] of `canonical_body`, without building the string:
+/// the verifier does this once per entry over millions of entries.
+fn hash_matches(canonical_body: &str, stored: &str) -> bool {
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical_body.as_bytes());
+    let stored = stored.as_bytes();
+    stored.len() == 64
+        && digest
+            .as_ref()
+            .iter()
+            .zip(stored.chunks_exact(2))
+            .all(|(b, pair)| {
+                pair[0] == HEX[usize::from(b >> 4)] && pair[1] == HEX[usize::from(b & 0xf)]
+            })
 }
 
 /// The top-level `seq` and `prev_hash` of a canonical body, read from its text.
@@ -379,7 +395,8 @@ impl ChainVerifier {
         let brk = self.check(row_seq, body, stored_hash);
         // Continue from what the row claims, so one break is reported, not a cascade.
         self.expected_seq = row_seq + 1;
-        self.prev_hash = stored_hash.to_string();
+        self.prev_hash.clear();
+        self.prev_hash.push_str(stored_hash);
         self.first_break = brk;
     }
 
@@ -393,7 +410,7 @@ impl ChainVerifier {
         if row_seq < self.expected_seq {
             return Some(ChainBreak::InsertedOrReordered { seq: row_seq });
         }
-        if hash_entry(body) != stored_hash {
+        if !hash_matches(body, stored_hash) {
             return Some(ChainBreak::Edited { seq: row_seq });
         }
         // The hash covers the body, so reading the two link fields out of the text is as
@@ -461,6 +478,22 @@ mod tests {
             .iter()
             .map(|e| (e.seq, e.canonical_body(), e.hash.clone()))
             .collect()
+    }
+
+    #[test]
+    fn hash_matches_agrees_with_hash_entry() {
+        for body in ["", "{}", "{\"a\":1}", &"x".repeat(1000)] {
+            let hash = hash_entry(body);
+            assert!(hash_matches(body, &hash));
+            assert!(
+                !hash_matches(body, &hash.to_uppercase())
+                    || !hash.chars().any(|c| c.is_ascii_alphabetic())
+            );
+            assert!(!hash_matches(body, &hash[..63]));
+            assert!(!hash_matches(&format!("{body} "), &hash));
+            let last = if hash.ends_with('0') { '1' } else { '0' };
+            assert!(!hash_matches(body, &format!("{}{last}", &hash[..63])));
+        }
     }
 
     #[test]

@@ -4,17 +4,19 @@
 //! a single writer task that commits in groups (see [`writer`]); reads use a small pool.
 
 mod error;
+mod registry;
 mod rows;
 pub(crate) mod sql;
+mod verify;
 mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, VerifyReport};
+use mayfly_core::audit::{AuditDraft, AuditEvent, VerifyReport};
 use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
@@ -27,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
 use self::error::{corrupt, map_sqlx, migrate_error};
+use self::registry::Registry;
 use self::rows::{
     grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
     signing_key_from_row, target_from_row,
@@ -134,6 +137,7 @@ pub struct SqliteStore {
     writer_tx: mpsc::Sender<Msg>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     read: SqlitePool,
+    registry: Arc<Registry>,
     durability: Durability,
 }
 
@@ -215,13 +219,15 @@ impl SqliteStore {
                 (WriterConn::Owned(conn), read)
             }
         };
-        let writer = Writer::new(writer_conn).await?;
+        let registry = Arc::new(Registry::default());
+        let writer = Writer::new(writer_conn, Arc::clone(&registry)).await?;
         let (writer_tx, rx) = mpsc::channel(WRITE_QUEUE);
         let task = tokio::spawn(writer.run(rx));
         Ok(SqliteStore {
             writer_tx,
             writer_task: Mutex::new(Some(task)),
             read,
+            registry,
             durability,
         })
     }
@@ -330,14 +336,22 @@ impl Store for SqliteStore {
     }
 
     async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
-        sqlx::query(sql::GET_IDENTITY)
+        let seen = match self.registry.identity(id) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(seen) => seen,
+        };
+        let found = sqlx::query(sql::GET_IDENTITY)
             .bind(id)
             .fetch_optional(&self.read)
             .await
             .map_err(map_sqlx)?
             .as_ref()
             .map(identity_from_row)
-            .transpose()
+            .transpose()?;
+        if let Some(identity) = &found {
+            self.registry.keep_identity(seen, identity);
+        }
+        Ok(found)
     }
 
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
@@ -513,14 +527,22 @@ impl Store for SqliteStore {
     }
 
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {
-        sqlx::query(sql::GET_TARGET)
+        let seen = match self.registry.target(name) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(seen) => seen,
+        };
+        let found = sqlx::query(sql::GET_TARGET)
             .bind(name)
             .fetch_optional(&self.read)
             .await
             .map_err(map_sqlx)?
             .as_ref()
             .map(target_from_row)
-            .transpose()
+            .transpose()?;
+        if let Some(target) = &found {
+            self.registry.keep_target(seen, target);
+        }
+        Ok(found)
     }
 
     async fn list_targets(&self) -> Result<Vec<Target>, StoreError> {
@@ -713,24 +735,11 @@ impl Store for SqliteStore {
         let head_seq = u64::try_from(head_seq)
             .map_err(|_| StoreError::Corrupt("audit_head has a negative sequence".into()))?;
 
-        let mut verifier = ChainVerifier::new();
-        {
-            let mut rows = sqlx::query(sql::VERIFY_ROWS).fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await.map_err(map_sqlx)? {
-                let seq: i64 = row.try_get(0).map_err(map_sqlx)?;
-                let body: &str = row.try_get(1).map_err(map_sqlx)?;
-                let hash: &str = row.try_get(2).map_err(map_sqlx)?;
-                // Negative seq cannot come from the writer; report it as a bad entry.
-                verifier.push(u64::try_from(seq).unwrap_or(0), body, hash);
-                if verifier.broken() {
-                    break;
-                }
-            }
-        }
-        tx.rollback().await.map_err(map_sqlx)?;
         // Head seq 0 is the empty chain: nothing was ever appended.
         let head = (head_seq > 0).then_some((head_seq, head_hash));
-        Ok(verifier.finish(head))
+        let report = verify::verify(&mut tx, head).await?;
+        tx.rollback().await.map_err(map_sqlx)?;
+        Ok(report)
     }
 
     async fn add_signing_key(

@@ -173,8 +173,15 @@ pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
      FROM json_each(?1)";
 pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
-/// Only what the verifier needs, in chain order, so a 10M-entry walk stays I/O-light.
-pub(crate) const VERIFY_ROWS: &str = "SELECT seq, body, hash FROM audit ORDER BY seq";
+/// One page of the chain for the verifier: row count, last seq, and the rows packed into
+/// one blob as `seq,hash_len,body_len,` + hash + body each (lengths in bytes, so any
+/// content, even a tampered one, splits exactly). One value per page instead of a row
+/// hand-off per entry is what lets a walk of millions of entries run at hashing speed.
+/// `?1` is the last seq of the previous page, `?2` the page size.
+pub(crate) const VERIFY_PAGE: &str = "SELECT count(*), max(seq), CAST(group_concat(\
+     seq || ',' || length(CAST(hash AS BLOB)) || ',' || length(CAST(body AS BLOB)) || ',' \
+     || hash || body, '' ORDER BY seq) AS BLOB) \
+     FROM (SELECT seq, hash, body FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
 
 pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at = ?1, \
      publish_until = ?2 WHERE retired_at IS NULL";

@@ -11,6 +11,7 @@
 //! also owns the head of the audit chain: it assigns sequence numbers and `prev_hash` in
 //! commit order, which is only sound because nobody else appends.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use mayfly_core::audit::{hash_entry, AuditDraft, AuditEvent, AuditKind};
@@ -24,6 +25,7 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{conflict_or, corrupt, map_sqlx, replicate};
+use super::registry::{Changed, Registry};
 use super::rows::{
     identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs, LeaseRow,
 };
@@ -103,6 +105,20 @@ pub(crate) enum Op {
     AppendAudit(Vec<AuditDraft>),
     AddSigningKey(Box<SigningKeyRecord>, Option<OffsetDateTime>, AuditDraft),
     AddOperatorToken(OperatorTokenRecord),
+}
+
+impl Op {
+    /// The identity or target record this operation changes, if any.
+    fn changes(&self) -> Option<Changed> {
+        match self {
+            Op::CreateIdentity(identity, _) => Some(Changed::Identity(identity.id.clone())),
+            Op::EnableIdentity(id, _) | Op::DisableIdentity { id, .. } => {
+                Some(Changed::Identity(id.clone()))
+            }
+            Op::CreateTarget(target, ..) => Some(Changed::Target(target.name.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// What an operation produced; the caller knows which variant its op yields.
@@ -271,6 +287,7 @@ impl Chain {
 pub(crate) struct Writer {
     conn: WriterConn,
     chain: Chain,
+    registry: Arc<Registry>,
 }
 
 async fn load_head(conn: &mut SqliteConnection) -> Result<Head, StoreError> {
@@ -296,7 +313,10 @@ async fn exec(conn: &mut SqliteConnection, statement: &str) -> Result<(), StoreE
 }
 
 impl Writer {
-    pub(crate) async fn new(mut conn: WriterConn) -> Result<Writer, StoreError> {
+    pub(crate) async fn new(
+        mut conn: WriterConn,
+        registry: Arc<Registry>,
+    ) -> Result<Writer, StoreError> {
         let head = {
             let mut guard = acquire(&mut conn).await?;
             load_head(guard.conn()).await?
@@ -307,6 +327,7 @@ impl Writer {
                 head,
                 pending: Vec::new(),
             },
+            registry,
         })
     }
 
@@ -354,7 +375,13 @@ impl Writer {
     async fn run_batch(&mut self, jobs: Vec<(Op, Reply)>) {
         let started = Instant::now();
         let count = jobs.len();
-        let Writer { conn, chain } = self;
+        let changed: Vec<Changed> = jobs.iter().filter_map(|(op, _)| op.changes()).collect();
+        let Writer {
+            conn,
+            chain,
+            registry,
+        } = self;
+
         let mut guard = match acquire(conn).await {
             Ok(g) => g,
             Err(e) => return fail_all(jobs, &e),
@@ -460,6 +487,9 @@ impl Writer {
 
         chain.pending.clear();
         drop(guard);
+        // Before anyone hears back, so nobody who knows of the change is served a copy
+        // from before it (see the registry module). A rolled-back batch changed nothing.
+        registry.invalidate(&changed);
         tracing::trace!(
             ops = count,
             elapsed_us = started.elapsed().as_micros() as u64,
