@@ -230,9 +230,8 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Whether `stored` is [`hash_entry`] of `canonical_body`, without building the string:
 /// the verifier does this once per entry over millions of entries.
-fn hash_matches(canonical_body: &str, stored: &str) -> bool {
-    let digest = ring::digest::digest(&ring::digest::SHA256, canonical_body.as_bytes());
-    let stored = stored.as_bytes();
+fn hash_matches(canonical_body: &[u8], stored: &[u8]) -> bool {
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical_body);
     stored.len() == 64
         && digest
             .as_ref()
@@ -249,17 +248,24 @@ fn hash_matches(canonical_body: &str, stored: &str) -> bool {
 /// member that can hold nested objects, and so nested keys of the same name) and are
 /// followed only by `target` and `task`, which are strings: inside a string a quote is
 /// escaped, so the last raw occurrence of each key is the top-level one.
-fn chain_link(body: &str) -> Option<(u64, &str)> {
-    const PREV: &str = "\"prev_hash\":\"";
-    let p = body.rfind(PREV)? + PREV.len();
+fn chain_link(body: &[u8]) -> Option<(u64, &[u8])> {
+    use memchr::memmem::FinderRev;
+    use std::sync::LazyLock;
+    // Built once: constructing a searcher per entry cost more than the search.
+    static PREV: LazyLock<FinderRev<'static>> =
+        LazyLock::new(|| FinderRev::new(b"\"prev_hash\":\""));
+    static SEQ: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"seq\":"));
+    let p = PREV.rfind(body)? + PREV.needle().len();
     let prev = body.get(p..p + 64)?;
-    if !prev.bytes().all(|b| b.is_ascii_hexdigit()) || body.as_bytes().get(p + 64) != Some(&b'"') {
+    if !prev.iter().all(u8::is_ascii_hexdigit) || body.get(p + 64) != Some(&b'"') {
         return None;
     }
-    const SEQ: &str = "\"seq\":";
-    let s = body.rfind(SEQ)? + SEQ.len();
-    let digits = body[s..].bytes().take_while(u8::is_ascii_digit).count();
-    let seq = body.get(s..s + digits)?.parse().ok()?;
+    let s = SEQ.rfind(body)? + SEQ.needle().len();
+    let digits = body[s..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(body.get(s..s + digits)?)
+        .ok()?
+        .parse()
+        .ok()?;
     Some((seq, prev))
 }
 
@@ -360,7 +366,7 @@ impl VerifyReport {
 /// Streaming verifier: feed stored rows in `seq` order, in constant memory.
 pub struct ChainVerifier {
     expected_seq: u64,
-    prev_hash: String,
+    prev_hash: Vec<u8>,
     entries: u64,
     first_break: Option<ChainBreak>,
 }
@@ -375,7 +381,7 @@ impl ChainVerifier {
     pub fn new() -> Self {
         ChainVerifier {
             expected_seq: 1,
-            prev_hash: GENESIS_HASH.to_string(),
+            prev_hash: GENESIS_HASH.as_bytes().to_vec(),
             entries: 0,
             first_break: None,
         }
@@ -388,6 +394,12 @@ impl ChainVerifier {
 
     /// Checks one stored row: its `seq` column, canonical body and stored hash.
     pub fn push(&mut self, row_seq: u64, body: &str, stored_hash: &str) {
+        self.push_bytes(row_seq, body.as_bytes(), stored_hash.as_bytes());
+    }
+
+    /// [`ChainVerifier::push`] for rows read as bytes: no UTF-8 check is needed, since the
+    /// hash covers every byte and a stored hash that is not hex text cannot match.
+    pub fn push_bytes(&mut self, row_seq: u64, body: &[u8], stored_hash: &[u8]) {
         if self.first_break.is_some() {
             return;
         }
@@ -396,11 +408,11 @@ impl ChainVerifier {
         // Continue from what the row claims, so one break is reported, not a cascade.
         self.expected_seq = row_seq + 1;
         self.prev_hash.clear();
-        self.prev_hash.push_str(stored_hash);
+        self.prev_hash.extend_from_slice(stored_hash);
         self.first_break = brk;
     }
 
-    fn check(&self, row_seq: u64, body: &str, stored_hash: &str) -> Option<ChainBreak> {
+    fn check(&self, row_seq: u64, body: &[u8], stored_hash: &[u8]) -> Option<ChainBreak> {
         if row_seq > self.expected_seq {
             return Some(ChainBreak::Deleted {
                 seq: row_seq,
@@ -430,7 +442,7 @@ impl ChainVerifier {
         let mut first_break = self.first_break;
         if first_break.is_none() {
             if let Some((head_seq, head_hash)) = head {
-                if Some(head_seq) != last_seq || head_hash != self.prev_hash {
+                if Some(head_seq) != last_seq || head_hash.as_bytes() != self.prev_hash {
                     first_break = Some(ChainBreak::Truncated {
                         head_seq,
                         last_seq: last_seq.unwrap_or(0),
@@ -440,7 +452,7 @@ impl ChainVerifier {
         }
         VerifyReport {
             entries: self.entries,
-            last_hash: last_seq.map(|_| self.prev_hash),
+            last_hash: last_seq.map(|_| String::from_utf8_lossy(&self.prev_hash).into_owned()),
             last_seq,
             first_break,
         }
@@ -484,15 +496,19 @@ mod tests {
     fn hash_matches_agrees_with_hash_entry() {
         for body in ["", "{}", "{\"a\":1}", &"x".repeat(1000)] {
             let hash = hash_entry(body);
-            assert!(hash_matches(body, &hash));
+            let (body, hash) = (body.as_bytes(), hash.as_str());
+            assert!(hash_matches(body, hash.as_bytes()));
             assert!(
-                !hash_matches(body, &hash.to_uppercase())
+                !hash_matches(body, hash.to_uppercase().as_bytes())
                     || !hash.chars().any(|c| c.is_ascii_alphabetic())
             );
-            assert!(!hash_matches(body, &hash[..63]));
-            assert!(!hash_matches(&format!("{body} "), &hash));
+            assert!(!hash_matches(body, &hash.as_bytes()[..63]));
+            assert!(!hash_matches(&[body, b" "].concat(), hash.as_bytes()));
             let last = if hash.ends_with('0') { '1' } else { '0' };
-            assert!(!hash_matches(body, &format!("{}{last}", &hash[..63])));
+            assert!(!hash_matches(
+                body,
+                format!("{}{last}", &hash[..63]).as_bytes()
+            ));
         }
     }
 
@@ -640,7 +656,10 @@ mod tests {
             .detail(serde_json::json!({"context": {"prev_hash": "f".repeat(64), "seq": 999}, "purpose": "\"seq\":5"}))
             .seal(1, crate::now(), GENESIS_HASH);
         let body = e.canonical_body();
-        assert_eq!(chain_link(&body), Some((1, GENESIS_HASH)));
+        assert_eq!(
+            chain_link(body.as_bytes()),
+            Some((1, GENESIS_HASH.as_bytes()))
+        );
         let report = verify(&[(1, body, e.hash.clone())], Some((1, e.hash.clone())));
         assert!(report.ok(), "{report:?}");
     }

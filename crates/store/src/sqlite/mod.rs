@@ -3,6 +3,7 @@
 //! One file, WAL journal: readers never block the writer or each other. Writes go through
 //! a single writer task that commits in groups (see [`writer`]); reads use a small pool.
 
+mod checkpoint;
 mod error;
 mod registry;
 mod rows;
@@ -26,7 +27,6 @@ use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::task::JoinHandle;
 
 use self::error::{corrupt, map_sqlx, migrate_error};
 use self::registry::Registry;
@@ -135,7 +135,8 @@ fn parse_location(url_or_path: &str) -> Result<Location, StoreError> {
 /// waits for that.
 pub struct SqliteStore {
     writer_tx: mpsc::Sender<Msg>,
-    writer_task: Mutex<Option<JoinHandle<()>>>,
+    /// Resolves (with an error, if it panicked) once the writer thread has finished.
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
     read: SqlitePool,
     registry: Arc<Registry>,
     durability: Durability,
@@ -165,7 +166,7 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .log_statements(tracing::log::LevelFilter::Off);
-        let (writer_conn, read) = match parse_location(url_or_path)? {
+        let (writer_conn, read, checkpointer) = match parse_location(url_or_path)? {
             Location::Memory => {
                 let opts = SqliteConnectOptions::from_str("sqlite::memory:")
                     .map_err(map_sqlx)?
@@ -188,7 +189,8 @@ impl SqliteStore {
                         .await
                         .map_err(migrate_error)?;
                 }
-                (WriterConn::Shared(pool.clone()), pool)
+                // Nothing to checkpoint: an in-memory database has no WAL.
+                (WriterConn::Shared(pool.clone()), pool, None)
             }
             Location::File(path) => {
                 create_parent(&path)?;
@@ -200,6 +202,7 @@ impl SqliteStore {
                     .clone()
                     .pragma("cache_size", "-65536")
                     .pragma("temp_store", "MEMORY")
+                    .pragma("wal_autocheckpoint", checkpoint::WRITER_BACKSTOP_PAGES)
                     .connect()
                     .await
                     .map_err(|e| open_error(&path, e))?;
@@ -213,19 +216,32 @@ impl SqliteStore {
                 // which owns the audit chain head.
                 let read = SqlitePoolOptions::new()
                     .max_connections(READ_POOL_SIZE)
-                    .connect_with(opts.create_if_missing(false).pragma("query_only", "ON"))
+                    .connect_with(
+                        opts.clone()
+                            .create_if_missing(false)
+                            .pragma("query_only", "ON"),
+                    )
                     .await
                     .map_err(|e| open_error(&path, e))?;
-                (WriterConn::Owned(conn), read)
+                let checkpointer = opts
+                    .clone()
+                    .create_if_missing(false)
+                    .connect()
+                    .await
+                    .map_err(|e| open_error(&path, e))?;
+                (WriterConn::Owned(conn), read, Some(checkpointer))
             }
         };
         let registry = Arc::new(Registry::default());
         let writer = Writer::new(writer_conn, Arc::clone(&registry)).await?;
         let (writer_tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let task = tokio::spawn(writer.run(rx));
+        let writer_done = spawn_writer_thread(writer, rx)?;
+        if let Some(conn) = checkpointer {
+            tokio::spawn(checkpoint::run(conn, writer_tx.downgrade()));
+        }
         Ok(SqliteStore {
             writer_tx,
-            writer_task: Mutex::new(Some(task)),
+            writer_done: Mutex::new(Some(writer_done)),
             read,
             registry,
             durability,
@@ -243,9 +259,9 @@ impl SqliteStore {
         if self.writer_tx.send(Msg::Shutdown(ack)).await.is_ok() {
             let _ = done.await;
         }
-        if let Some(task) = self.writer_task.lock().await.take() {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "the SQLite writer task ended abnormally");
+        if let Some(done) = self.writer_done.lock().await.take() {
+            if done.await.is_err() {
+                tracing::error!("the SQLite writer thread ended abnormally");
             }
         }
         self.read.close().await;
@@ -282,6 +298,32 @@ impl SqliteStore {
             _ => Err(unexpected()),
         }
     }
+}
+
+/// Runs the writer on a thread of its own, with its own single-threaded runtime.
+///
+/// On the shared runtime every statement's reply from SQLite's thread waited in the run
+/// queue behind HTTP handlers before the writer could send the next one; with about ten
+/// statements per group commit that queueing, not SQLite, set the commit rate. Here the
+/// writer wakes as soon as SQLite answers.
+fn spawn_writer_thread(
+    writer: Writer,
+    rx: mpsc::Receiver<Msg>,
+) -> Result<oneshot::Receiver<()>, StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("mayfly-sqlite-writer-blocking")
+        .build()
+        .map_err(|e| StoreError::Backend(format!("starting the SQLite writer runtime: {e}")))?;
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("mayfly-sqlite-writer".into())
+        .spawn(move || {
+            runtime.block_on(writer.run(rx));
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| StoreError::Backend(format!("starting the SQLite writer thread: {e}")))?;
+    Ok(done)
 }
 
 fn unexpected() -> StoreError {

@@ -178,9 +178,14 @@ pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = ?1, hash = 
 /// content, even a tampered one, splits exactly). One value per page instead of a row
 /// hand-off per entry is what lets a walk of millions of entries run at hashing speed.
 /// `?1` is the last seq of the previous page, `?2` the page size.
+///
+/// The rows are concatenated in the order the subquery yields them (seq order: a rowid
+/// range scan); `group_concat(… ORDER BY seq)` would say so explicitly but makes SQLite
+/// sort every page again. Were the order ever different, verification would report a
+/// break, never pass a broken chain.
 pub(crate) const VERIFY_PAGE: &str = "SELECT count(*), max(seq), CAST(group_concat(\
      seq || ',' || length(CAST(hash AS BLOB)) || ',' || length(CAST(body AS BLOB)) || ',' \
-     || hash || body, '' ORDER BY seq) AS BLOB) \
+     || hash || body, '') AS BLOB) \
      FROM (SELECT seq, hash, body FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
 
 pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at = ?1, \

@@ -85,10 +85,7 @@ async fn read_page(
 fn check_page(verifier: &mut ChainVerifier, mut packed: &[u8]) -> Result<(), StoreError> {
     while !packed.is_empty() && !verifier.broken() {
         let (seq, hash, body, rest) = next_row(packed)?;
-        // A body that is not UTF-8 was not written by Mayfly; it cannot match its hash.
-        let body = std::str::from_utf8(body).unwrap_or("");
-        let hash = std::str::from_utf8(hash).unwrap_or("");
-        verifier.push(u64::try_from(seq).unwrap_or(0), body, hash);
+        verifier.push_bytes(u64::try_from(seq).unwrap_or(0), body, hash);
         packed = rest;
     }
     Ok(())
