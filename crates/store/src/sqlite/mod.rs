@@ -165,7 +165,10 @@ impl SqliteStore {
             .synchronous(durability.synchronous())
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
-            .log_statements(tracing::log::LevelFilter::Off);
+            // Per-statement timings for diagnosis (`MAYFLY_LOG=sqlx::query=debug`): the SQL
+            // text and elapsed time only, never bound values, so no secret can appear.
+            .log_statements(tracing::log::LevelFilter::Debug)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let (writer_conn, read, checkpointer) = match parse_location(url_or_path)? {
             Location::Memory => {
                 let opts = SqliteConnectOptions::from_str("sqlite::memory:")
