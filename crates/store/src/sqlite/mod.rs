@@ -25,7 +25,7 @@ use mayfly_core::store::{
 };
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use self::error::{corrupt, map_sqlx, migrate_error};
@@ -327,6 +327,26 @@ fn spawn_writer_thread(
         })
         .map_err(|e| StoreError::Backend(format!("starting the SQLite writer thread: {e}")))?;
     Ok(done)
+}
+
+/// Verifies the chain in one read transaction: the head and the rows come from the same
+/// snapshot, so appends that commit during the walk cannot look like truncation.
+async fn verify_on(conn: &mut SqliteConnection) -> Result<VerifyReport, StoreError> {
+    let mut tx = conn.begin().await.map_err(map_sqlx)?;
+    let head_row = sqlx::query(sql::AUDIT_HEAD)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_sqlx)?
+        .ok_or_else(|| StoreError::Corrupt("the audit_head row is missing".into()))?;
+    let head_seq: i64 = head_row.try_get(0).map_err(map_sqlx)?;
+    let head_hash: String = head_row.try_get(1).map_err(map_sqlx)?;
+    let head_seq = u64::try_from(head_seq)
+        .map_err(|_| StoreError::Corrupt("audit_head has a negative sequence".into()))?;
+    // Head seq 0 is the empty chain: nothing was ever appended.
+    let head = (head_seq > 0).then_some((head_seq, head_hash));
+    let report = verify::verify(&mut tx, head).await?;
+    tx.rollback().await.map_err(map_sqlx)?;
+    Ok(report)
 }
 
 fn unexpected() -> StoreError {
@@ -767,24 +787,19 @@ impl Store for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<VerifyReport, StoreError> {
-        // One read transaction: the head and the rows come from the same snapshot, so
-        // appends that commit during the walk cannot look like truncation.
-        let mut tx = self.read.begin().await.map_err(map_sqlx)?;
-        let head_row = sqlx::query(sql::AUDIT_HEAD)
-            .fetch_optional(&mut *tx)
+        let mut conn = self.read.acquire().await.map_err(map_sqlx)?;
+        // Pages mapped rather than read: a walk touches every page of the chain once, and
+        // a read() per page was a sixth of its time. Reset below for ordinary reads.
+        sqlx::query(sql::MMAP_FOR_VERIFY)
+            .execute(&mut *conn)
             .await
-            .map_err(map_sqlx)?
-            .ok_or_else(|| StoreError::Corrupt("the audit_head row is missing".into()))?;
-        let head_seq: i64 = head_row.try_get(0).map_err(map_sqlx)?;
-        let head_hash: String = head_row.try_get(1).map_err(map_sqlx)?;
-        let head_seq = u64::try_from(head_seq)
-            .map_err(|_| StoreError::Corrupt("audit_head has a negative sequence".into()))?;
-
-        // Head seq 0 is the empty chain: nothing was ever appended.
-        let head = (head_seq > 0).then_some((head_seq, head_hash));
-        let report = verify::verify(&mut tx, head).await?;
-        tx.rollback().await.map_err(map_sqlx)?;
-        Ok(report)
+            .map_err(map_sqlx)?;
+        let report = verify_on(&mut conn).await;
+        if let Err(e) = sqlx::query(sql::MMAP_OFF).execute(&mut *conn).await {
+            // Harmless for correctness; a fresh connection replaces this one in time.
+            tracing::debug!(error = %e, "resetting mmap_size after verification failed");
+        }
+        report
     }
 
     async fn add_signing_key(

@@ -188,6 +188,10 @@ pub(crate) const VERIFY_PAGE: &str = "SELECT count(*), max(seq), CAST(group_conc
      || hash || body, '') AS BLOB) \
      FROM (SELECT seq, hash, body FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
 
+/// Memory-mapped reads for a verification walk (1 GiB of the file at most), and back.
+pub(crate) const MMAP_FOR_VERIFY: &str = "PRAGMA mmap_size = 1073741824";
+pub(crate) const MMAP_OFF: &str = "PRAGMA mmap_size = 0";
+
 pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at = ?1, \
      publish_until = ?2 WHERE retired_at IS NULL";
 pub(crate) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys \
