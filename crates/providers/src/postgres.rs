@@ -140,6 +140,49 @@ async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     conn.execute(sqlx::raw_sql(sql)).await.map(|_| ())
 }
 
+/// Attempts at a statement batch that lost a race with a concurrent one (below).
+const CONCURRENT_ATTEMPTS: u32 = 6;
+
+/// Whether `e` means another transaction changed the same catalog row (two `GRANT`s on
+/// one schema or table at once: PostgreSQL's "tuple concurrently updated", an internal
+/// error without a more specific code), or a serialization failure or deadlock. Each
+/// batch is one transaction, so nothing of it is left behind and running it again is safe.
+fn lost_concurrent_race(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    match db.code().as_deref() {
+        Some("40001" | "40P01") => true,
+        Some("XX000") => db.message().contains("concurrently"),
+        _ => false,
+    }
+}
+
+/// [`exec`], run again after a short random pause when it lost a race with another
+/// batch of this or another broker replica on the same catalog rows. PostgreSQL does not
+/// queue concurrent `GRANT`s on one object: the second fails instead of waiting.
+async fn exec_retrying(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match exec(conn, sql).await {
+            Err(e) if attempt < CONCURRENT_ATTEMPTS && lost_concurrent_race(&e) => {
+                let jitter = mayfly_core::secret::random_bytes::<1>().map_or(128, |b| b[0]);
+                let pause = std::time::Duration::from_micros(
+                    (1_000 << attempt.min(5)) + u64::from(jitter) * 40,
+                );
+                tracing::debug!(
+                    attempt,
+                    pause_us = pause.as_micros() as u64,
+                    "retrying after a concurrent catalog update"
+                );
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn is_undefined_object(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(UNDEFINED_OBJECT))
 }
@@ -200,7 +243,7 @@ impl PostgresProvider {
         };
         let drop = batch(ctx.config.revocation.iter(), &values);
         let stmt = SecretString::new(format!("{terminate};\n{}", drop.expose()));
-        exec(conn, stmt.expose())
+        exec_retrying(conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("terminating sessions and revocation statements", e, &[]))?;
         Ok(true)
@@ -228,7 +271,7 @@ impl PostgresProvider {
         let mut conn = self.connect(ctx).await?;
         // One transaction: either the role exists with all its grants, or nothing does.
         let stmt = batch(ctx.config.creation.iter().chain(grants), &values);
-        exec(&mut conn, stmt.expose())
+        exec_retrying(&mut conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("creation and grant statements", e, &[&password]))?;
         self.release(ctx, conn);

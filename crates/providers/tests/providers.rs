@@ -19,6 +19,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent() {
+                common::concurrent::<$engine>().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn reconcile() {
                 common::reconcile::<$engine>().await
             }

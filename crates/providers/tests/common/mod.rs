@@ -377,6 +377,37 @@ pub async fn lifecycle<E: Engine>() {
     assert!(!E::user_exists(fx, &write.username).await);
 }
 
+/// Many credentials on one target at once, as under load: each issue runs the same
+/// `GRANT`s on the same schema and tables, which PostgreSQL does not queue (the loser of
+/// two concurrent grants on one object fails). Every issue and every revoke must succeed.
+pub async fn concurrent<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let fx = &guard.fx;
+    let p = E::provider();
+    let issues = (0..12).map(|i| {
+        let p = Arc::clone(&p);
+        let action = if i % 2 == 0 { "read" } else { "write" };
+        async move { issue(p.as_ref(), fx, action).await }
+    });
+    let issued: Vec<Issued> = futures::future::join_all(issues)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every concurrent issue succeeds"))
+        .collect();
+    for i in &issued {
+        assert!(E::user_exists(fx, &i.username).await, "{}", i.username);
+    }
+    let revokes = issued.iter().map(|i| p.revoke(&i.lease, fx.access()));
+    for r in futures::future::join_all(revokes).await {
+        r.expect("every concurrent revoke succeeds");
+    }
+    for i in &issued {
+        assert!(!E::user_exists(fx, &i.username).await, "{}", i.username);
+    }
+}
+
 /// Leftover prefixed users without a live lease are dropped; live ones and the admin stay.
 pub async fn reconcile<E: Engine>() {
     let Some(guard) = fixture::<E>().await else {
