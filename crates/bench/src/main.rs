@@ -19,6 +19,8 @@ use hdrhistogram::Histogram;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde_json::{json, Value};
 
+mod peer;
+
 const ISSUER: &str = "https://bench-issuer.mayfly.test";
 const KID: &str = "bench-1";
 const OWNER: &str = "team-bench";
@@ -56,6 +58,9 @@ enum Cmd {
     Floor(FloorArgs),
     /// Disk floor: fsync'd (fdatasync) small appends per second in a directory.
     Fsync(FsyncArgs),
+    /// The OpenBao peer comparison (see scripts/bench-peer).
+    #[command(subcommand)]
+    Peer(peer::PeerCmd),
 }
 
 #[derive(Args, Clone)]
@@ -216,6 +221,7 @@ fn main() -> Result<()> {
             Cmd::KillSwitch(a) => kill_switch(a).await,
             Cmd::Floor(a) => floor(a),
             Cmd::Fsync(a) => fsync(a),
+            Cmd::Peer(p) => peer::run(p).await,
         }
     })
 }
