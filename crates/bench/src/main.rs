@@ -65,9 +65,16 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Broker base URL.
-    #[arg(long, env = "MAYFLY_ADDR", default_value = "http://127.0.0.1:8740")]
-    addr: String,
+    /// Broker base URL. Several (comma-separated or repeated), for replicas sharing one
+    /// store: the load's connections are spread over them round-robin, and single requests
+    /// (setup, audit reads, the kill switch itself) go to the first.
+    #[arg(
+        long = "addr",
+        env = "MAYFLY_ADDR",
+        default_value = "http://127.0.0.1:8740",
+        value_delimiter = ','
+    )]
+    addrs: Vec<String>,
     /// Operator token.
     #[arg(long, env = "MAYFLY_TOKEN", default_value = "")]
     token: String,
@@ -83,9 +90,30 @@ struct Common {
     /// Label copied into the JSON result (e.g. the durability mode).
     #[arg(long, default_value = "")]
     label: String,
-    /// Broker PID, to report its CPU use during the run.
+    /// Broker PIDs (comma-separated or repeated), to report their summed CPU use during
+    /// the run.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// PostgreSQL postmaster PID: reports the CPU of it and its children (backends, WAL
+    /// writer, checkpointer) during the run, i.e. the database's share of the machine.
     #[arg(long)]
-    server_pid: Option<u32>,
+    db_pid: Option<u32>,
+}
+
+impl Common {
+    /// The broker that single requests go to.
+    fn addr(&self) -> &str {
+        // clap's default guarantees at least one.
+        self.addrs.first().map_or("", String::as_str)
+    }
+
+    fn endpoints(&self) -> Endpoints<'_> {
+        Endpoints {
+            addrs: &self.addrs,
+            server_pids: &self.server_pids,
+            db_pid: self.db_pid,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -421,18 +449,61 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU seconds (user + system) a process has used, from /proc (USER_HZ = 100).
-fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+/// The fields of `/proc/<pid>/stat` after the command name (which may contain spaces), so
+/// field 3 of proc(5) (`state`) is index 0.
+fn proc_stat_fields(pid: Option<u32>) -> Option<Vec<String>> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
     };
     let stat = std::fs::read_to_string(path).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// CPU seconds (user + system) a process has used, from /proc (USER_HZ = 100).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let fields = proc_stat_fields(pid)?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// Summed CPU seconds of several processes; `None` unless every one can be read, so a
+/// replica that died mid-run does not silently shrink the figure.
+fn cpu_seconds_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(Some(p))).sum()
+}
+
+/// CPU seconds so far of `root` and each of its direct children, by PID. PostgreSQL forks
+/// one backend per connection from the postmaster, so this is the whole server.
+fn cpu_of_tree(root: u32) -> BTreeMap<u32, f64> {
+    let parent = |pid: u32| -> Option<u32> { proc_stat_fields(Some(pid))?.get(1)?.parse().ok() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid == root || parent(pid) == Some(root))
+        .filter_map(|pid| Some((pid, cpu_seconds(Some(pid))?)))
+        .collect()
+}
+
+/// CPU seconds a process tree used between two [`cpu_of_tree`] readings. A backend forked
+/// during the run counts from zero; one that exited during it is missed (the pools keep
+/// their connections open for the whole run, so that is rare).
+fn cpu_tree_delta(before: &BTreeMap<u32, f64>, after: &BTreeMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, s)| s - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,7 +518,7 @@ fn now_plus_days(days: i64) -> Result<String> {
 
 async fn post_ok(http: &reqwest::Client, c: &Common, path: &str, body: Value) -> Result<Value> {
     let r = http
-        .post(format!("{}{path}", c.addr))
+        .post(format!("{}{path}", c.addr()))
         .bearer_auth(&c.token)
         .json(&body)
         .send()
@@ -528,7 +599,10 @@ struct Outcome<T> {
     elapsed: Duration,
     extracted: Vec<T>,
     client_cpu_s: f64,
+    /// Summed over the brokers.
     server_cpu_s: Option<f64>,
+    db_cpu_s: Option<f64>,
+    brokers: usize,
 }
 
 impl<T> Outcome<T> {
@@ -547,6 +621,7 @@ impl<T> Outcome<T> {
         let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
         json!({
             "connections": spec.connections,
+            "brokers": self.brokers,
             "target_rate": spec.rate,
             "elapsed_s": round3(secs),
             "requests": self.total(),
@@ -560,6 +635,7 @@ impl<T> Outcome<T> {
             "slow_stall_starts_s": stall_starts(&self.slow),
             "client_cpu_pct": round1(100.0 * self.client_cpu_s / secs),
             "server_cpu_pct": self.server_cpu_s.map(|s| round1(100.0 * s / secs)),
+            "db_cpu_pct": self.db_cpu_s.map(|s| round1(100.0 * s / secs)),
         })
     }
 }
@@ -585,7 +661,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-type MakeFn = dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync;
+/// Builds request `i` for a connection to the broker at `base` (its URL without a path).
+type MakeFn = dyn Fn(&reqwest::Client, &str, u64) -> reqwest::RequestBuilder + Send + Sync;
 type ExtractFn<T> = dyn Fn(u64, u16, &[u8]) -> Option<T> + Send + Sync;
 
 struct WorkerOut<T> {
@@ -596,39 +673,54 @@ struct WorkerOut<T> {
     extracted: Vec<T>,
 }
 
+/// Where a load goes, and whose CPU its report includes.
+pub(crate) struct Endpoints<'a> {
+    /// Base URLs; connection `k` talks to `addrs[k % len]`.
+    pub(crate) addrs: &'a [String],
+    /// Server processes whose CPU is summed.
+    pub(crate) server_pids: &'a [u32],
+    /// A PostgreSQL postmaster: it and its children are reported as the database's CPU.
+    pub(crate) db_pid: Option<u32>,
+}
+
+/// Runs the load over `e.addrs` round-robin by connection, so with replicas each gets an
+/// equal share of a closed loop (and of an open loop's rate).
 async fn run_load<T: Send + 'static>(
     spec: Spec,
-    server_pid: Option<u32>,
+    e: &Endpoints<'_>,
     make: Arc<MakeFn>,
     extract: Arc<ExtractFn<T>>,
 ) -> Result<Outcome<T>> {
+    if e.addrs.is_empty() {
+        bail!("no server address (--addr)");
+    }
     let next = Arc::new(AtomicU64::new(0));
     // Open every connection before the clock starts (GET /healthz on each), so connection
     // set-up is not counted as request latency.
     let mut clients = Vec::new();
-    for _ in 0..spec.connections {
+    for k in 0..spec.connections {
         // One client per worker: exactly `connections` keep-alive connections.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(60))
             .build()?;
-        clients.push(client);
+        let base: Arc<str> = e.addrs[k % e.addrs.len()].trim_end_matches('/').into();
+        clients.push((client, base));
     }
-    let probe = make(&clients[0], u64::MAX);
-    let base = probe.build()?.url().origin().ascii_serialization();
     let warm: Vec<_> = clients
         .iter()
-        .map(|c| c.get(format!("{base}/healthz")).send())
+        .map(|(client, base)| client.get(format!("{base}/healthz")).send())
         .collect();
     for w in warm {
         w.await?.bytes().await?;
     }
     let cpu0 = cpu_seconds(None).unwrap_or(0.0);
-    let server0 = cpu_seconds(server_pid);
+    let server0 = cpu_seconds_sum(e.server_pids);
+    let db0 = e.db_pid.map(cpu_of_tree);
     let start = Instant::now();
     let mut handles = Vec::new();
-    for client in clients {
+    for (client, base) in clients {
         let next = next.clone();
         let make = make.clone();
         let extract = extract.clone();
@@ -656,7 +748,7 @@ async fn run_load<T: Send + 'static>(
                 if spec.rate.is_some() {
                     tokio::time::sleep_until(scheduled.into()).await;
                 }
-                let result = make(&client, i).send().await;
+                let result = make(&client, &base, i).send().await;
                 match result {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
@@ -728,10 +820,15 @@ async fn run_load<T: Send + 'static>(
         elapsed,
         extracted,
         client_cpu_s: cpu_seconds(None).unwrap_or(0.0) - cpu0,
-        server_cpu_s: match (server0, cpu_seconds(server_pid)) {
+        server_cpu_s: match (server0, cpu_seconds_sum(e.server_pids)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
+        db_cpu_s: match (&db0, e.db_pid) {
+            (Some(before), Some(root)) => Some(cpu_tree_delta(before, &cpu_of_tree(root))),
+            _ => None,
+        },
+        brokers: e.addrs.len(),
     })
 }
 
@@ -754,9 +851,9 @@ fn report(scenario: &str, label: &str, mut v: Value, human: &str) {
 fn human(o: &Value) -> String {
     let l = &o["latency_ms"];
     format!(
-        "{} ok of {} in {}s = {} req/s; latency ms p50 {} p90 {} p99 {} max {}; statuses {}; cpu client {}% server {}%",
-        o["ok"], o["requests"], o["elapsed_s"], o["rps"], l["p50"], l["p90"], l["p99"], l["max"],
-        o["statuses"], o["client_cpu_pct"], o["server_cpu_pct"]
+        "{} ok of {} in {}s = {} req/s over {} broker(s); latency ms p50 {} p90 {} p99 {} max {}; statuses {}; cpu client {}% server {}% db {}%",
+        o["ok"], o["requests"], o["elapsed_s"], o["rps"], o["brokers"], l["p50"], l["p90"], l["p99"], l["max"],
+        o["statuses"], o["client_cpu_pct"], o["server_cpu_pct"], o["db_cpu_pct"]
     )
 }
 
@@ -773,14 +870,16 @@ fn workload_tokens(c: &Common, lifetime_s: i64) -> Result<Arc<Vec<String>>> {
 }
 
 fn grant_maker(c: &Common, tokens: Arc<Vec<String>>, ttl: String, tag: &str) -> Arc<MakeFn> {
-    let url = format!("{}/v1/grants", c.addr);
     let targets = c.targets.max(1);
     let tag = tag.to_string();
-    Arc::new(move |client: &reqwest::Client, i: u64| {
+    Arc::new(move |client: &reqwest::Client, base: &str, i: u64| {
         let w = (i as usize) % tokens.len();
         let body = json!({"target": target(w % targets), "action": "read",
             "purpose": "load test", "task": format!("{tag}-{i}"), "ttl": ttl});
-        client.post(&url).bearer_auth(&tokens[w]).json(&body)
+        client
+            .post(format!("{base}/v1/grants"))
+            .bearer_auth(&tokens[w])
+            .json(&body)
     })
 }
 
@@ -790,7 +889,7 @@ async fn grants(a: GrantsArgs) -> Result<()> {
     let tokens = workload_tokens(&a.c, lifetime)?;
     let tag = format!("load-{}", std::process::id());
     let make = grant_maker(&a.c, tokens, a.ttl.clone(), &tag);
-    let out = run_load::<()>(spec, a.c.server_pid, make, Arc::new(|_, _, _| None)).await?;
+    let out = run_load::<()>(spec, &a.c.endpoints(), make, Arc::new(|_, _, _| None)).await?;
     let v = out.summary(&spec);
     let mode = if spec.rate.is_some() {
         "grants-open"
@@ -807,13 +906,15 @@ fn parse_time(v: &Value) -> Option<time::OffsetDateTime> {
 
 /// Operator grants on behalf of `identity`, returning (lease id, expires_at, access token).
 fn operator_grant_maker(c: &Common, identity: String, ttl: String, tag: String) -> Arc<MakeFn> {
-    let url = format!("{}/v1/grants", c.addr);
     let token = c.token.clone();
     let target0 = target(0);
-    Arc::new(move |client: &reqwest::Client, i: u64| {
+    Arc::new(move |client: &reqwest::Client, base: &str, i: u64| {
         let body = json!({"identity": identity, "target": target0, "action": "read",
             "purpose": "load test", "task": format!("{tag}-{i}"), "ttl": ttl});
-        client.post(&url).bearer_auth(&token).json(&body)
+        client
+            .post(format!("{base}/v1/grants"))
+            .bearer_auth(&token)
+            .json(&body)
     })
 }
 
@@ -878,7 +979,7 @@ async fn expiry(a: ExpiryArgs) -> Result<()> {
         format!("{}s", a.ttl_s),
         identity.clone(),
     );
-    let issuing = run_load(spec_a, c.server_pid, make, extract_issued(|_| false)).await?;
+    let issuing = run_load(spec_a, &c.endpoints(), make, extract_issued(|_| false)).await?;
     let issue_v = issuing.summary(&spec_a);
     eprintln!(
         "mayfly-load expiry: issued short leases: {}",
@@ -898,7 +999,8 @@ async fn expiry(a: ExpiryArgs) -> Result<()> {
     let tokens = workload_tokens(c, 7200)?;
     let tag = format!("exp-bg-{}", std::process::id());
     let make_b = grant_maker(c, tokens, "5m".into(), &tag);
-    let background = run_load::<()>(spec_b, c.server_pid, make_b, Arc::new(|_, _, _| None)).await?;
+    let background =
+        run_load::<()>(spec_b, &c.endpoints(), make_b, Arc::new(|_, _, _| None)).await?;
     let bg_v = background.summary(&spec_b);
     eprintln!("mayfly-load expiry: grants while due: {}", human(&bg_v));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -908,7 +1010,7 @@ async fn expiry(a: ExpiryArgs) -> Result<()> {
     let mut after = 0u64;
     loop {
         let r = http
-            .get(format!("{}/v1/audit", c.addr))
+            .get(format!("{}/v1/audit", c.addr()))
             .bearer_auth(&c.token)
             .query(&[
                 ("identity", identity.as_str()),
@@ -977,7 +1079,7 @@ async fn kill_switch(a: KillArgs) -> Result<()> {
     let make = operator_grant_maker(c, identity.clone(), "1h".into(), identity.clone());
     let issuing = run_load(
         spec,
-        c.server_pid,
+        &c.endpoints(),
         make,
         extract_issued(move |i| i % every == 0),
     )
@@ -987,7 +1089,7 @@ async fn kill_switch(a: KillArgs) -> Result<()> {
 
     let t = Instant::now();
     let r = http
-        .post(format!("{}/v1/identities/{identity}/disable", c.addr))
+        .post(format!("{}/v1/identities/{identity}/disable", c.addr()))
         .bearer_auth(&c.token)
         .send()
         .await?;
@@ -999,7 +1101,7 @@ async fn kill_switch(a: KillArgs) -> Result<()> {
     }
 
     let r = http
-        .get(format!("{}/v1/leases", c.addr))
+        .get(format!("{}/v1/leases", c.addr()))
         .bearer_auth(&c.token)
         .query(&[
             ("identity", identity.as_str()),
@@ -1013,7 +1115,7 @@ async fn kill_switch(a: KillArgs) -> Result<()> {
     let mut active_tokens = 0u64;
     for tok in issuing.extracted.iter().filter_map(|l| l.token.as_ref()) {
         let v: Value = http
-            .post(format!("{}/oauth2/introspect", c.addr))
+            .post(format!("{}/oauth2/introspect", c.addr()))
             .bearer_auth(&c.token)
             .form(&[("token", tok.as_str())])
             .send()

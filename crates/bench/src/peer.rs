@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::{
     cpu_seconds, human, percentiles, post_ok, report, round1, round3, rss_kib, run_load, Common,
-    ExtractFn, LoadOpts, MakeFn, Spec, OWNER,
+    Endpoints, ExtractFn, LoadOpts, MakeFn, Spec, OWNER,
 };
 
 #[derive(Subcommand)]
@@ -291,13 +291,18 @@ async fn bao_tokens(a: BaoTokensArgs) -> Result<()> {
     let url = format!("{}/v1/{}", a.addr, a.path);
     let token = a.token.clone();
     let body = json!({"ttl": a.ttl, "policies": ["default"], "no_parent": true});
-    let make: Arc<MakeFn> = Arc::new(move |client: &reqwest::Client, _i: u64| {
+    let make: Arc<MakeFn> = Arc::new(move |client: &reqwest::Client, _base: &str, _i: u64| {
         client
             .post(&url)
             .header("X-Vault-Token", &token)
             .json(&body)
     });
-    let out = run_load::<()>(spec, a.server_pid, make, Arc::new(|_, _, _| None)).await?;
+    let endpoints = Endpoints {
+        addrs: std::slice::from_ref(&a.addr),
+        server_pids: a.server_pid.as_slice(),
+        db_pid: None,
+    };
+    let out = run_load::<()>(spec, &endpoints, make, Arc::new(|_, _, _| None)).await?;
     let mut v = out.summary(&spec);
     v["path"] = json!(a.path);
     v["ttl"] = json!(a.ttl);
@@ -604,7 +609,7 @@ async fn bao_expiry(a: BaoExpiryArgs) -> Result<()> {
     let token = a.token.clone();
     let body = json!({"ttl": format!("{}s", a.ttl_s), "policies": ["default"], "no_parent": true,
         "renewable": false});
-    let make: Arc<MakeFn> = Arc::new(move |client: &reqwest::Client, _i: u64| {
+    let make: Arc<MakeFn> = Arc::new(move |client: &reqwest::Client, _base: &str, _i: u64| {
         client
             .post(&url)
             .header("X-Vault-Token", &token)
@@ -619,7 +624,12 @@ async fn bao_expiry(a: BaoExpiryArgs) -> Result<()> {
         Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(ttl))
     });
     let issue_started = Instant::now();
-    let issuing = run_load(spec, None, make, extract).await?;
+    let endpoints = Endpoints {
+        addrs: std::slice::from_ref(&a.addr),
+        server_pids: &[],
+        db_pid: None,
+    };
+    let issuing = run_load(spec, &endpoints, make, extract).await?;
     let issue_v = issuing.summary(&spec);
     eprintln!(
         "mayfly-load peer bao-expiry: issued short tokens: {}",
