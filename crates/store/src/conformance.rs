@@ -137,6 +137,22 @@ fn grant_events(g: &Grant, l: Option<&Lease>) -> Vec<AuditDraft> {
     events
 }
 
+/// A grant issued now with its active token lease and the audit events `record_grant`
+/// takes with them: the suite's fixture, for benchmarks that drive a store directly.
+pub fn issued_grant(identity: &str, task: &str) -> (Grant, Lease, Vec<AuditDraft>) {
+    let at = now();
+    let g = grant(identity, "team", task, at);
+    let l = lease_for(
+        &g,
+        at,
+        at + Duration::minutes(10),
+        at + Duration::hours(1),
+        false,
+    );
+    let events = grant_events(&g, Some(&l));
+    (g, l, events)
+}
+
 #[derive(Clone, Debug)]
 struct Issued {
     grant: Grant,
