@@ -19,7 +19,8 @@
 //! the grants hand out. No superuser: to terminate a temporary role's sessions and reassign
 //! its objects the admin makes itself a member of that role just before dropping it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
@@ -60,6 +61,35 @@ const UNDEFINED_OBJECT: &str = "42704";
 #[derive(Default)]
 pub struct PostgresProvider {
     cache: ConnCache<PgConnection>,
+    /// One lock per target, held while a batch changes privileges on it: PostgreSQL fails
+    /// (rather than queues) the second of two concurrent `GRANT`s or `REVOKE`s on one
+    /// object, so within a broker they take turns; between replicas the retry in
+    /// [`exec_retrying`] resolves what is left.
+    privilege_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl PostgresProvider {
+    fn privilege_lock(&self, target: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .privilege_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(target.to_string()).or_default())
+    }
+
+    /// Takes the target's privilege lock if its statements change privileges at all;
+    /// bare logins need no turn-taking.
+    async fn privilege_turn(
+        &self,
+        ctx: &Ctx<'_>,
+        changes_privileges: bool,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if changes_privileges {
+            Some(self.privilege_lock(ctx.name()).lock_owned().await)
+        } else {
+            None
+        }
+    }
 }
 
 impl PostgresProvider {
@@ -243,6 +273,9 @@ impl PostgresProvider {
         };
         let drop = batch(ctx.config.revocation.iter(), &values);
         let stmt = SecretString::new(format!("{terminate};\n{}", drop.expose()));
+        // A user that may hold privileges loses them here (`DROP OWNED`, `REVOKE`).
+        let granted = ctx.config.grants.values().any(|g| !g.is_empty());
+        let _turn = self.privilege_turn(ctx, granted).await;
         exec_retrying(conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("terminating sessions and revocation statements", e, &[]))?;
@@ -271,9 +304,10 @@ impl PostgresProvider {
         let mut conn = self.connect(ctx).await?;
         // One transaction: either the role exists with all its grants, or nothing does.
         let stmt = batch(ctx.config.creation.iter().chain(grants), &values);
-        exec_retrying(&mut conn, stmt.expose())
-            .await
-            .map_err(|e| ctx.stmt_err("creation and grant statements", e, &[&password]))?;
+        let turn = self.privilege_turn(ctx, !grants.is_empty()).await;
+        let created = exec_retrying(&mut conn, stmt.expose()).await;
+        drop(turn);
+        created.map_err(|e| ctx.stmt_err("creation and grant statements", e, &[&password]))?;
         self.release(ctx, conn);
         tracing::info!(target = ctx.name(), role = %name, action = %r.grant.action, "created role");
 

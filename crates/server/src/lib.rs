@@ -473,9 +473,15 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(5),
         ));
-        // Leases left `creating` by a crash of this broker are cleaned up first; with an
-        // embedded store no other process can be mid-issue, so none need the grace time.
-        scheduler::reconcile_creating(&self.state, self.exclusive_store).await;
+        // Leases left `creating` by a crash of this broker: listed before the first request
+        // is served (with an embedded store no other process can be mid-issue, so none need
+        // the grace time, and none of the list can be an issuance of this run), closed in
+        // the background, so a target that is slow or down cannot hold up the start.
+        let interrupted = scheduler::interrupted_issuances(&self.state, self.exclusive_store).await;
+        let closing = tokio::spawn({
+            let state = self.state.clone();
+            async move { scheduler::close_interrupted(&state, interrupted).await }
+        });
         let revoker = tokio::spawn(scheduler::run_revoker(self.state.clone()));
         let sweeper = tokio::spawn(scheduler::run_sweeper(
             self.state.clone(),
@@ -501,6 +507,7 @@ impl Server {
         policy.abort();
         revoker.abort();
         sweeper.abort();
+        closing.abort();
         result
     }
 }

@@ -128,6 +128,13 @@ pub async fn run_policy_reload(state: AppState, every: Duration) {
 /// the lease is closed. If the target cannot be reached, the lease goes to the revocation
 /// queue and is retried until it can.
 pub async fn reconcile_creating(state: &AppState, all: bool) {
+    let leases = interrupted_issuances(state, all).await;
+    close_interrupted(state, leases).await;
+}
+
+/// The `creating` leases to close: all of them (`all`, at start-up with an embedded store,
+/// where no other process can be mid-issue), or those older than the grace time.
+pub async fn interrupted_issuances(state: &AppState, all: bool) -> Vec<Lease> {
     let filter = LeaseFilter {
         state: Some(LeaseState::Creating),
         limit: Some(10_000),
@@ -137,12 +144,21 @@ pub async fn reconcile_creating(state: &AppState, all: bool) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list creating leases");
-            return;
+            return Vec::new();
         }
     };
     let cutoff =
         mayfly_core::now() - time::Duration::seconds_f64(state.creating_grace.as_secs_f64());
-    for lease in leases.into_iter().filter(|l| all || l.issued_at < cutoff) {
+    leases
+        .into_iter()
+        .filter(|l| all || l.issued_at < cutoff)
+        .collect()
+}
+
+/// Removes what each interrupted issuance may have created and closes its lease; a target
+/// that cannot be reached now leaves the lease queued for revocation.
+pub async fn close_interrupted(state: &AppState, leases: Vec<Lease>) {
+    for lease in leases {
         let cleaned = match revoke_on_target(state, &lease).await {
             Ok(()) => true,
             Err(e) => {

@@ -374,10 +374,28 @@ pub async fn request(
                 .into_response())
         }
         Outcome::Allow => {
-            issue(
-                &state, grant, &checked, &decision, requested, decided, &actor, now,
-            )
-            .await
+            let external = state
+                .providers
+                .get(&checked.target.kind)
+                .is_some_and(|p| p.external());
+            if !external {
+                return issue(
+                    &state, grant, &checked, &decision, requested, decided, &actor, now,
+                )
+                .await;
+            }
+            // From the write-ahead lease to its activation the issuance runs as a task of
+            // its own: a client that disconnects drops this handler, and must not leave
+            // a `creating` lease (and maybe a user on the target) for the next start-up to
+            // clean up. The task finishes, and records the outcome, either way.
+            let task = tokio::spawn(async move {
+                issue(
+                    &state, grant, &checked, &decision, requested, decided, &actor, now,
+                )
+                .await
+            });
+            task.await
+                .map_err(|e| ApiError::Internal(format!("the issuance task failed: {e}")))?
         }
     }
 }
