@@ -347,6 +347,19 @@ struct PairOut {
     pairs: u64,
 }
 
+impl PairOut {
+    fn new() -> Result<PairOut> {
+        Ok(PairOut {
+            pair: hist()?,
+            issue: hist()?,
+            revoke: hist()?,
+            statuses: BTreeMap::new(),
+            error_sample: None,
+            pairs: 0,
+        })
+    }
+}
+
 fn hist() -> Result<Histogram<u64>> {
     Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
 }
@@ -418,14 +431,7 @@ async fn pg_pairs(a: PgPairsArgs) -> Result<()> {
         );
         let seq = seq.clone();
         handles.push(tokio::spawn(async move {
-            let mut out = PairOut {
-                pair: hist()?,
-                issue: hist()?,
-                revoke: hist()?,
-                statuses: BTreeMap::new(),
-                error_sample: None,
-                pairs: 0,
-            };
+            let mut out = PairOut::new()?;
             while start.elapsed() < deadline_d {
                 let i = seq.fetch_add(1, Ordering::Relaxed);
                 let t0 = Instant::now();
@@ -477,14 +483,7 @@ async fn pg_pairs(a: PgPairsArgs) -> Result<()> {
             Ok::<_, anyhow::Error>(out)
         }));
     }
-    let mut all = PairOut {
-        pair: hist()?,
-        issue: hist()?,
-        revoke: hist()?,
-        statuses: BTreeMap::new(),
-        error_sample: None,
-        pairs: 0,
-    };
+    let mut all = PairOut::new()?;
     for h in handles {
         let w = h.await??;
         for (dst, src) in [
