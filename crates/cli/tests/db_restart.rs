@@ -11,7 +11,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Options};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
 
@@ -163,21 +162,9 @@ async fn replicas_survive_a_database_restart_without_losing_acknowledged_grants(
         .unwrap();
     admin.execute("CREATE DATABASE mayfly").await.unwrap();
     admin.close().await.unwrap();
-    let env = vec![
-        ("MAYFLY_STORE", cluster.url("mayfly")),
-        ("MAYFLY_MASTER_KEY", common::master_key()),
-    ];
-    let start = |token: Option<String>| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        Broker::start_in(
-            &dir,
-            Options {
-                env: env.clone(),
-                token,
-                ..Options::default()
-            },
-        )
-    };
+    let store = cluster.url("mayfly");
+    let key = common::master_key();
+    let start = |token: Option<String>| common::start_replica(&store, &key, token);
     let first = start(None);
     let second = start(Some(first.token.clone()));
     first.add_identity("loader", "team").await;

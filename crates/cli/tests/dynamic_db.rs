@@ -365,15 +365,13 @@ async fn crash_leaves_no_orphan(point: &str) {
         },
     );
     // Closed in the background right after start-up, so the broker serves meanwhile.
-    let mut lease = Value::Null;
-    for _ in 0..100 {
-        let leases = broker.get("/v1/leases?task=crash").await;
-        lease = leases.as_array().unwrap()[0].clone();
-        if lease["state"] == "revoked" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    broker
+        .wait_for(Duration::from_secs(10), || async {
+            broker.get("/v1/leases?task=crash").await[0]["state"] == "revoked"
+        })
+        .await;
+    let leases = broker.get("/v1/leases?task=crash").await;
+    let lease = &leases.as_array().unwrap()[0];
     assert_eq!(
         lease["state"], "revoked",
         "the interrupted lease is closed after start: {lease}"

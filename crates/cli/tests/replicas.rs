@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Broker, Options};
+use common::Broker;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -85,21 +85,8 @@ async fn three_replicas_one_truth_through_a_crash() {
     let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name);
     // All replicas must share the master key: the signing key in the database is sealed
     // under it.
-    let env = vec![
-        ("MAYFLY_STORE", url.clone()),
-        ("MAYFLY_MASTER_KEY", common::master_key()),
-    ];
-    let start = |token: Option<String>| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        Broker::start_in(
-            &dir,
-            Options {
-                env: env.clone(),
-                token,
-                ..Options::default()
-            },
-        )
-    };
+    let key = common::master_key();
+    let start = |token: Option<String>| common::start_replica(&url, &key, token);
     // One after another: only the first start creates the operator token and the signing
     // key; the others find them in the database.
     let first = start(None);

@@ -236,6 +236,24 @@ impl Drop for Broker {
     }
 }
 
+/// A replica: a broker with a data directory of its own on the shared store `url`, with
+/// the master key all replicas share (one [`master_key`] per test, not per replica).
+/// `token` is the operator token the first one printed.
+pub fn start_replica(url: &str, key: &str, token: Option<String>) -> Broker {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    Broker::start_in(
+        &dir,
+        Options {
+            env: vec![
+                ("MAYFLY_STORE", url.to_string()),
+                ("MAYFLY_MASTER_KEY", key.to_string()),
+            ],
+            token,
+            ..Options::default()
+        },
+    )
+}
+
 pub fn store_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("mayfly.db").display())
 }
