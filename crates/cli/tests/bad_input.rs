@@ -346,7 +346,13 @@ async fn other_endpoints_reject_bad_input_with_problems() {
 
 #[tokio::test]
 async fn authentication_failures_are_401_problems_and_audited() {
-    let broker = Broker::start();
+    let broker = Broker::start_in(
+        &tempfile::tempdir().unwrap().keep(),
+        common::Options {
+            config: Some("[auth.failures]\naudit_interval = \"1s\"\n".into()),
+            ..common::Options::default()
+        },
+    );
     let cases: Vec<(Option<&str>, &str)> = vec![
         (None, "missing_credential"),
         (Some("mfy_op_not-the-real-one"), "bad_operator_token"),
@@ -365,13 +371,8 @@ async fn authentication_failures_are_401_problems_and_audited() {
             );
         }
     }
-    let failures = broker
-        .audit("limit=10000")
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "auth.failed")
-        .count();
-    assert_eq!(failures, cases.len());
+    let failures = broker.wait_for_auth_failures(cases.len() as u64).await;
+    assert_eq!(failures, cases.len() as u64);
     let everything = serde_json::to_string(&broker.audit("limit=10000").await).unwrap();
     assert!(!everything.contains("mfy_op_not-the-real-one"));
 }

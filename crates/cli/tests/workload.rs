@@ -6,42 +6,10 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use common::issuer::Issuer;
 use common::{Broker, Options};
 use reqwest::Method;
-use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde_json::{json, Value};
-
-struct Issuer {
-    pair: Ed25519KeyPair,
-    url: String,
-}
-
-impl Issuer {
-    fn new() -> Issuer {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-        Issuer {
-            pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
-            url: "https://ci.example.test".into(),
-        }
-    }
-
-    fn jwks(&self) -> Value {
-        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ci-1", "alg": "EdDSA", "x": B64.encode(self.pair.public_key().as_ref())}]})
-    }
-
-    fn token(&self, sub: &str) -> String {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": "ci-1"});
-        let claims = json!({"iss": self.url, "sub": sub, "aud": "mayfly", "iat": now, "nbf": now, "exp": now + 300, "repository": "acme/billing"});
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = self.pair.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", B64.encode(sig.as_ref()))
-    }
-}
+use serde_json::json;
 
 fn config(issuer: &Issuer, jwks_path: &std::path::Path) -> String {
     format!(

@@ -151,25 +151,156 @@ impl AuditDraft {
         self
     }
 
+    /// The draft with every string held to the chain's limits (see [`bounds`]), so that no
+    /// caller, however large its input, can make one entry large. Every way into the
+    /// chain applies it; a draft already within bounds is returned as it is.
+    pub fn bounded(mut self) -> Self {
+        use bounds::*;
+        self.actor = cap(self.actor, ACTOR_CHARS);
+        self.identity = self.identity.map(|v| cap(v, NAME_CHARS));
+        self.owner = self.owner.map(|v| cap(v, NAME_CHARS));
+        self.target = self.target.map(|v| cap(v, NAME_CHARS));
+        self.task = self.task.map(|v| cap(v, TASK_CHARS));
+        if !detail_within(&self.detail) {
+            let mut budget = DETAIL_BYTES;
+            self.detail = bound_detail(self.detail, 0, &mut budget);
+        }
+        self
+    }
+
     /// Places the draft in the chain after `prev_hash`, computing its hash.
     pub fn seal(self, seq: u64, at: OffsetDateTime, prev_hash: &str) -> AuditEvent {
+        let draft = self.bounded();
         let mut event = AuditEvent {
             seq,
             at,
-            kind: self.kind,
-            actor: self.actor,
-            identity: self.identity,
-            owner: self.owner,
-            target: self.target,
-            task: self.task,
-            grant_id: self.grant_id,
-            lease_id: self.lease_id,
-            detail: self.detail,
+            kind: draft.kind,
+            actor: draft.actor,
+            identity: draft.identity,
+            owner: draft.owner,
+            target: draft.target,
+            task: draft.task,
+            grant_id: draft.grant_id,
+            lease_id: draft.lease_id,
+            detail: draft.detail,
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
         };
         event.hash = hash_entry(&event.canonical_body());
         event
+    }
+}
+
+/// Size limits of one audit entry. Strings past a limit keep their start and say how much
+/// was cut, so an entry stays readable and the chain stays small whatever a caller sends:
+/// an unauthenticated 65,000-character path once made a 65 KB entry.
+pub mod bounds {
+    use serde_json::Value;
+
+    /// `actor` (`identity:<id>`, `operator:<name>`, `system:<job>`).
+    pub const ACTOR_CHARS: usize = 160;
+    /// `identity`, `owner`, `target`: names are at most 64 characters when valid; a
+    /// refused request may name a longer one, kept recognisably.
+    pub const NAME_CHARS: usize = 128;
+    /// `task`.
+    pub const TASK_CHARS: usize = 256;
+    /// One string inside `detail`.
+    pub const DETAIL_STRING_CHARS: usize = 1024;
+    /// One key inside `detail`.
+    pub const KEY_CHARS: usize = 128;
+    /// Items of one array or members of one object inside `detail`.
+    pub const DETAIL_ITEMS: usize = 64;
+    /// Nesting inside `detail`.
+    pub const DETAIL_DEPTH: usize = 8;
+    /// All strings (keys and values) of `detail` together.
+    pub const DETAIL_BYTES: usize = 16 * 1024;
+
+    /// `value` cut to `max` characters, marked with how many bytes were dropped.
+    pub fn cap(value: String, max: usize) -> String {
+        match value.char_indices().nth(max) {
+            None => value,
+            Some((end, _)) => format!("{}…[+{} bytes]", &value[..end], value.len() - end),
+        }
+    }
+
+    /// Whether `detail` is already within every limit (the common case: no allocation).
+    pub(super) fn detail_within(detail: &Value) -> bool {
+        fn spend(budget: &mut usize, n: usize) -> bool {
+            let ok = n <= *budget;
+            *budget = budget.saturating_sub(n);
+            ok
+        }
+        fn walk(v: &Value, depth: usize, budget: &mut usize) -> bool {
+            match v {
+                Value::String(s) => s.len() <= DETAIL_STRING_CHARS && spend(budget, s.len()),
+                Value::Array(a) => {
+                    depth < DETAIL_DEPTH
+                        && a.len() <= DETAIL_ITEMS
+                        && a.iter().all(|i| walk(i, depth + 1, budget))
+                }
+                Value::Object(m) => {
+                    depth < DETAIL_DEPTH
+                        && m.len() <= DETAIL_ITEMS
+                        && m.iter().all(|(k, i)| {
+                            k.len() <= KEY_CHARS
+                                && spend(budget, k.len())
+                                && walk(i, depth + 1, budget)
+                        })
+                }
+                _ => true,
+            }
+        }
+        let mut budget = DETAIL_BYTES;
+        walk(detail, 0, &mut budget)
+    }
+
+    /// `detail` within the limits: long strings cut, long arrays and objects shortened
+    /// (with a `"…"` member saying how many were dropped), deep nesting replaced by a
+    /// marker, and once the byte budget is spent the remaining strings are emptied.
+    pub(super) fn bound_detail(v: Value, depth: usize, budget: &mut usize) -> Value {
+        let string = |s: String, budget: &mut usize| {
+            let limit = DETAIL_STRING_CHARS.min(*budget);
+            let s = cap(s, limit);
+            *budget = budget.saturating_sub(s.len());
+            s
+        };
+        match v {
+            Value::String(s) => Value::String(string(s, budget)),
+            Value::Array(_) | Value::Object(_) if depth >= DETAIL_DEPTH => {
+                Value::String("…[nested too deep]".into())
+            }
+            Value::Array(items) => {
+                let total = items.len();
+                let mut out: Vec<Value> = items
+                    .into_iter()
+                    .take(DETAIL_ITEMS)
+                    .map(|i| bound_detail(i, depth + 1, budget))
+                    .collect();
+                if total > DETAIL_ITEMS {
+                    out.push(Value::String(format!("…[+{} items]", total - DETAIL_ITEMS)));
+                }
+                Value::Array(out)
+            }
+            Value::Object(map) => {
+                let total = map.len();
+                let mut out = serde_json::Map::new();
+                for (k, i) in map.into_iter().take(DETAIL_ITEMS) {
+                    // Keys name what a value is; they are cut by length only, never
+                    // emptied by the budget.
+                    let k = cap(k, KEY_CHARS);
+                    *budget = budget.saturating_sub(k.len());
+                    out.insert(k, bound_detail(i, depth + 1, budget));
+                }
+                if total > DETAIL_ITEMS {
+                    out.insert(
+                        "…".into(),
+                        Value::String(format!("+{} members", total - DETAIL_ITEMS)),
+                    );
+                }
+                Value::Object(out)
+            }
+            other => other,
+        }
     }
 }
 
@@ -462,6 +593,51 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However large the input, one entry stays small; a small draft is left untouched.
+    #[test]
+    fn drafts_are_bounded_when_sealed() {
+        let huge = "p".repeat(65_000);
+        let mut draft = AuditDraft::new(AuditKind::AuthFailed, format!("identity:{huge}"))
+            .detail(serde_json::json!({
+                "path": huge,
+                "list": (0..1000).collect::<Vec<_>>(),
+                "deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}},
+                "many": (0..500).map(|i| (format!("k{i}"), serde_json::json!("v".repeat(900)))).collect::<serde_json::Map<_, _>>(),
+            }));
+        draft.identity = Some(huge.clone());
+        draft.task = Some(huge.clone());
+        draft.target = Some(huge.clone());
+        draft.owner = Some(huge.clone());
+        let event = draft.seal(1, crate::now(), GENESIS_HASH);
+        let body = event.canonical_body();
+        assert!(body.len() < 24 * 1024, "entry is {} bytes", body.len());
+        assert!(event
+            .task
+            .as_deref()
+            .is_some_and(|t| t.starts_with("ppp") && t.ends_with("bytes]")));
+        assert!(event.detail["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("…[+")));
+        assert_eq!(
+            event.detail["list"].as_array().map(Vec::len),
+            Some(bounds::DETAIL_ITEMS + 1)
+        );
+        assert_eq!(
+            event.detail["deep"]["a"]["b"]["c"]["d"]["e"]["f"]["g"],
+            "…[nested too deep]"
+        );
+        // Still a valid link: verifiable like any other entry.
+        let mut v = ChainVerifier::new();
+        v.push(1, &body, &event.hash);
+        assert!(!v.broken());
+
+        let small = AuditDraft::new(AuditKind::GrantRejected, "identity:ci")
+            .detail(serde_json::json!({"reason": "ttl: must be greater than zero", "n": [1, 2]}));
+        assert_eq!(small.clone().bounded(), small);
+        // Multi-byte characters are cut on a character boundary.
+        assert_eq!(bounds::cap("äöü".repeat(100), 2), "äö…[+596 bytes]");
+    }
 
     fn chain(n: u64) -> Vec<AuditEvent> {
         let mut prev = GENESIS_HASH.to_string();

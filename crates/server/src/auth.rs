@@ -5,7 +5,6 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::auth::{AuthRejection, Presented, Principal, Proven};
 use mayfly_core::model::Identity;
 
@@ -98,6 +97,24 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        // A source that has used up its failures is turned away before any credential
+        // is looked at: guessing costs the guesser time, not the broker work or audit.
+        if let Err(wait) = state.auth_failures.check(source, std::time::Instant::now()) {
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&CodeLabel {
+                    code: "rate_limited".into(),
+                })
+                .inc();
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.0,
+            });
+        }
         let certificate = parts
             .extensions
             .get::<crate::tls::PeerCertificates>()
@@ -121,14 +138,18 @@ impl FromRequestParts<AppState> for Caller {
                         code: rejection.code().into(),
                     })
                     .inc();
-                let event =
-                    AuditDraft::new(AuditKind::AuthFailed, "anonymous").detail(serde_json::json!({
-                        "code": rejection.code(),
-                        "reason": rejection.to_string(),
-                        "path": parts.uri.path(),
-                    }));
-                if let Err(e) = state.store.append_audit(vec![event]).await {
-                    tracing::warn!(error = %e, "could not audit a failed authentication");
+                let first = state.auth_failures.record(
+                    source,
+                    rejection.code(),
+                    &rejection.to_string(),
+                    parts.uri.path(),
+                    std::time::Instant::now(),
+                    mayfly_core::now(),
+                );
+                if let Some(event) = first {
+                    if let Err(e) = state.store.append_audit(vec![event]).await {
+                        tracing::warn!(error = %e, "could not audit a failed authentication");
+                    }
                 }
                 Err(ApiError::Unauthorized(rejection))
             }

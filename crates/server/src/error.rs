@@ -53,8 +53,21 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error(
+        "too many failed authentication attempts from this address; retry in {retry_after_secs} s"
+    )]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A credential target (database, broker) failed or could not be reached. `detail` is
+    /// the admin-side reason: logged, and shown to operators only (`reveal`); a workload
+    /// learns that the target failed, not how its server is set up.
+    #[error("{}", target_detail(*.unavailable, detail, *.reveal))]
+    Target {
+        unavailable: bool,
+        detail: String,
+        reveal: bool,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -83,7 +96,9 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Target { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,12 +112,34 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } => "body_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "too_many_failures",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Target {
+                unavailable: true, ..
+            } => "target_unavailable",
+            ApiError::Target { .. } => "target_failed",
             ApiError::Internal(_) => "internal",
         }
     }
 
     /// The field the problem names, if any.
+    /// Shows a target failure's detail to this caller only if it is an operator: the
+    /// detail describes the target's server (database names, roles, grants).
+    pub fn for_caller(self, principal: &mayfly_core::auth::Principal) -> Self {
+        match self {
+            ApiError::Target {
+                unavailable,
+                detail,
+                ..
+            } => ApiError::Target {
+                unavailable,
+                detail,
+                reveal: principal.is_operator(),
+            },
+            other => other,
+        }
+    }
+
     pub fn field_name(&self) -> Option<String> {
         match self {
             ApiError::BadRequest { field, .. } => field.clone(),
@@ -135,6 +172,11 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
             ApiError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
+            ApiError::Target {
+                detail,
+                unavailable,
+                ..
+            } => tracing::warn!(%detail, unavailable, "credential target failed"),
             _ => tracing::debug!(code = self.code(), detail = %self, "request rejected"),
         }
         let mut response = (self.status(), axum::Json(self.problem())).into_response();
@@ -142,6 +184,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry_after_secs),
+            );
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -205,10 +253,29 @@ impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::BadSettings(m) => ApiError::field("settings", m),
-            ProviderError::Unavailable(m) => {
-                ApiError::Unavailable(format!("target unavailable: {m}"))
-            }
-            ProviderError::Failed(m) => ApiError::Internal(format!("provider: {m}")),
+            ProviderError::Unavailable(detail) => ApiError::Target {
+                unavailable: true,
+                detail,
+                reveal: false,
+            },
+            ProviderError::Failed(detail) => ApiError::Target {
+                unavailable: false,
+                detail,
+                reveal: false,
+            },
+        }
+    }
+}
+
+fn target_detail(unavailable: bool, detail: &str, reveal: bool) -> String {
+    match (unavailable, reveal) {
+        (true, true) => format!("target unavailable: {detail}"),
+        (false, true) => format!("target failed: {detail}"),
+        (true, false) => {
+            "the credential target cannot be reached right now; retry later (operators find the reason in the server log)".into()
+        }
+        (false, false) => {
+            "the credential target refused the operation (operators find the reason in the server log)".into()
         }
     }
 }
@@ -294,6 +361,34 @@ mod tests {
             field_from_serde_message("expected value at line 1 column 2"),
             None
         );
+    }
+
+    /// A workload learns that the target failed, with a stable code; the admin-side
+    /// detail reaches operators only.
+    #[test]
+    fn target_failures_are_502_with_detail_for_operators_only() {
+        use mayfly_core::auth::Principal;
+        let secret_detail = "database \"billing_prod\" does not exist";
+        for (error, code) in [
+            (ProviderError::Failed(secret_detail.into()), "target_failed"),
+            (
+                ProviderError::Unavailable(secret_detail.into()),
+                "target_unavailable",
+            ),
+        ] {
+            let workload = ApiError::from(error).problem();
+            assert_eq!(workload.status, 502);
+            assert_eq!(workload.code, code);
+            assert!(
+                !workload.detail.contains("billing_prod"),
+                "{}",
+                workload.detail
+            );
+        }
+        let operator = ApiError::from(ProviderError::Failed(secret_detail.into()))
+            .for_caller(&Principal::Operator { name: "ops".into() })
+            .problem();
+        assert!(operator.detail.contains("billing_prod"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 pub mod api;
 pub mod auth;
+pub mod auth_failures;
 pub mod error;
 pub mod keys;
 pub mod metrics;
@@ -142,6 +143,8 @@ pub struct AuthConfig {
     pub oidc: Vec<OidcIssuerConfig>,
     /// SPIFFE trust domains: JWT-SVIDs verified against each domain's bundle.
     pub spiffe: Vec<mayfly_identity::SpiffeTrustDomainConfig>,
+    /// Failed authentication: per-source rate limit and audit aggregation.
+    pub failures: auth_failures::FailureLimits,
 }
 
 impl Default for Config {
@@ -420,6 +423,7 @@ impl Server {
             metrics,
             master,
             revoker_wake: tokio::sync::Notify::new(),
+            auth_failures: auth_failures::AuthFailures::new(config.auth.failures),
             creating_grace: deadline * 2,
             issuer,
             token_max_ttl: config.token_max_ttl,
@@ -487,6 +491,7 @@ impl Server {
             self.state.clone(),
             self.reconcile_every,
         ));
+        let failures = tokio::spawn(scheduler::run_auth_failure_audit(self.state.clone()));
         let policy = tokio::spawn(scheduler::run_policy_reload(
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
@@ -508,6 +513,8 @@ impl Server {
         revoker.abort();
         sweeper.abort();
         closing.abort();
+        failures.abort();
+        scheduler::flush_auth_failures(&self.state, true).await;
         result
     }
 }

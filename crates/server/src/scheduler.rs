@@ -85,6 +85,31 @@ pub async fn run_key_refresh(state: AppState, every: Duration) {
     }
 }
 
+/// Writes the counted failed authentications of each ended interval as one entry per
+/// source and reason. Runs a few times per interval so an entry is at most a fraction of
+/// an interval late.
+pub async fn run_auth_failure_audit(state: AppState) {
+    let every = Duration::from_secs((state.auth_failures.interval().as_secs() / 4).clamp(1, 15));
+    loop {
+        tokio::time::sleep(every).await;
+        flush_auth_failures(&state, false).await;
+    }
+}
+
+/// Audits what [`crate::auth_failures::AuthFailures::flush`] hands over (`everything` at
+/// shutdown, so no count is lost to a clean stop).
+pub async fn flush_auth_failures(state: &AppState, everything: bool) {
+    let events = state
+        .auth_failures
+        .flush(std::time::Instant::now(), everything);
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.append_audit(events).await {
+        tracing::warn!(error = %e, "could not audit counted authentication failures");
+    }
+}
+
 /// Hot reload of the Cedar policy directory: a valid change takes effect, an invalid one is
 /// logged and audited and the previous policies stay in force.
 pub async fn run_policy_reload(state: AppState, every: Duration) {

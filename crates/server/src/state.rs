@@ -45,6 +45,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Key-encryption key, for sealing and unsealing target admin secrets.
     pub master: Arc<mayfly_core::seal::MasterKey>,
+    /// Failed authentication per source: rate limit and aggregated audit.
+    pub auth_failures: crate::auth_failures::AuthFailures,
     /// Woken when leases enter `revoking`, so the revocation worker starts at once.
     pub revoker_wake: Notify,
     /// How long a `creating` lease may stay so before it is presumed orphaned by a crash

@@ -36,6 +36,18 @@ pub struct AccessTokenClaims {
     pub purpose: String,
 }
 
+/// The identities that may introspect this target's tokens: the resource servers the
+/// tokens are for (`settings.resource_servers`).
+pub fn resource_servers(target: &Target) -> impl Iterator<Item = &str> {
+    target
+        .settings
+        .get("resource_servers")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+}
+
 pub struct TokenProvider {
     keys: Arc<Keyring>,
     issuer: String,
@@ -124,10 +136,26 @@ impl Provider for TokenProvider {
             ));
         }
         match target.settings.get("audience") {
+            None => {}
+            Some(serde_json::Value::String(a)) if !a.is_empty() => {}
+            Some(_) => {
+                return Err(ProviderError::BadSettings(
+                    "audience must be a non-empty string".into(),
+                ))
+            }
+        }
+        match target.settings.get("resource_servers") {
             None => Ok(()),
-            Some(serde_json::Value::String(a)) if !a.is_empty() => Ok(()),
+            Some(serde_json::Value::Array(ids))
+                if ids.iter().all(|id| {
+                    id.as_str()
+                        .is_some_and(|id| mayfly_core::validate::name("resource_servers", id).is_ok())
+                }) =>
+            {
+                Ok(())
+            }
             Some(_) => Err(ProviderError::BadSettings(
-                "audience must be a non-empty string".into(),
+                "resource_servers must be a list of identity names (the services that may introspect this target's tokens)".into(),
             )),
         }
     }

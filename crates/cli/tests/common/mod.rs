@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod issuer;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mayfly");
 
 pub struct Broker {
@@ -210,6 +212,30 @@ impl Broker {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// Failed authentications the audit chain accounts for: repeated failures of one
+    /// source and reason are one entry with a `count`.
+    pub async fn audited_auth_failures(&self) -> u64 {
+        self.audit("limit=10000")
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "auth.failed")
+            .map(|e| e["detail"]["count"].as_u64().unwrap_or(1))
+            .sum()
+    }
+
+    /// Waits until the audit accounts for `expected` failed authentications (counted
+    /// ones are written when their interval ends) and returns what it last saw.
+    pub async fn wait_for_auth_failures(&self, expected: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = self.audited_auth_failures().await;
+            if seen >= expected || Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Polls until `check` holds or the timeout passes.

@@ -94,6 +94,7 @@ async fn check(
     validate::name("target", &body.target)?;
     validate::purpose(&body.purpose)?;
     validate::task(&body.task)?;
+    validate::context(&body.context)?;
 
     // A workload's own identity was read moments ago to authenticate it.
     let identity = match &caller.1 {
@@ -176,19 +177,33 @@ async fn rejected(
     error: ApiError,
 ) -> ApiError {
     state.metrics.grant("rejected");
-    let mut event =
-        AuditDraft::new(AuditKind::GrantRejected, caller.0.actor()).detail(serde_json::json!({
-            "status": error.status().as_u16(),
-            "code": error.code(),
-            "field": error.field_name(),
-            "reason": error.to_string(),
-        }));
-    event.identity = body
-        .and_then(|b| b.identity.clone())
-        .or_else(|| caller.0.identity().map(str::to_string));
+    // Filed under the caller only: what the request named (another identity, a task) is
+    // the caller's claim, kept in the detail, and must not place entries in someone
+    // else's history. The chain bounds every string, so a huge name stays a short entry.
+    let mut detail = serde_json::json!({
+        "status": error.status().as_u16(),
+        "code": error.code(),
+        "field": error.field_name(),
+        "reason": error.to_string(),
+    });
+    if let (Some(body), serde_json::Value::Object(map)) = (body, &mut detail) {
+        map.insert("requested_identity".into(), body.identity.clone().into());
+        map.insert("requested_target".into(), body.target.clone().into());
+        map.insert("requested_task".into(), body.task.clone().into());
+    }
+    let mut event = AuditDraft::new(AuditKind::GrantRejected, caller.0.actor()).detail(detail);
+    event.identity = caller.0.identity().map(str::to_string);
     if let Some(body) = body {
-        event.target = Some(body.target.chars().take(64).collect());
-        event.task = Some(body.task.chars().take(256).collect());
+        // The task column only when the caller may file under it: an operator, or a
+        // workload asking for itself.
+        let own = caller.0.is_operator()
+            || body
+                .identity
+                .as_deref()
+                .is_none_or(|named| Some(named) == caller.0.identity());
+        if own && validate::task(&body.task).is_ok() {
+            event.task = Some(body.task.clone());
+        }
     }
     if let Err(e) = state.store.append_audit(vec![event]).await {
         tracing::warn!(error = %e, "could not audit a rejected grant request");
@@ -233,16 +248,46 @@ async fn evaluate(
     Ok((checked, context, decision))
 }
 
-/// The TTL a grant gets: the minimum of the request, the policy cap and the target's
-/// maximum; and the lease's renewal cap.
-fn granted_ttl(checked: &Checked, decision: &Decision) -> (Ttl, Ttl) {
+/// The TTL a grant gets and the lease's renewal cap: the minimum of the request, the
+/// policy cap, the target's maximum and the time left until the identity expires (no
+/// credential outlives the identity it was issued to).
+struct Granted {
+    ttl: Ttl,
+    cap: Ttl,
+    /// Set when the identity's expiry cut the TTL: said in the grant's decision.
+    identity_cap: Option<String>,
+}
+
+fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> Granted {
     let mut ttl = checked.ttl.min(checked.target.max_ttl);
     let mut cap = checked.target.max_ttl;
     if let Some(policy_cap) = decision.max_ttl {
         ttl = ttl.min(policy_cap);
         cap = cap.min(policy_cap);
     }
-    (ttl, cap)
+    let mut identity_cap = None;
+    if let Some(expires) = checked.identity.expires_at {
+        // `check` refused an identity already past its expiry, so this is at least 1 s.
+        let left = Ttl::from_secs(
+            u64::try_from((expires - now).whole_seconds())
+                .unwrap_or(0)
+                .max(1),
+        );
+        if left < ttl {
+            identity_cap = Some(format!(
+                "granted TTL {left} instead of {ttl}: identity {:?} expires at {}",
+                checked.identity.id,
+                rfc3339(expires).unwrap_or_default()
+            ));
+        }
+        ttl = ttl.min(left);
+        cap = cap.min(left);
+    }
+    Granted {
+        ttl,
+        cap,
+        identity_cap,
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -266,12 +311,16 @@ pub async fn explain(
     ApiJson(body): ApiJson<GrantRequest>,
 ) -> Result<Json<ExplainResponse>, ApiError> {
     let now = mayfly_core::now();
-    let (checked, _, decision) = evaluate(&state, &caller, &body, &peer, now).await?;
+    let (checked, _, mut decision) = evaluate(&state, &caller, &body, &peer, now).await?;
     let granted = matches!(
         decision.outcome,
         Outcome::Allow | Outcome::RequireApproval { .. }
     )
-    .then(|| granted_ttl(&checked, &decision).0);
+    .then(|| {
+        let granted = granted_ttl(&checked, &decision, now);
+        decision.reasons.extend(granted.identity_cap);
+        granted.ttl
+    });
     Ok(Json(ExplainResponse {
         identity: checked.identity.id,
         target: checked.target.name,
@@ -315,10 +364,16 @@ pub async fn request(
         Err(e) => return Err(rejected(&state, &caller, None, e).await),
     };
     let now = mayfly_core::now();
-    let (checked, context, decision) = match evaluate(&state, &caller, &body, &peer, now).await {
+    let (checked, context, mut decision) = match evaluate(&state, &caller, &body, &peer, now).await
+    {
         Ok(v) => v,
         Err(e) => return Err(rejected(&state, &caller, Some(&body), e).await),
     };
+    if decision.outcome != Outcome::Deny {
+        decision
+            .reasons
+            .extend(granted_ttl(&checked, &decision, now).identity_cap);
+    }
     let mut grant = Grant {
         id: Uuid::now_v7(),
         identity: checked.identity.id.clone(),
@@ -378,11 +433,13 @@ pub async fn request(
                 .providers
                 .get(&checked.target.kind)
                 .is_some_and(|p| p.external());
+            let principal = caller.0.clone();
             if !external {
                 return issue(
                     &state, grant, &checked, &decision, requested, decided, &actor, now,
                 )
-                .await;
+                .await
+                .map_err(|e| e.for_caller(&principal));
             }
             // From the write-ahead lease to its activation the issuance runs as a task of
             // its own: a client that disconnects drops this handler, and must not leave
@@ -396,6 +453,7 @@ pub async fn request(
             });
             task.await
                 .map_err(|e| ApiError::Internal(format!("the issuance task failed: {e}")))?
+                .map_err(|e| e.for_caller(&principal))
         }
     }
 }
@@ -418,7 +476,7 @@ async fn issue(
             target.name, target.kind
         ))
     })?;
-    let (ttl, cap) = granted_ttl(checked, decision);
+    let Granted { ttl, cap, .. } = granted_ttl(checked, decision, now);
     grant.granted_ttl = Some(ttl);
     grant.state = grant.state.transition(GrantState::Approved)?;
     let mut lease = Lease {

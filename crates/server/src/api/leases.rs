@@ -96,9 +96,18 @@ pub async fn renew(
         return Err(ApiError::field("ttl", "must be greater than zero"));
     }
     let now = mayfly_core::now();
+    // Never past the identity's own expiry, even for a lease granted before it was set.
+    let identity = match &caller.1 {
+        Some(own) => Some(own.clone()),
+        None => state.store.get_identity(&lease.identity).await?,
+    };
+    let mut until = now + ttl.as_time();
+    if let Some(expires) = identity.and_then(|i| i.expires_at) {
+        until = until.min(expires);
+    }
     let renewed = state
         .store
-        .renew_lease(id, now + ttl.as_time(), &caller.0.actor(), now)
+        .renew_lease(id, until, &caller.0.actor(), now)
         .await?;
     let target = state
         .store
@@ -127,7 +136,8 @@ pub async fn renew(
             },
             renewed.expires_at,
         )
-        .await?;
+        .await
+        .map_err(|e| ApiError::from(e).for_caller(&caller.0))?;
     Ok(Json(RenewResponse {
         credential: credential.as_ref().map(credential_json),
         lease: renewed,

@@ -112,12 +112,15 @@ pub struct IntrospectRequest {
 }
 
 /// RFC 7662 token introspection: `active` is true only for a token this broker signed,
-/// unexpired, whose lease is still active. The caller must authenticate.
+/// unexpired, whose lease is still active and whose identity is still usable, asked by
+/// someone entitled to know about it: an operator, the token's own holder, or an identity
+/// named in the target's `resource_servers` setting (the services the token is for).
+/// Anyone else learns `active: false`, as RFC 7662 §2.2 allows, and nothing of the token.
 #[utoipa::path(post, path = "/oauth2/introspect", request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = Object)))]
 pub async fn introspect(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     form: Result<axum::Form<IntrospectRequest>, axum::extract::rejection::FormRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let axum::Form(req) = form.map_err(|e| ApiError::field("token", e.body_text()))?;
@@ -132,12 +135,21 @@ pub async fn introspect(
     let Ok(lease_id) = claims.jti.parse::<Uuid>() else {
         return Ok(inactive);
     };
-    let active = state
+    let Some(lease) = state.store.get_lease(lease_id).await? else {
+        return Ok(inactive);
+    };
+    if lease.state != LeaseState::Active || lease.expires_at <= now {
+        return Ok(inactive);
+    }
+    if !may_introspect(&state, &caller, &claims, &lease.target).await? {
+        return Ok(inactive);
+    }
+    let identity_usable = state
         .store
-        .get_lease(lease_id)
+        .get_identity(&claims.sub)
         .await?
-        .is_some_and(|l| l.state == LeaseState::Active && l.expires_at > now);
-    if !active {
+        .is_some_and(|i| i.is_usable_at(now).is_ok());
+    if !identity_usable {
         return Ok(inactive);
     }
     let mut body = serde_json::to_value(&claims).unwrap_or_default();
@@ -146,4 +158,24 @@ pub async fn introspect(
         map.insert("token_type".into(), "Bearer".into());
     }
     Ok(Json(body))
+}
+
+/// Operators, the holder, and the target's configured resource servers.
+async fn may_introspect(
+    state: &AppState,
+    caller: &Caller,
+    claims: &AccessTokenClaims,
+    target: &str,
+) -> Result<bool, ApiError> {
+    let Some(asking) = caller.0.identity() else {
+        return Ok(caller.0.is_operator());
+    };
+    if asking == claims.sub {
+        return Ok(true);
+    }
+    let Some(target) = state.store.get_target(target).await? else {
+        return Ok(false);
+    };
+    let listed = crate::token::resource_servers(&target).any(|rs| rs == asking);
+    Ok(listed)
 }

@@ -6,10 +6,11 @@ use axum::Json;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::Target;
+use mayfly_core::policy::{Outcome, PolicyRequest};
 use mayfly_core::provider::{ProviderError, ReconcileReport, TargetAccess};
 use mayfly_core::secret::SecretString;
 use mayfly_core::validate;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiJson, ApiPath};
@@ -167,30 +168,107 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(target)))
 }
 
-#[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = [Target])))]
-pub async fn list(
-    State(state): State<AppState>,
-    _caller: Caller,
-) -> Result<Json<Vec<Target>>, ApiError> {
-    Ok(Json(state.store.list_targets().await?))
+/// A target as a workload sees it: what it needs to ask for access, nothing about how
+/// credentials are made or who else may have them (no allow list, settings or hosts).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetSummary {
+    pub name: String,
+    pub kind: String,
+    pub actions: Vec<String>,
+    pub default_ttl: Ttl,
+    pub max_ttl: Ttl,
 }
 
-#[utoipa::path(get, path = "/v1/targets/{name}", responses((status = 200, body = Target), (status = 404, body = crate::error::Problem)))]
+impl From<Target> for TargetSummary {
+    fn from(t: Target) -> Self {
+        TargetSummary {
+            name: t.name,
+            kind: t.kind,
+            actions: t.actions,
+            default_ttl: t.default_ttl,
+            max_ttl: t.max_ttl,
+        }
+    }
+}
+
+/// Operators see whole targets; workloads see summaries.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TargetView {
+    Full(Target),
+    Summary(TargetSummary),
+}
+
+/// Whether policy could allow this workload some action of `target` (asked as a request
+/// without context would be, and recording nothing). Targets it could not are not shown
+/// to it at all, as other identities' grants are not.
+fn could_request(state: &AppState, caller: &Caller, target: &Target) -> bool {
+    let Some(identity) = &caller.1 else {
+        return caller.0.is_operator();
+    };
+    let context = serde_json::Value::Object(Default::default());
+    let now = mayfly_core::now();
+    target.actions.iter().any(|action| {
+        state
+            .policy
+            .decide(&PolicyRequest {
+                principal: &caller.0,
+                identity,
+                target,
+                action,
+                purpose: "list targets",
+                task: "list targets",
+                requested_ttl: target.default_ttl,
+                context: &context,
+                now,
+            })
+            .is_ok_and(|d| d.outcome != Outcome::Deny)
+    })
+}
+
+fn view(caller: &Caller, target: Target) -> TargetView {
+    if caller.0.is_operator() {
+        TargetView::Full(target)
+    } else {
+        TargetView::Summary(target.into())
+    }
+}
+
+/// Operators get every target in full; a workload gets summaries of the targets policy
+/// could allow it.
+#[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = [TargetView])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<TargetView>>, ApiError> {
+    let targets = state.store.list_targets().await?;
+    Ok(Json(
+        targets
+            .into_iter()
+            .filter(|t| could_request(&state, &caller, t))
+            .map(|t| view(&caller, t))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/targets/{name}", responses((status = 200, body = TargetView), (status = 404, body = crate::error::Problem)))]
 pub async fn show(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Target>, ApiError> {
-    state
+) -> Result<Json<TargetView>, ApiError> {
+    // One a workload may not see is reported absent, so names cannot be probed.
+    let target = state
         .store
         .get_target(&name)
         .await?
-        .map(Json)
+        .filter(|t| could_request(&state, &caller, t))
         .ok_or(ApiError::NotFound {
             what: "target",
             id: name,
             field: Some("target"),
-        })
+        })?;
+    Ok(Json(view(&caller, target)))
 }
 
 async fn external_target(

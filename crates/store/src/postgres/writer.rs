@@ -151,6 +151,7 @@ struct SealedRow {
 /// Equivalent to [`AuditDraft::seal`] (a test holds them equal), but keeps the canonical
 /// body it hashes instead of computing it twice.
 fn seal_next(head: &mut Head, draft: AuditDraft, at: OffsetDateTime) -> SealedRow {
+    let draft = draft.bounded();
     let seq = head.seq + 1;
     let event = AuditEvent {
         seq,

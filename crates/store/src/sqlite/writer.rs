@@ -190,6 +190,7 @@ struct Chain {
 /// body it hashes: `seal` would compute it for the hash and we would compute it again to
 /// store it, and serialising is most of the cost of a bulk revocation.
 fn seal_next(head: &mut Head, draft: AuditDraft, at: OffsetDateTime) -> SealedRow {
+    let draft = draft.bounded();
     let seq = head.seq + 1;
     let event = AuditEvent {
         seq,
