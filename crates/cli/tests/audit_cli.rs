@@ -254,6 +254,57 @@ async fn tampering_with_the_audit_chain_is_detected() {
     assert!(!ok);
     let v: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(v["first_break"]["problem"], "truncated", "{report}");
+
+    // File an entry under another task: the hashed body is untouched, but the entry drops
+    // out of `audit list --task t2`. Verification names the entry and the column.
+    restore(&backup, &dir);
+    let mut conn = sqlx::SqliteConnection::connect(&store_url(&dir))
+        .await
+        .unwrap();
+    let refiled: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit WHERE task = 't2'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    tamper(
+        &dir,
+        &format!("UPDATE audit SET task = 't3' WHERE seq = {refiled}"),
+    )
+    .await;
+    let (ok, report) = verify_offline(&dir);
+    assert!(!ok, "re-filing not detected: {report}");
+    let v: Value = serde_json::from_str(&report).unwrap();
+    let b = &v["first_break"];
+    assert_eq!(
+        (
+            b["problem"].as_str(),
+            b["seq"].as_i64(),
+            b["column"].as_str()
+        ),
+        (Some("column_edited"), Some(refiled), Some("task")),
+        "{report}"
+    );
+    let broker = Broker::start_in(
+        &dir,
+        Options {
+            token: Some(token.clone()),
+            ..Options::default()
+        },
+    );
+    let listed = broker.audit("task=t2").await;
+    assert!(!listed.is_empty());
+    assert!(
+        listed.iter().all(|e| e["seq"].as_i64() != Some(refiled)),
+        "{listed:?}"
+    );
+    let out = broker.cli(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("audit chain BROKEN at entry {refiled}: ")),
+        "{}",
+        stdout(&out)
+    );
+    broker.kill();
 }
 
 #[tokio::test]

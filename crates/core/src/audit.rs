@@ -3,7 +3,9 @@
 //! Each entry is canonical JSON (keys sorted, no insignificant whitespace) holding its
 //! sequence number and the SHA-256 of the previous entry; its own hash covers all of it.
 //! Editing, deleting, inserting or reordering any entry breaks the chain at that entry,
-//! and [`ChainVerifier`] names the first place it breaks. Entries never carry secrets.
+//! and [`ChainVerifier`] names the first place it breaks. The copies of body fields that a
+//! store keeps in columns of their own, for filtered listings, are held to the body as
+//! well ([`AuditColumn`]). Entries never carry secrets.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -373,31 +375,217 @@ fn hash_matches(canonical_body: &[u8], stored: &[u8]) -> bool {
             })
 }
 
-/// The top-level `seq` and `prev_hash` of a canonical body, read from its text.
+/// The top-level members of a canonical body that follow `detail`, as JSON text (strings
+/// with their quotes), read backwards from the body's end.
 ///
-/// Keys are sorted, so the top-level `prev_hash` and `seq` come after `detail` (the only
-/// member that can hold nested objects, and so nested keys of the same name) and are
-/// followed only by `target` and `task`, which are strings: inside a string a quote is
-/// escaped, so the last raw occurrence of each key is the top-level one.
+/// Keys are sorted, so `detail` (the only member that can nest objects, and so hold keys
+/// of the same names) comes before all of these, and they hold only strings, numbers and
+/// `null`. Walking back over them needs no parser: a string opens at the first quote
+/// before its closing one that is not escaped (not preceded by an odd number of
+/// backslashes). The walk stops at `grant_id` and never reads `detail`. One pass of
+/// `memrchr` finds every field the verifier needs; searching the body for each key cost
+/// as much as hashing it.
+#[derive(Default)]
+struct Tail<'a> {
+    grant_id: Option<&'a [u8]>,
+    identity: Option<&'a [u8]>,
+    kind: Option<&'a [u8]>,
+    prev_hash: Option<&'a [u8]>,
+    seq: Option<&'a [u8]>,
+    task: Option<&'a [u8]>,
+}
+
+impl<'a> Tail<'a> {
+    fn read(body: &'a [u8]) -> Option<Tail<'a>> {
+        let mut tail = Tail::default();
+        // target, owner and lease_id.
+        let mut unused = None;
+        // `end` is one past the last byte of the member being read.
+        let mut end = body.len().checked_sub(1)?;
+        if body[end] != b'}' {
+            return None;
+        }
+        loop {
+            let start = value_start(body, end)?;
+            let value = &body[start..end];
+            let key_end = start.checked_sub(2)?;
+            if body.get(key_end..start) != Some(b"\":") {
+                return None;
+            }
+            // Keys are a few letters: a plain loop beats setting up a vector search.
+            let key_start = body[..key_end].iter().rposition(|&b| b == b'"')?;
+            let slot = match &body[key_start + 1..key_end] {
+                b"task" => &mut tail.task,
+                b"seq" => &mut tail.seq,
+                b"prev_hash" => &mut tail.prev_hash,
+                b"kind" => &mut tail.kind,
+                b"identity" => &mut tail.identity,
+                b"grant_id" => &mut tail.grant_id,
+                _ => &mut unused,
+            };
+            slot.get_or_insert(value);
+            if tail.grant_id.is_some() {
+                return Some(tail);
+            }
+            end = key_start.checked_sub(1)?;
+            if body[end] != b',' {
+                return None;
+            }
+        }
+    }
+
+    /// The entry's own `seq` and the text of the `prev_hash` it links to (not checked to
+    /// be a hash: see [`is_hash`]).
+    fn link(&self) -> Option<(u64, &'a [u8])> {
+        let prev = self.prev_hash?.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        let seq = std::str::from_utf8(self.seq?).ok()?;
+        if !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((seq.parse().ok()?, prev))
+    }
+}
+
+/// Whether `text` reads as a SHA-256 in hex.
+fn is_hash(text: &[u8]) -> bool {
+    text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Where the scalar value that ends just before `end` starts.
+fn value_start(body: &[u8], end: usize) -> Option<usize> {
+    let last = end.checked_sub(1)?;
+    if body[last] != b'"' {
+        // `null` or a number: no quote, colon or comma inside.
+        return memchr::memrchr(b':', &body[..last]).map(|colon| colon + 1);
+    }
+    let mut before = last;
+    loop {
+        let quote = memchr::memrchr(b'"', &body[..before])?;
+        let backslashes = body[..quote]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        before = quote;
+    }
+}
+
+/// The top-level `seq` and `prev_hash` of a canonical body, read from its text.
+#[cfg(test)]
 fn chain_link(body: &[u8]) -> Option<(u64, &[u8])> {
-    use memchr::memmem::FinderRev;
+    Tail::read(body)?.link().filter(|(_, prev)| is_hash(prev))
+}
+
+/// The first column (in [`AuditColumn`] order) whose stored value is not the body's.
+///
+/// String columns are compared with the body's JSON text rather than decoded from it: a
+/// value without quotes, backslashes or control characters is its own escaped form, so
+/// the common case is a plain byte comparison.
+fn edited_column(
+    body: &[u8],
+    tail: &Tail,
+    columns: &StoredColumns,
+    escaped: &mut Vec<u8>,
+) -> Option<AuditColumn> {
+    if body_at_ms(body) != Some(columns.at_ms) {
+        return Some(AuditColumn::AtMs);
+    }
+    [
+        (AuditColumn::Kind, tail.kind, Some(columns.kind)),
+        (AuditColumn::Identity, tail.identity, columns.identity),
+        (AuditColumn::Task, tail.task, columns.task),
+        (AuditColumn::GrantId, tail.grant_id, columns.grant_id),
+    ]
+    .into_iter()
+    .find(|(_, value, stored)| !value.is_some_and(|v| holds(v, *stored, escaped)))
+    .map(|(column, _, _)| column)
+}
+
+/// Whether `value`, one JSON value, is `stored`: `null` for none, else the string
+/// `stored` escaped.
+fn holds(value: &[u8], stored: Option<&[u8]>, escaped: &mut Vec<u8>) -> bool {
+    match stored {
+        None => value == b"null",
+        Some(raw) if raw.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') => {
+            value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                == Some(raw)
+        }
+        Some(raw) => {
+            escaped.clear();
+            let Ok(text) = std::str::from_utf8(raw) else {
+                return false;
+            };
+            serde_json::to_writer(&mut *escaped, text).is_ok() && value == escaped.as_slice()
+        }
+    }
+}
+
+/// The body's `at` in Unix milliseconds. Only `actor`, a string, precedes it, so the first
+/// `"at":"` in the body is the member.
+fn body_at_ms(body: &[u8]) -> Option<i64> {
+    use memchr::memmem::Finder;
     use std::sync::LazyLock;
     // Built once: constructing a searcher per entry cost more than the search.
-    static PREV: LazyLock<FinderRev<'static>> =
-        LazyLock::new(|| FinderRev::new(b"\"prev_hash\":\""));
-    static SEQ: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"seq\":"));
-    let p = PREV.rfind(body)? + PREV.needle().len();
-    let prev = body.get(p..p + 64)?;
-    if !prev.iter().all(u8::is_ascii_hexdigit) || body.get(p + 64) != Some(&b'"') {
+    static AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"at\":\""));
+    let text = body.get(AT.find(body)? + AT.needle().len()..)?;
+    let text = &text[..memchr::memchr(b'"', text)?];
+    utc_ms(text).or_else(|| {
+        let at = OffsetDateTime::parse(
+            std::str::from_utf8(text).ok()?,
+            &time::format_description::well_known::Rfc3339,
+        );
+        at.ok().map(crate::to_unix_ms)
+    })
+}
+
+/// [`crate::to_unix_ms`] of `YYYY-MM-DDTHH:MM:SS[.fraction]Z` from 1970 on, the form `at`
+/// is written in, without a general RFC 3339 parser (which took longer than the hash).
+/// `None` for anything else, which the caller gives to the general parser.
+fn utc_ms(text: &[u8]) -> Option<i64> {
+    let num = |from: usize, to: usize| -> Option<i64> {
+        text.get(from..to)?.iter().try_fold(0i64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if separators.iter().any(|&(i, c)| text.get(i) != Some(&c)) {
         return None;
     }
-    let s = SEQ.rfind(body)? + SEQ.needle().len();
-    let digits = body[s..].iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(body.get(s..s + digits)?)
-        .ok()?
-        .parse()
-        .ok()?;
-    Some((seq, prev))
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let rest = &text[19..];
+    let fraction = match rest.strip_prefix(b".") {
+        Some(f) => f.strip_suffix(b"Z")?,
+        None if rest == b"Z" => b"",
+        None => return None,
+    };
+    if fraction.len() > 9 || (rest.len() > 1 && fraction.is_empty()) {
+        return None;
+    }
+    if !fraction.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let millis = (0..3).fold(0, |n, i| {
+        n * 10 + fraction.get(i).map_or(0, |&b| i64::from(b - b'0'))
+    });
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, year_of_era) = (y.div_euclid(400), y.rem_euclid(400));
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 /// Serialises JSON with object keys sorted at every level and no extra whitespace, so the
@@ -456,6 +644,53 @@ pub enum ChainBreak {
     Unreadable { seq: u64 },
     /// The last entry does not match the recorded chain head: entries were cut off the end.
     Truncated { head_seq: u64, last_seq: u64 },
+    /// A column the store keeps beside the body for filtering no longer holds the body's
+    /// value: the entry was re-filed (say, hidden from `audit list --task`) without
+    /// touching what the hash covers.
+    ColumnEdited { seq: u64, column: AuditColumn },
+}
+
+/// The columns a store keeps beside an entry's hashed body, copied from it so that
+/// filtered listings can use an index. The hash does not cover them, so the verifier
+/// compares each with the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditColumn {
+    AtMs,
+    Kind,
+    Identity,
+    Task,
+    GrantId,
+}
+
+impl AuditColumn {
+    /// The column's name in both stores' schemas.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditColumn::AtMs => "at_ms",
+            AuditColumn::Kind => "kind",
+            AuditColumn::Identity => "identity",
+            AuditColumn::Task => "task",
+            AuditColumn::GrantId => "grant_id",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored row's copies of body fields (see [`AuditColumn`]), as the store read them:
+/// bytes, because a tampered column need not be valid text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredColumns<'a> {
+    pub at_ms: i64,
+    pub kind: &'a [u8],
+    pub identity: Option<&'a [u8]>,
+    pub task: Option<&'a [u8]>,
+    pub grant_id: Option<&'a [u8]>,
 }
 
 impl std::fmt::Display for ChainBreak {
@@ -473,6 +708,10 @@ impl std::fmt::Display for ChainBreak {
             ChainBreak::Truncated { head_seq, last_seq } => write!(
                 f,
                 "chain ends at {last_seq} but its head records {head_seq}: entries were removed from the end"
+            ),
+            ChainBreak::ColumnEdited { seq, column } => write!(
+                f,
+                "entry {seq} was re-filed: its {column} column no longer matches the hashed entry"
             ),
         }
     }
@@ -500,6 +739,8 @@ pub struct ChainVerifier {
     prev_hash: Vec<u8>,
     entries: u64,
     first_break: Option<ChainBreak>,
+    /// Reused to JSON-escape the rare column value that needs it, so no entry allocates.
+    escaped: Vec<u8>,
 }
 
 impl Default for ChainVerifier {
@@ -515,6 +756,7 @@ impl ChainVerifier {
             prev_hash: GENESIS_HASH.as_bytes().to_vec(),
             entries: 0,
             first_break: None,
+            escaped: Vec::new(),
         }
     }
 
@@ -523,19 +765,26 @@ impl ChainVerifier {
         self.first_break.is_some()
     }
 
-    /// Checks one stored row: its `seq` column, canonical body and stored hash.
-    pub fn push(&mut self, row_seq: u64, body: &str, stored_hash: &str) {
-        self.push_bytes(row_seq, body.as_bytes(), stored_hash.as_bytes());
+    /// Checks one stored row: its `seq` column, canonical body, stored hash, and the
+    /// columns copied from the body.
+    pub fn push(&mut self, row_seq: u64, body: &str, stored_hash: &str, columns: &StoredColumns) {
+        self.push_bytes(row_seq, body.as_bytes(), stored_hash.as_bytes(), columns);
     }
 
     /// [`ChainVerifier::push`] for rows read as bytes: no UTF-8 check is needed, since the
     /// hash covers every byte and a stored hash that is not hex text cannot match.
-    pub fn push_bytes(&mut self, row_seq: u64, body: &[u8], stored_hash: &[u8]) {
+    pub fn push_bytes(
+        &mut self,
+        row_seq: u64,
+        body: &[u8],
+        stored_hash: &[u8],
+        columns: &StoredColumns,
+    ) {
         if self.first_break.is_some() {
             return;
         }
         self.entries += 1;
-        let brk = self.check(row_seq, body, stored_hash);
+        let brk = self.check(row_seq, body, stored_hash, columns);
         // Continue from what the row claims, so one break is reported, not a cascade.
         self.expected_seq = row_seq + 1;
         self.prev_hash.clear();
@@ -543,7 +792,13 @@ impl ChainVerifier {
         self.first_break = brk;
     }
 
-    fn check(&self, row_seq: u64, body: &[u8], stored_hash: &[u8]) -> Option<ChainBreak> {
+    fn check(
+        &mut self,
+        row_seq: u64,
+        body: &[u8],
+        stored_hash: &[u8],
+        columns: &StoredColumns,
+    ) -> Option<ChainBreak> {
         if row_seq > self.expected_seq {
             return Some(ChainBreak::Deleted {
                 seq: row_seq,
@@ -556,15 +811,29 @@ impl ChainVerifier {
         if !hash_matches(body, stored_hash) {
             return Some(ChainBreak::Edited { seq: row_seq });
         }
-        // The hash covers the body, so reading the two link fields out of the text is as
-        // sound as parsing it, and an order of magnitude cheaper over millions of rows.
-        let Some((body_seq, body_prev)) = chain_link(body) else {
+        // The hash covers the body, so reading the fields out of the text is as sound as
+        // parsing it, and an order of magnitude cheaper over millions of rows.
+        let tail = Tail::read(body);
+        let Some((body_seq, body_prev)) = tail.as_ref().and_then(Tail::link) else {
             return Some(ChainBreak::Unreadable { seq: row_seq });
         };
         if body_seq != row_seq || body_prev != self.prev_hash {
+            // Only on the way out: `self.prev_hash` is a hash the previous entry's own
+            // matched, so a `prev_hash` equal to it is one too, and checking every
+            // entry's digit by digit cost a branch miss per byte.
+            if !is_hash(body_prev) {
+                return Some(ChainBreak::Unreadable { seq: row_seq });
+            }
             return Some(ChainBreak::InsertedOrReordered { seq: row_seq });
         }
-        None
+        // Only now, with a body the chain vouches for, are the columns held to it.
+        let tail = tail?;
+        edited_column(body, &tail, columns, &mut self.escaped).map(|column| {
+            ChainBreak::ColumnEdited {
+                seq: row_seq,
+                column,
+            }
+        })
     }
 
     /// Finishes the walk, comparing the last entry with the recorded chain head.
@@ -653,18 +922,52 @@ mod tests {
             .collect()
     }
 
-    fn verify(rows: &[(u64, String, String)], head: Option<(u64, String)>) -> VerifyReport {
+    /// A stored row: `seq`, body, hash, and the columns a store copies out of the body.
+    type Row = (u64, String, String, Columns);
+
+    #[derive(Clone, Debug)]
+    struct Columns {
+        at_ms: i64,
+        kind: String,
+        identity: Option<String>,
+        task: Option<String>,
+        grant_id: Option<String>,
+    }
+
+    impl Columns {
+        fn of(e: &AuditEvent) -> Columns {
+            Columns {
+                at_ms: crate::to_unix_ms(e.at),
+                kind: e.kind.as_str().into(),
+                identity: e.identity.clone(),
+                task: e.task.clone(),
+                grant_id: e.grant_id.map(|g| g.to_string()),
+            }
+        }
+
+        fn stored(&self) -> StoredColumns<'_> {
+            StoredColumns {
+                at_ms: self.at_ms,
+                kind: self.kind.as_bytes(),
+                identity: self.identity.as_deref().map(str::as_bytes),
+                task: self.task.as_deref().map(str::as_bytes),
+                grant_id: self.grant_id.as_deref().map(str::as_bytes),
+            }
+        }
+    }
+
+    fn verify(rows: &[Row], head: Option<(u64, String)>) -> VerifyReport {
         let mut v = ChainVerifier::new();
-        for (seq, body, hash) in rows {
-            v.push(*seq, body, hash);
+        for (seq, body, hash, columns) in rows {
+            v.push(*seq, body, hash, &columns.stored());
         }
         v.finish(head)
     }
 
-    fn rows(events: &[AuditEvent]) -> Vec<(u64, String, String)> {
+    fn rows(events: &[AuditEvent]) -> Vec<Row> {
         events
             .iter()
-            .map(|e| (e.seq, e.canonical_body(), e.hash.clone()))
+            .map(|e| (e.seq, e.canonical_body(), e.hash.clone(), Columns::of(e)))
             .collect()
     }
 
@@ -796,7 +1099,8 @@ mod tests {
             crate::now(),
             GENESIS_HASH,
         );
-        inserted[2] = (3, forged.canonical_body(), forged.hash);
+        let columns = Columns::of(&forged);
+        inserted[2] = (3, forged.canonical_body(), forged.hash, columns);
         assert_eq!(
             verify(&inserted, head.clone()).first_break,
             Some(ChainBreak::InsertedOrReordered { seq: 3 })
@@ -836,7 +1140,194 @@ mod tests {
             chain_link(body.as_bytes()),
             Some((1, GENESIS_HASH.as_bytes()))
         );
-        let report = verify(&[(1, body, e.hash.clone())], Some((1, e.hash.clone())));
+        let row = (1, body, e.hash.clone(), Columns::of(&e));
+        let report = verify(&[row], Some((1, e.hash.clone())));
         assert!(report.ok(), "{report:?}");
+
+        // A link that is not a hash at all is unreadable, not a reordering.
+        let mut odd = e.clone();
+        odd.prev_hash = "z".repeat(64);
+        let body = odd.canonical_body();
+        let row = (1, body.clone(), hash_entry(&body), Columns::of(&odd));
+        assert_eq!(
+            verify(&[row], None).first_break,
+            Some(ChainBreak::Unreadable { seq: 1 })
+        );
+    }
+
+    /// Entries filed under identities, tasks and grants, some with values that need JSON
+    /// escaping, and detail members named like the columns to mislead a text search.
+    fn filed_chain() -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_string();
+        let at = crate::from_unix_ms(1_700_000_000_123);
+        let filings = [
+            (Some("svc"), Some("t2"), true),
+            (None, None, false),
+            (Some("ag\"ent\\1"), Some("line\nbreak \u{1} ✓"), true),
+            (Some("svc"), Some("t22"), false),
+            (Some("ends\\"), Some("\""), true),
+        ];
+        filings
+            .into_iter()
+            .zip(1u64..)
+            .map(|((identity, task, grant), seq)| {
+                let mut d = AuditDraft::new(AuditKind::GrantRejected, "identity:svc").detail(
+                    serde_json::json!({
+                        "task": "decoy", "identity": "decoy", "kind": "lease.revoked",
+                        "grant_id": null, "at": "2001-01-01T00:00:00Z",
+                        "context": {"task": "t9", "\"task\":": "\"t9\""}
+                    }),
+                );
+                d.identity = identity.map(String::from);
+                d.task = task.map(String::from);
+                d.grant_id = grant.then(Uuid::new_v4);
+                let e = d.seal(seq, at + time::Duration::milliseconds(seq as i64), &prev);
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn columns_equal_to_the_body_verify() {
+        let events = filed_chain();
+        let head = Some((5, events[4].hash.clone()));
+        let report = verify(&rows(&events), head);
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.entries, 5);
+    }
+
+    #[test]
+    fn each_rewritten_column_is_named_with_its_entry() {
+        let events = filed_chain();
+        let head = Some((5, events[4].hash.clone()));
+        type Edit = fn(&mut Columns);
+        let cases: [(usize, AuditColumn, Edit); 16] = [
+            (4, AuditColumn::Task, |c| c.task = Some("\\".into())),
+            (4, AuditColumn::Identity, |c| {
+                c.identity = Some("ends".into())
+            }),
+            (0, AuditColumn::Task, |c| c.task = Some("t9".into())),
+            (0, AuditColumn::Task, |c| c.task = Some("t".into())),
+            (0, AuditColumn::Task, |c| c.task = Some("t2 ".into())),
+            (0, AuditColumn::Task, |c| c.task = None),
+            (1, AuditColumn::Task, |c| c.task = Some("null".into())),
+            (3, AuditColumn::Task, |c| c.task = Some("t2".into())),
+            (2, AuditColumn::Task, |c| {
+                c.task = Some("line\nbreak \u{1} ✗".into())
+            }),
+            (0, AuditColumn::Identity, |c| {
+                c.identity = Some("other".into())
+            }),
+            (1, AuditColumn::Identity, |c| {
+                c.identity = Some("svc".into())
+            }),
+            (2, AuditColumn::Identity, |c| {
+                c.identity = Some("ag\"ent\\2".into())
+            }),
+            (0, AuditColumn::GrantId, |c| c.grant_id = None),
+            (1, AuditColumn::GrantId, |c| {
+                c.grant_id = Some(Uuid::nil().to_string())
+            }),
+            (2, AuditColumn::Kind, |c| c.kind = "lease.revoked".into()),
+            (3, AuditColumn::AtMs, |c| c.at_ms += 1),
+        ];
+        for (i, column, edit) in cases {
+            let mut stored = rows(&events);
+            edit(&mut stored[i].3);
+            assert_eq!(
+                verify(&stored, head.clone()).first_break,
+                Some(ChainBreak::ColumnEdited {
+                    seq: i as u64 + 1,
+                    column
+                }),
+                "{column} of entry {}: {:?}",
+                i + 1,
+                stored[i].3
+            );
+        }
+        // Not text at all: a mismatch, not an error.
+        let mut stored = rows(&events);
+        let report = {
+            let mut v = ChainVerifier::new();
+            for (seq, body, hash, columns) in &mut stored {
+                let mut c = columns.stored();
+                if *seq == 3 {
+                    c.task = Some(b"\xff\xfe\"");
+                }
+                v.push(*seq, body, hash, &c);
+            }
+            v.finish(head)
+        };
+        assert_eq!(
+            report.first_break,
+            Some(ChainBreak::ColumnEdited {
+                seq: 3,
+                column: AuditColumn::Task
+            })
+        );
+        assert_eq!(
+            report.first_break.map(|b| b.to_string()).as_deref(),
+            Some("entry 3 was re-filed: its task column no longer matches the hashed entry")
+        );
+    }
+
+    #[test]
+    fn a_column_break_serialises_with_its_column() {
+        let b = ChainBreak::ColumnEdited {
+            seq: 7,
+            column: AuditColumn::GrantId,
+        };
+        let v = serde_json::to_value(&b).ok();
+        assert_eq!(
+            v,
+            Some(serde_json::json!({"problem": "column_edited", "seq": 7, "column": "grant_id"}))
+        );
+        assert_eq!(v.and_then(|v| serde_json::from_value(v).ok()), Some(b));
+    }
+
+    #[test]
+    fn utc_ms_agrees_with_the_general_parser() {
+        use time::format_description::well_known::Rfc3339;
+        let instants = [
+            0i128,
+            1,
+            999_999,
+            1_000_000,
+            951_782_400_123_456_789, // 2000-02-29
+            951_868_799_999_999_999,
+            1_700_000_000_120_000_000,
+            4_102_444_800_000_000_001,   // 2100-01-01
+            4_107_542_399_999_000_000,   // 2100-02-28, not a leap year
+            253_402_300_799_999_999_999, // 9999-12-31T23:59:59.999999999Z
+        ];
+        for base in instants {
+            for step in [0, 86_399_999_999_999, 1_234_567_891, 31_536_000_000_000_000] {
+                let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(base + step) else {
+                    continue;
+                };
+                for at in [at, crate::truncate_ms(at)] {
+                    let Ok(text) = at.format(&Rfc3339) else {
+                        continue;
+                    };
+                    let expected = (at.year() < 10_000).then(|| crate::to_unix_ms(at));
+                    assert_eq!(utc_ms(text.as_bytes()), expected, "{text}");
+                }
+            }
+        }
+        // Not the form `at` is written in: left to the general parser.
+        for text in [
+            "1969-12-31T23:59:59.999Z",
+            "2024-01-01T00:00:00+01:00",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00.1234567890Z",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01 00:00:00Z",
+            "2024-01-01T00:00:00",
+        ] {
+            assert_eq!(utc_ms(text.as_bytes()), None, "{text}");
+        }
+        let body = br#"{"actor":"x","at":"2024-01-01T01:00:00+01:00","detail":null}"#;
+        assert_eq!(body_at_ms(body), Some(1_704_067_200_000));
     }
 }

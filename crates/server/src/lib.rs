@@ -240,11 +240,33 @@ fn load_master_key(
         path: path.display().to_string(),
         reason,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok((
-            MasterKey::from_base64(&text).map_err(|e| bad(e.to_string()))?,
-            None,
-        )),
+    match std::fs::File::open(&path) {
+        Ok(mut file) => {
+            // The key unlocks every sealed secret in the store: a copy that group or
+            // others can read is theirs, and one they can write is a key they chose.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = file
+                    .metadata()
+                    .map_err(|e| bad(e.to_string()))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(bad(format!(
+                        "group or others can access it (mode {:04o}); run `chmod 600 {}`",
+                        mode & 0o7777,
+                        path.display()
+                    )));
+                }
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| bad(e.to_string()))?;
+            Ok((
+                MasterKey::from_base64(&text).map_err(|e| bad(e.to_string()))?,
+                None,
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate().map_err(|e| bad(e.to_string()))?;
             write_private_file(&path, key.to_base64().as_bytes())
@@ -278,10 +300,17 @@ impl Server {
         master_key_env: Option<SecretString>,
     ) -> Result<(Server, Bootstrap), StartError> {
         let mut bootstrap = Bootstrap::default();
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // Owner-only, like everything in it: the database and, by default, the master key.
+        let mut data_dir = std::fs::DirBuilder::new();
+        data_dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut data_dir, 0o700);
+        data_dir
+            .create(&config.data_dir)
+            .map_err(|source| StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let (master, created) = load_master_key(&config, master_key_env)?;
         bootstrap.master_key_created = created;
         let durability = config

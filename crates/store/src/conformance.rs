@@ -15,7 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use mayfly_core::audit::{AuditDraft, AuditEvent, AuditKind, ChainBreak, VerifyReport};
+use mayfly_core::audit::{
+    AuditColumn, AuditDraft, AuditEvent, AuditKind, ChainBreak, VerifyReport,
+};
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{
     Grant, GrantState, Identity, IdentityKind, Lease, LeaseSelector, LeaseState, RevocationReason,
@@ -44,6 +46,9 @@ pub trait AuditTamper: Send + Sync {
     async fn delete_entry(&self, seq: u64);
     /// Deletes every entry after `seq`, leaving the recorded chain head untouched.
     async fn truncate_after(&self, seq: u64);
+    /// Runs one statement written in the SQL both backends speak, expecting it to change
+    /// exactly one row.
+    async fn execute(&self, statement: &str);
 }
 
 // --- fixtures ----------------------------------------------------------------------------
@@ -1352,6 +1357,114 @@ pub async fn audit_tampering_detected(store: Arc<dyn Store>, tamper: &dyn AuditT
     let report = store.verify_audit().await.unwrap();
     assert_eq!(report.first_break, Some(ChainBreak::Edited { seq: 2 }));
     assert!(!report.ok());
+}
+
+/// Rewriting a column an entry is filed under (the copies beside the hashed body that
+/// filtered listings and their indexes read) hides the entry from a filtered listing;
+/// verification names the entry and the column, and passes again once it is put back.
+pub async fn audit_refiling_detected(store: Arc<dyn Store>, tamper: &dyn AuditTamper) {
+    let store = &*store;
+    let (g1, g3) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut rejected = AuditDraft::new(AuditKind::GrantRejected, "identity:svc")
+        .detail(json!({"reason": "outside hours", "task": "decoy"}));
+    rejected.identity = Some("svc".into());
+    rejected.task = Some("INC-7 \"quoted\"".into());
+    rejected.grant_id = Some(g1);
+    let failed = AuditDraft::new(AuditKind::AuthFailed, "anonymous");
+    let mut issued = AuditDraft::new(AuditKind::LeaseIssued, "identity:svc");
+    issued.identity = Some("svc".into());
+    issued.task = Some("INC-8".into());
+    issued.grant_id = Some(g3);
+    store
+        .append_audit(vec![rejected, failed, issued])
+        .await
+        .unwrap();
+    assert_chain_intact(store).await;
+    let by_task = |task: &str| AuditFilter {
+        task: Some(task.into()),
+        ..AuditFilter::default()
+    };
+    let listed = store
+        .list_audit(&by_task("INC-7 \"quoted\""))
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+
+    // The attack as reported: the entry drops out of `audit list --task`.
+    tamper
+        .execute("UPDATE audit SET task = 'INC-8' WHERE seq = 1")
+        .await;
+    let listed = store
+        .list_audit(&by_task("INC-7 \"quoted\""))
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    let report = store.verify_audit().await.unwrap();
+    assert_eq!(
+        report.first_break,
+        Some(ChainBreak::ColumnEdited {
+            seq: 1,
+            column: AuditColumn::Task
+        }),
+        "{report:?}"
+    );
+    assert!(!report.ok());
+    tamper
+        .execute("UPDATE audit SET task = 'INC-7 \"quoted\"' WHERE seq = 1")
+        .await;
+    assert_chain_intact(store).await;
+
+    let (set_g1, set_g3) = (format!("grant_id = '{g1}'"), format!("grant_id = '{g3}'"));
+    let cases = [
+        (
+            "task = NULL",
+            1,
+            AuditColumn::Task,
+            "task = 'INC-7 \"quoted\"'",
+        ),
+        ("task = 'INC-7'", 2, AuditColumn::Task, "task = NULL"),
+        (
+            "identity = 'other'",
+            3,
+            AuditColumn::Identity,
+            "identity = 'svc'",
+        ),
+        (
+            "identity = NULL",
+            1,
+            AuditColumn::Identity,
+            "identity = 'svc'",
+        ),
+        (&set_g3, 1, AuditColumn::GrantId, &set_g1),
+        ("grant_id = NULL", 3, AuditColumn::GrantId, &set_g3),
+        (
+            "kind = 'lease.revoked'",
+            2,
+            AuditColumn::Kind,
+            "kind = 'auth.failed'",
+        ),
+        (
+            "at_ms = at_ms + 1",
+            3,
+            AuditColumn::AtMs,
+            "at_ms = at_ms - 1",
+        ),
+    ];
+    for (set, seq, column, restore) in cases {
+        tamper
+            .execute(&format!("UPDATE audit SET {set} WHERE seq = {seq}"))
+            .await;
+        let report = store.verify_audit().await.unwrap();
+        assert_eq!(
+            report.first_break,
+            Some(ChainBreak::ColumnEdited { seq, column }),
+            "SET {set} on entry {seq}: {report:?}"
+        );
+        tamper
+            .execute(&format!("UPDATE audit SET {restore} WHERE seq = {seq}"))
+            .await;
+        assert_chain_intact(store).await;
+    }
 }
 
 /// 50 writers at once: every acknowledged grant is present and the chain is whole.

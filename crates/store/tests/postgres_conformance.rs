@@ -150,6 +150,17 @@ impl AuditTamper for PgTamper {
         assert!(n > 0);
         c.close().await.unwrap();
     }
+
+    async fn execute(&self, statement: &str) {
+        let mut c = self.conn().await;
+        let n = sqlx::query(statement)
+            .execute(&mut c)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert_eq!(n, 1, "{statement}");
+        c.close().await.unwrap();
+    }
 }
 
 /// One test per suite function, each on its own database.
@@ -200,6 +211,15 @@ async fn audit_tampering_detected() {
     };
     let store: Arc<dyn Store> = Arc::new(db.open().await);
     conformance::audit_tampering_detected(store, &PgTamper(db.url.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refiling_detected() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(db.open().await);
+    conformance::audit_refiling_detected(store, &PgTamper(db.url.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

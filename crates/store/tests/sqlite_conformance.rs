@@ -82,6 +82,17 @@ impl AuditTamper for SqliteTamper {
         assert!(n > 0);
         c.close().await.unwrap();
     }
+
+    async fn execute(&self, statement: &str) {
+        let mut c = raw(&self.0).await;
+        let n = sqlx::query(statement)
+            .execute(&mut c)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert_eq!(n, 1, "{statement}");
+        c.close().await.unwrap();
+    }
 }
 
 /// One test per (suite function, durability) pair, so a failure names both.
@@ -157,6 +168,21 @@ async fn audit_tampering_detected_fsync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_tampering_detected_crash_safe() {
     tampering(Durability::CrashSafe).await;
+}
+
+async fn refiling(durability: Durability) {
+    let f = fresh(durability).await;
+    conformance::audit_refiling_detected(f.store.clone(), &SqliteTamper(f.path.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refiling_detected_fsync() {
+    refiling(Durability::Fsync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refiling_detected_crash_safe() {
+    refiling(Durability::CrashSafe).await;
 }
 
 async fn reopen(durability: Durability) {

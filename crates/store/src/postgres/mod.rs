@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, VerifyReport};
+use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, StoredColumns, VerifyReport};
 use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
@@ -184,6 +184,12 @@ fn unexpected() -> StoreError {
 
 fn limit(l: Option<u32>) -> i64 {
     i64::from(l.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
+}
+
+/// A nullable text column of a verification row, as the verifier takes it.
+fn text_column(row: &sqlx::postgres::PgRow, i: usize) -> Result<Option<&[u8]>, StoreError> {
+    let text: Option<&str> = row.try_get(i).map_err(map_sqlx)?;
+    Ok(text.map(str::as_bytes))
 }
 
 #[async_trait::async_trait]
@@ -597,7 +603,14 @@ impl Store for PgStore {
                 let seq: i64 = row.try_get(0).map_err(map_sqlx)?;
                 let body: &str = row.try_get(1).map_err(map_sqlx)?;
                 let hash: &str = row.try_get(2).map_err(map_sqlx)?;
-                verifier.push(u64::try_from(seq).unwrap_or(0), body, hash);
+                let columns = StoredColumns {
+                    at_ms: row.try_get(3).map_err(map_sqlx)?,
+                    kind: text_column(&row, 4)?.unwrap_or_default(),
+                    identity: text_column(&row, 5)?,
+                    task: text_column(&row, 6)?,
+                    grant_id: text_column(&row, 7)?,
+                };
+                verifier.push(u64::try_from(seq).unwrap_or(0), body, hash, &columns);
                 if verifier.broken() {
                     break;
                 }

@@ -159,8 +159,10 @@ pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id =
 /// The serialisation point of every audited write, across all replicas.
 pub(crate) const LOCK_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
-/// Only what the verifier needs, in chain order.
-pub(crate) const VERIFY_ROWS: &str = "SELECT seq, body, hash FROM audit ORDER BY seq";
+/// Only what the verifier needs, in chain order: the columns copied out of the body come
+/// along so that it can hold them to the body.
+pub(crate) const VERIFY_ROWS: &str = "SELECT seq, body, hash, at_ms, kind, identity, task, \
+     grant_id FROM audit ORDER BY seq";
 
 pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at = $1, \
      publish_until = $2 WHERE retired_at IS NULL";

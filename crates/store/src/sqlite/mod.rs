@@ -197,6 +197,7 @@ impl SqliteStore {
             }
             Location::File(path) => {
                 create_parent(&path)?;
+                private_database(&path)?;
                 let opts = base.filename(&path).create_if_missing(true);
                 // The writer gets a 64 MiB page cache (bulk revocations touch hundreds of
                 // thousands of index pages; the 2 MiB default spills mid-transaction) and
@@ -353,13 +354,70 @@ fn unexpected() -> StoreError {
     StoreError::Backend("the store's writer returned a reply of the wrong kind".into())
 }
 
+/// Creates the directories up to the database, owner-only like the database itself.
 fn create_parent(path: &Path) -> Result<(), StoreError> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("creating directory {}: {e}", dir.display()))
-        }),
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|e| {
+                StoreError::Unavailable(format!("creating directory {}: {e}", dir.display()))
+            })
+        }
         _ => Ok(()),
     }
+}
+
+/// Creates a missing database file readable and writable by its owner only, and refuses a
+/// database (or its `-wal` or `-shm`) that group or others can access: it holds every
+/// grant, lease and audit entry. SQLite creates `-wal` and `-shm` with the database
+/// file's mode, so creating the file here, before SQLite does, is what keeps them private.
+fn private_database(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "creating {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = PathBuf::from(file);
+            let mode = match std::fs::metadata(&file) {
+                Ok(m) => m.permissions().mode(),
+                // A missing -wal or -shm is SQLite's to create, with the mode checked above.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {
+                    continue
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("{}: {e}", file.display()))),
+            };
+            if mode & 0o077 != 0 {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: group or others can access it (mode {:04o}); run `chmod 600 {}`",
+                    file.display(),
+                    mode & 0o7777,
+                    file.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn open_error(path: &Path, e: sqlx::Error) -> StoreError {

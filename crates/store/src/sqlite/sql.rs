@@ -174,19 +174,31 @@ pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
 pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
 /// One page of the chain for the verifier: row count, last seq, and the rows packed into
-/// one blob as `seq,hash_len,body_len,` + hash + body each (lengths in bytes, so any
-/// content, even a tampered one, splits exactly). One value per page instead of a row
-/// hand-off per entry is what lets a walk of millions of entries run at hashing speed.
-/// `?1` is the last seq of the previous page, `?2` the page size.
+/// one blob as `seq,at_ms,` then the byte lengths of hash, kind, identity, task, grant_id
+/// and body each followed by a comma (-1 for NULL), then those six values. Lengths, not
+/// separators, so any content, even a tampered one, splits exactly. One value per page
+/// instead of a row hand-off per entry is what lets a walk of millions of entries run at
+/// hashing speed. `?1` is the last seq of the previous page, `?2` the page size.
+///
+/// The columns copied out of the body come along so that the verifier can hold them to
+/// it: a rewritten `task` would otherwise hide an entry from filtered listings. The body
+/// goes last because each `||` copies what it has so far; `octet_length` measures without
+/// the copy `length(CAST(… AS BLOB))` makes. `CAST(at_ms AS INTEGER)` turns whatever a
+/// tamperer stored there into a number that cannot match, not a page that cannot be read.
 ///
 /// The rows are concatenated in the order the subquery yields them (seq order: a rowid
 /// range scan); `group_concat(… ORDER BY seq)` would say so explicitly but makes SQLite
 /// sort every page again. Were the order ever different, verification would report a
 /// break, never pass a broken chain.
 pub(crate) const VERIFY_PAGE: &str = "SELECT count(*), max(seq), CAST(group_concat(\
-     seq || ',' || length(CAST(hash AS BLOB)) || ',' || length(CAST(body AS BLOB)) || ',' \
-     || hash || body, '') AS BLOB) \
-     FROM (SELECT seq, hash, body FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
+     seq || ',' || CAST(at_ms AS INTEGER) || ',' || octet_length(hash) || ',' \
+     || octet_length(kind) || ',' || ifnull(octet_length(identity), -1) || ',' \
+     || ifnull(octet_length(task), -1) || ',' || ifnull(octet_length(grant_id), -1) || ',' \
+     || octet_length(body) || ',' \
+     || hash || kind || ifnull(identity, '') || ifnull(task, '') || ifnull(grant_id, '') \
+     || body, '') AS BLOB) \
+     FROM (SELECT seq, at_ms, kind, identity, task, grant_id, hash, body FROM audit \
+     WHERE seq > ?1 ORDER BY seq LIMIT ?2)";
 
 /// Memory-mapped reads for a verification walk (1 GiB of the file at most), and back.
 pub(crate) const MMAP_FOR_VERIFY: &str = "PRAGMA mmap_size = 1073741824";

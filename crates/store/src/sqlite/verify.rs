@@ -7,7 +7,7 @@
 //! [`super::sql::VERIFY_PAGE`]), and reading page *n + 1* overlaps checking page *n*.
 //! Memory stays bounded by two pages however long the chain is.
 
-use mayfly_core::audit::{ChainVerifier, VerifyReport};
+use mayfly_core::audit::{ChainVerifier, StoredColumns, VerifyReport};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::error::map_sqlx;
@@ -84,27 +84,68 @@ async fn read_page(
 /// Feeds one packed page to the verifier, stopping at the first break.
 fn check_page(verifier: &mut ChainVerifier, mut packed: &[u8]) -> Result<(), StoreError> {
     while !packed.is_empty() && !verifier.broken() {
-        let (seq, hash, body, rest) = next_row(packed)?;
-        verifier.push_bytes(u64::try_from(seq).unwrap_or(0), body, hash);
+        let (row, rest) = next_row(packed)?;
+        verifier.push_bytes(
+            u64::try_from(row.seq).unwrap_or(0),
+            row.body,
+            row.hash,
+            &row.columns,
+        );
         packed = rest;
     }
     Ok(())
 }
 
-type PackedRow<'a> = (i64, &'a [u8], &'a [u8], &'a [u8]);
+/// One row of a page, borrowed from it.
+struct PackedRow<'a> {
+    seq: i64,
+    hash: &'a [u8],
+    body: &'a [u8],
+    columns: StoredColumns<'a>,
+}
 
-fn next_row(packed: &[u8]) -> Result<PackedRow<'_>, StoreError> {
+fn next_row(packed: &[u8]) -> Result<(PackedRow<'_>, &[u8]), StoreError> {
     let (seq, rest) = number(packed)?;
-    let (hash_len, rest) = number(rest)?;
-    let (body_len, rest) = number(rest)?;
-    let hash_len = usize::try_from(hash_len).map_err(|_| framing())?;
-    let body_len = usize::try_from(body_len).map_err(|_| framing())?;
-    if rest.len() < hash_len + body_len {
-        return Err(framing());
+    let (at_ms, mut rest) = number(rest)?;
+    // hash, kind, identity, task, grant_id, body; -1 is NULL.
+    let mut lens = [None::<usize>; 6];
+    for len in &mut lens {
+        let (n, r) = number(rest)?;
+        *len = match n {
+            -1 => None,
+            n => Some(usize::try_from(n).map_err(|_| framing())?),
+        };
+        rest = r;
     }
-    let (hash, rest) = rest.split_at(hash_len);
-    let (body, rest) = rest.split_at(body_len);
-    Ok((seq, hash, body, rest))
+    let mut values = [None::<&[u8]>; 6];
+    for (value, len) in values.iter_mut().zip(lens) {
+        if let Some(len) = len {
+            if rest.len() < len {
+                return Err(framing());
+            }
+            let (v, r) = rest.split_at(len);
+            *value = Some(v);
+            rest = r;
+        }
+    }
+    let [Some(hash), Some(kind), identity, task, grant_id, Some(body)] = values else {
+        // The NOT NULL columns.
+        return Err(framing());
+    };
+    let columns = StoredColumns {
+        at_ms,
+        kind,
+        identity,
+        task,
+        grant_id,
+    };
+    let row = PackedRow {
+        seq,
+        hash,
+        body,
+        columns,
+    };
+    Ok((row, rest))
 }
 
 /// A decimal (possibly negative) followed by a comma.
@@ -124,29 +165,47 @@ fn framing() -> StoreError {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use mayfly_core::audit::{AuditDraft, AuditKind, ChainBreak, GENESIS_HASH};
+    use mayfly_core::audit::{AuditColumn, AuditDraft, AuditKind, ChainBreak, GENESIS_HASH};
     use sqlx::SqlitePool;
 
-    /// A chain of `n` entries in a bare `audit` table (the columns the walk reads).
+    /// A chain of `n` entries in an `audit` table as the schema declares it; every third
+    /// entry is filed under no task, identity or grant.
     async fn chain(n: u64) -> (SqlitePool, Option<(u64, String)>) {
         let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
-        sqlx::query("CREATE TABLE audit (seq INTEGER PRIMARY KEY NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY NOT NULL, at_ms INTEGER NOT NULL, \
+             kind TEXT NOT NULL, identity TEXT, task TEXT, grant_id TEXT, \
+             body TEXT NOT NULL, hash TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         let mut prev = GENESIS_HASH.to_string();
         let at = mayfly_core::now();
         for seq in 1..=n {
-            let e = AuditDraft::new(AuditKind::GrantRejected, "operator")
-                .detail(serde_json::json!({"n": seq, "text": "a,1,2,b"}))
-                .seal(seq, at, &prev);
-            sqlx::query("INSERT INTO audit (seq, body, hash) VALUES (?1, ?2, ?3)")
-                .bind(seq as i64)
-                .bind(e.canonical_body())
-                .bind(&e.hash)
-                .execute(&pool)
-                .await
-                .unwrap();
+            let mut d = AuditDraft::new(AuditKind::GrantRejected, "operator")
+                .detail(serde_json::json!({"n": seq, "text": "a,1,2,b"}));
+            if seq % 3 != 0 {
+                d.identity = Some(format!("id,{seq}"));
+                d.task = Some(format!("t{seq}"));
+                d.grant_id = Some(mayfly_core::Uuid::new_v4());
+            }
+            let e = d.seal(seq, at, &prev);
+            sqlx::query(
+                "INSERT INTO audit (seq, at_ms, kind, identity, task, grant_id, body, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(seq as i64)
+            .bind(mayfly_core::to_unix_ms(e.at))
+            .bind(e.kind.as_str())
+            .bind(&e.identity)
+            .bind(&e.task)
+            .bind(e.grant_id.map(|g| g.to_string()))
+            .bind(e.canonical_body())
+            .bind(&e.hash)
+            .execute(&pool)
+            .await
+            .unwrap();
             prev = e.hash;
         }
         (pool, (n > 0).then_some((n, prev)))
@@ -200,7 +259,8 @@ mod tests {
         let (pool, head) = chain(20).await;
         tamper(
             &pool,
-            "INSERT INTO audit (seq, body, hash) SELECT -5, body, hash FROM audit WHERE seq = 3",
+            "INSERT INTO audit SELECT -5, at_ms, kind, identity, task, grant_id, body, hash \
+             FROM audit WHERE seq = 3",
         )
         .await;
         assert_eq!(
@@ -227,32 +287,143 @@ mod tests {
         );
     }
 
-    fn pack(rows: &[(i64, &str, &str)]) -> Vec<u8> {
+    #[tokio::test]
+    async fn rewritten_columns_are_found_on_page_boundaries_and_inside_pages() {
+        // Entry 14 ends a page of 7; 15 and 16 are inside the next one; 9 is never filed.
+        for (statement, seq, column) in [
+            (
+                "UPDATE audit SET task = 't99' WHERE seq = 14",
+                14,
+                AuditColumn::Task,
+            ),
+            (
+                "UPDATE audit SET task = NULL WHERE seq = 16",
+                16,
+                AuditColumn::Task,
+            ),
+            (
+                "UPDATE audit SET task = 't9' WHERE seq = 9",
+                9,
+                AuditColumn::Task,
+            ),
+            (
+                "UPDATE audit SET identity = 'id,16,' WHERE seq = 16",
+                16,
+                AuditColumn::Identity,
+            ),
+            (
+                "UPDATE audit SET identity = X'FF2C2D31' WHERE seq = 15",
+                15,
+                AuditColumn::Identity,
+            ),
+            (
+                "UPDATE audit SET grant_id = NULL WHERE seq = 14",
+                14,
+                AuditColumn::GrantId,
+            ),
+            (
+                "UPDATE audit SET kind = 'lease.revoked' WHERE seq = 15",
+                15,
+                AuditColumn::Kind,
+            ),
+            (
+                "UPDATE audit SET at_ms = at_ms - 1 WHERE seq = 16",
+                16,
+                AuditColumn::AtMs,
+            ),
+            (
+                "UPDATE audit SET at_ms = 'soon' WHERE seq = 15",
+                15,
+                AuditColumn::AtMs,
+            ),
+        ] {
+            let (pool, head) = chain(20).await;
+            assert!(walk(&pool, head.clone(), 7).await.ok());
+            tamper(&pool, statement).await;
+            for page in [1, 7, 16_384] {
+                assert_eq!(
+                    walk(&pool, head.clone(), page).await.first_break,
+                    Some(ChainBreak::ColumnEdited { seq, column }),
+                    "{statement}, pages of {page}"
+                );
+            }
+        }
+    }
+
+    type Packed<'a> = (i64, i64, &'a str, &'a str, &'a str, [Option<&'a str>; 3]);
+
+    fn pack(rows: &[Packed]) -> Vec<u8> {
         let mut out = Vec::new();
-        for (seq, hash, body) in rows {
-            out.extend_from_slice(format!("{seq},{},{},", hash.len(), body.len()).as_bytes());
-            out.extend_from_slice(hash.as_bytes());
-            out.extend_from_slice(body.as_bytes());
+        for (seq, at_ms, hash, body, kind, filed) in rows {
+            let len = |v: &Option<&str>| v.map_or(-1, |v| v.len() as i64);
+            out.extend_from_slice(
+                format!(
+                    "{seq},{at_ms},{},{},{},{},{},{},",
+                    hash.len(),
+                    kind.len(),
+                    len(&filed[0]),
+                    len(&filed[1]),
+                    len(&filed[2]),
+                    body.len(),
+                )
+                .as_bytes(),
+            );
+            let values = [Some(*hash), Some(*kind)]
+                .into_iter()
+                .chain(filed.iter().copied());
+            for v in values.chain([Some(*body)]) {
+                out.extend_from_slice(v.unwrap_or("").as_bytes());
+            }
         }
         out
     }
 
     #[test]
     fn rows_split_exactly_whatever_they_contain() {
-        let packed = pack(&[(1, "ab", "{\"x\":\",3,\"}"), (-2, "", "")]);
-        let (seq, hash, body, rest) = next_row(&packed).unwrap();
-        assert_eq!((seq, hash, body), (1, &b"ab"[..], &b"{\"x\":\",3,\"}"[..]));
-        let (seq, hash, body, rest) = next_row(rest).unwrap();
-        assert_eq!((seq, hash, body, rest), (-2, &b""[..], &b""[..], &b""[..]));
+        let packed = pack(&[
+            (
+                1,
+                5,
+                "ab",
+                "{\"x\":\",3,\"}",
+                "k",
+                [Some("i,1"), None, Some("")],
+            ),
+            (-2, -7, "", "", "", [None, Some("-1,"), None]),
+        ]);
+        let (row, rest) = next_row(&packed).unwrap();
+        assert_eq!(
+            (row.seq, row.hash, row.body),
+            (1, &b"ab"[..], &b"{\"x\":\",3,\"}"[..])
+        );
+        let c = row.columns;
+        assert_eq!((c.at_ms, c.kind), (5, &b"k"[..]));
+        assert_eq!(
+            (c.identity, c.task, c.grant_id),
+            (Some(&b"i,1"[..]), None, Some(&b""[..]))
+        );
+        let (row, rest) = next_row(rest).unwrap();
+        assert_eq!(
+            (row.seq, row.hash, row.body, rest),
+            (-2, &b""[..], &b""[..], &b""[..])
+        );
+        let c = row.columns;
+        assert_eq!((c.at_ms, c.kind), (-7, &b""[..]));
+        assert_eq!(
+            (c.identity, c.task, c.grant_id),
+            (None, Some(&b"-1,"[..]), None)
+        );
     }
 
     #[test]
     fn a_short_page_is_an_error_not_a_panic() {
-        let packed = pack(&[(1, "ab", "body")]);
+        let packed = pack(&[(1, 2, "ab", "body", "k", [Some("i"), None, Some("g")])]);
         for cut in 0..packed.len() {
             assert!(next_row(&packed[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(next_row(b"x,1,1,ab").is_err());
-        assert!(next_row(b"1,-1,1,ab").is_err());
+        assert!(next_row(b"x,1,1,1,1,1,1,1,abcdef").is_err());
+        assert!(next_row(b"1,1,-2,1,1,1,1,1,abcdef").is_err());
+        // A NULL where the schema forbids one.
+        assert!(next_row(b"1,1,-1,1,1,1,1,1,abcde").is_err());
     }
 }
