@@ -268,17 +268,21 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
         "each failed attempt is audited"
     );
 
-    // Reconcile: a stray user with Mayfly's prefix and no lease is dropped; live ones stay.
+    // Reconcile: a stray user with Mayfly's prefix that Mayfly did not create is reported
+    // and left alone (it may be a DBA's); live ones stay.
     let live = request(&broker, "read", "10m", "load-5").await;
     let live_user = live["credential"]["username"].as_str().unwrap().to_string();
-    su.execute(format!("CREATE ROLE {}stray LOGIN", f.prefix).as_str())
+    let stray = format!("{}stray", f.prefix);
+    su.execute(format!("CREATE ROLE {stray} LOGIN").as_str())
         .await
         .unwrap();
     let (status, report) = broker.post("/v1/targets/pg/reconcile", json!({})).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["dropped"], json!([format!("{}stray", f.prefix)]));
+    assert_eq!(report["dropped"], json!([]));
+    assert_eq!(report["unknown"], json!([stray]));
     let mut expected = vec![
         live_user.clone(),
+        stray.clone(),
         write["credential"]["username"]
             .as_str()
             .unwrap()
@@ -308,6 +312,136 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
         broker.get("/v1/audit/verify").await["first_break"],
         Value::Null
     );
+    drop(broker);
+    f.drop_all(&mut su).await;
+}
+
+/// The security review's scenario through the running broker: on one PostgreSQL server,
+/// two targets share a username prefix. Reconciling one of them removes only its own user
+/// whose lease ended; a hand-made role, an admin role and the other target's live user
+/// (which keeps logging in, its lease active) are reported and kept.
+#[tokio::test]
+async fn reconcile_removes_only_what_mayfly_made_for_the_target() {
+    let Some(mut su) = postgres_superuser("dynamic postgres reconciliation").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su).await;
+    let broker = Broker::start();
+    broker.add_identity("etl", "team-data").await;
+    let (status, created) = broker.post("/v1/targets", f.target("pg")).await;
+    assert_eq!(status, 201, "{created}");
+    assert!(created.get("warnings").is_none(), "{created}");
+    let (status, created) = broker.post("/v1/targets", f.target("pg-b")).await;
+    assert_eq!(status, 201, "{created}");
+    let warning = created["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("\"pg\"") && warning.contains(&f.prefix),
+        "a shared prefix on one server is warned about: {created}"
+    );
+
+    let ended = request(&broker, "read", "10m", "rec-1").await;
+    let ended_user = ended["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let marker: Option<String> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(&ended_user)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    let marker = marker.unwrap();
+    assert_eq!(
+        marker,
+        format!(
+            "mayfly target=pg lease={}",
+            ended["lease"]["id"].as_str().unwrap()
+        )
+    );
+    let (status, _) = broker
+        .post(
+            &format!(
+                "/v1/grants/{}/revoke",
+                ended["grant"]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_state(&broker, ended["lease"]["id"].as_str().unwrap(), "revoked").await;
+    // The server restored from a backup brings the role back after its lease ended: a
+    // Mayfly user of this target that outlived its lease.
+    assert!(!f.users(&mut su).await.contains(&ended_user));
+    su.execute(
+        format!(
+            "CREATE ROLE \"{ended_user}\" LOGIN; COMMENT ON ROLE \"{ended_user}\" IS '{marker}'"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+
+    let (status, other) = broker
+        .post("/v1/grants", json!({"identity": "etl", "target": "pg-b", "action": "read", "purpose": "nightly load", "task": "rec-2", "ttl": "10m"}))
+        .await;
+    assert_eq!(status, 201, "{other}");
+    let other_user = other["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other_dsn = other["credential"]["dsn"].as_str().unwrap().to_string();
+    let mut other_session = PgConnection::connect(&other_dsn).await.unwrap();
+    let by_hand = format!("{}reporting", f.prefix);
+    let dba = format!("{}dba", f.prefix);
+    su.execute(format!("CREATE ROLE {by_hand} LOGIN").as_str())
+        .await
+        .unwrap();
+    su.execute(format!("CREATE ROLE {dba} LOGIN CREATEROLE").as_str())
+        .await
+        .unwrap();
+
+    let (status, report) = broker.post("/v1/targets/pg/reconcile", json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["dropped"], json!([ended_user]), "{report}");
+    let mut unknown = vec![by_hand.clone(), dba.clone(), other_user.clone()];
+    unknown.sort();
+    assert_eq!(report["unknown"], json!(unknown), "{report}");
+    let mut left = unknown.clone();
+    left.sort();
+    assert_eq!(f.users(&mut su).await, left);
+    let can_login: bool = sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(&other_user)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert!(can_login, "the other target's live user was blocked");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM app.items")
+        .fetch_one(&mut other_session)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the other target's open session was ended");
+    PgConnection::connect(&other_dsn)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    assert_eq!(
+        broker
+            .get(&format!(
+                "/v1/leases/{}",
+                other["lease"]["id"].as_str().unwrap()
+            ))
+            .await["state"],
+        "active"
+    );
+    // The other target's own pass keeps its user too, and leaves this target's alone.
+    let (status, report) = broker.post("/v1/targets/pg-b/reconcile", json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["dropped"], json!([]), "{report}");
+    assert_eq!(f.users(&mut su).await, left);
+    other_session.close().await.unwrap();
     drop(broker);
     f.drop_all(&mut su).await;
 }

@@ -9,8 +9,15 @@
 //! state `creating` with that plan as `provider_state`, and only then calls
 //! [`Provider::issue`]. A crash at any point leaves a `creating` lease that names exactly
 //! what may exist on the target, so start-up reconciliation can remove it.
+//!
+//! Reconciliation ([`Provider::reconcile`]) removes only what Mayfly can prove it made
+//! for *this* target: an account the target's own leases recorded (their provider state
+//! names it) whose every such lease has ended. The [`Ledger`] answers that from the
+//! store; a provider may add a marker on the target itself as a second check. Anything
+//! else carrying the prefix (a hand-made role, another target's user on the same
+//! server) is reported as `unknown` and left alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -56,10 +63,34 @@ pub struct IssuedCredential {
 pub struct ReconcileReport {
     /// Credentials on the target that carry Mayfly's prefix.
     pub found: u64,
-    /// Those without a live lease, now removed.
+    /// Those Mayfly created for this target whose leases have all ended, now removed.
     pub dropped: Vec<String>,
     /// Those that could not be removed, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Those Mayfly cannot prove it created for this target (made by hand, by another
+    /// target sharing the prefix, or without this target's marker): left untouched.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+}
+
+/// What the broker recorded about one account name on a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A lease of this target that has not ended (creating, active, revoking) names it.
+    Live,
+    /// Leases of this target named it, and all of them have ended.
+    Ended,
+}
+
+/// The broker's record of the credentials it created on one target, which
+/// [`Provider::reconcile`] consults before removing anything.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// What this target's leases recorded about each of `names`. A name no lease of this
+    /// target ever recorded is absent from the answer: it is not Mayfly's to remove.
+    /// An error means the record could not be read; nothing may be removed then.
+    async fn recorded(&self, names: &[String])
+        -> Result<BTreeMap<String, Recorded>, ProviderError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,14 +136,14 @@ pub trait Provider: Send + Sync {
     ) -> Result<Option<IssuedCredential>, ProviderError>;
     /// Destroys the credential; `Ok` when it is already gone.
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError>;
-    /// Removes credentials on the target that carry Mayfly's prefix but are not in `live`
-    /// (the provider-state names of every lease not yet ended).
+    /// Removes credentials on the target that `ledger` records as created for this target
+    /// with every lease ended; reports the other prefixed credentials as kept or unknown.
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
-        let _ = (target, live);
+        let _ = (target, ledger);
         Ok(ReconcileReport::default())
     }
     /// Replaces the admin credential with a new random one only Mayfly knows, verified by

@@ -262,6 +262,17 @@ pub trait Store: Send + Sync {
         target: &str,
     ) -> Result<Vec<serde_json::Value>, StoreError>;
 
+    /// Which of `usernames` the leases of `target` recorded in their provider state (the
+    /// write-ahead plan's `{"username": …}`), each mapped to whether one of those leases is
+    /// still live (creating, active, revoking). Names no lease of `target` recorded are
+    /// absent: reconciliation must never touch them. Reads the target's lease history, so
+    /// it is for reconciliation, not for request paths.
+    async fn recorded_usernames(
+        &self,
+        target: &str,
+        usernames: &[String],
+    ) -> Result<std::collections::BTreeMap<String, bool>, StoreError>;
+
     // --- audit --------------------------------------------------------------------------
     /// Appends events that accompany no state change (rejected requests, failed logins).
     async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError>;

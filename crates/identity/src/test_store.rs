@@ -210,4 +210,11 @@ impl Store for TokenStore {
     async fn live_provider_states(&self, _: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         unused()
     }
+    async fn recorded_usernames(
+        &self,
+        _: &str,
+        _: &[String],
+    ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
+        unused()
+    }
 }

@@ -25,12 +25,18 @@
 //! (random `[a-z0-9]`, usernames only) and `{{host}}` (MariaDB revocation: the account's
 //! host part). Templates are trusted operator configuration; only generated or validated
 //! values are substituted, so a placeholder can never inject SQL.
+//!
+//! `{{password}}` is replaced by the engine's *verifier* of the issued password
+//! ([`crate::verifier`]), never by the password itself, so the plaintext never reaches the
+//! database server's statement log. PostgreSQL stores a verifier given as the password of
+//! `CREATE ROLE … PASSWORD '{{password}}'` as it is; MariaDB needs it placed as a hash,
+//! `IDENTIFIED BY PASSWORD '{{password}}'` (checked when the target is stored).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mayfly_core::model::Target;
-use mayfly_core::provider::ProviderError;
+use mayfly_core::provider::{Ledger, ProviderError, ReconcileReport, Recorded};
 use mayfly_core::secret::{random_bytes, SecretString};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -60,6 +66,10 @@ pub struct EngineSpec {
     pub schemes: &'static [&'static str],
     /// Username prefixes the engine reserves (`pg_` on PostgreSQL).
     pub reserved_prefixes: &'static [&'static str],
+    /// Keywords one of which must come right before `'{{password}}'` for the engine to
+    /// take the verifier as a hash (MariaDB: `PASSWORD`, `USING`); empty where any
+    /// password literal accepts a verifier (PostgreSQL).
+    pub verifier_after: &'static [&'static str],
 }
 
 /// The settings as written in the target definition.
@@ -167,6 +177,7 @@ impl Config {
                 "creation_statements must use {{password}} (the issued password would not work)",
             ));
         }
+
         let revocation = match &settings.revocation_statements {
             Some(list) if list.is_empty() => {
                 return Err(bad("revocation_statements must not be empty"))
@@ -190,6 +201,18 @@ impl Config {
                 action.clone(),
                 parse_list(&format!("grants.{action}"), list, STATEMENT_VARS)?,
             );
+        }
+        if !spec.verifier_after.is_empty()
+            && creation
+                .iter()
+                .chain(grants.values().flatten())
+                .any(|t| !t.password_after(spec.verifier_after))
+        {
+            return Err(bad(format!(
+                "{{{{password}}}} stands for the password's hash on {}: write it as {} '{{{{password}}}}'",
+                spec.kind,
+                spec.verifier_after.join(" '{{password}}' or ")
+            )));
         }
         for action in &target.actions {
             if !grants.contains_key(action) {
@@ -363,6 +386,31 @@ impl Template {
 
     pub fn uses(&self, var: Var) -> bool {
         self.pieces.contains(&Piece::Var(var))
+    }
+
+    /// Whether every `{{password}}` is a quoted literal right after one of `keywords`
+    /// (case-insensitive, any whitespace in between): `PASSWORD '{{password}}'`.
+    pub fn password_after(&self, keywords: &[&str]) -> bool {
+        self.pieces.iter().enumerate().all(|(i, p)| {
+            if *p != Piece::Var(Var::Password) {
+                return true;
+            }
+            let before = match i.checked_sub(1).and_then(|j| self.pieces.get(j)) {
+                Some(Piece::Lit(s)) => s.as_str(),
+                _ => return false,
+            };
+            let after_quoted =
+                matches!(self.pieces.get(i + 1), Some(Piece::Lit(s)) if s.starts_with('\''));
+            let Some(head) = before.strip_suffix('\'') else {
+                return false;
+            };
+            let head = head.trim_end().to_ascii_uppercase();
+            after_quoted
+                && keywords.iter().any(|k| {
+                    head.strip_suffix(&k.to_ascii_uppercase())
+                        .is_some_and(|rest| rest.is_empty() || rest.ends_with(char::is_whitespace))
+                })
+        })
     }
 
     /// Renders into a [`SecretString`]: a statement may carry the password, so it is
@@ -626,6 +674,42 @@ pub enum StateUse {
     Existing,
 }
 
+/// A prefixed account found on a target by reconciliation.
+#[derive(Debug)]
+pub struct Candidate {
+    pub name: String,
+    /// Whether the target itself marks the account as Mayfly's for this target
+    /// (PostgreSQL: the role comment). `true` on engines with no place for a marker, where
+    /// the store's record is the only proof.
+    pub marked: bool,
+}
+
+/// The candidates reconciliation removes: recorded by this target's leases, every such
+/// lease ended, and marked. Each candidate is counted in `report.found`; those Mayfly
+/// cannot prove it made for this target are listed in `report.unknown` and left alone.
+pub async fn removable(
+    ledger: &dyn Ledger,
+    candidates: Vec<Candidate>,
+    report: &mut ReconcileReport,
+) -> Result<Vec<String>, ProviderError> {
+    let names: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
+    let recorded = if names.is_empty() {
+        BTreeMap::new()
+    } else {
+        ledger.recorded(&names).await?
+    };
+    let mut remove = Vec::new();
+    for c in candidates {
+        report.found += 1;
+        match recorded.get(&c.name) {
+            Some(Recorded::Live) => {}
+            Some(Recorded::Ended) if c.marked => remove.push(c.name),
+            _ => report.unknown.push(c.name),
+        }
+    }
+    Ok(remove)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -640,6 +724,7 @@ mod tests {
         default_port: 5432,
         schemes: &["postgres"],
         reserved_prefixes: &["pg_"],
+        verifier_after: &[],
     };
 
     fn target(settings: serde_json::Value) -> Target {
@@ -705,6 +790,42 @@ mod tests {
     }
 
     #[test]
+    fn mariadb_needs_the_password_placed_as_a_hash() {
+        let maria = crate::mariadb::SPEC;
+        let with = |creation: &str, grant: &str| {
+            let mut t = target(serde_json::json!({
+                "creation_statements": [creation],
+                "grants": {"read": [grant], "write": []}
+            }));
+            t.kind = "mariadb".into();
+            Config::from_target(&maria, &t)
+        };
+        let g = "GRANT SELECT ON db.* TO '{{name}}'@'%'";
+        for ok in [
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'",
+            "CREATE USER '{{name}}'@'%' identified by password   '{{password}}' ACCOUNT LOCK",
+            "CREATE USER '{{name}}'@'%' IDENTIFIED VIA mysql_native_password USING '{{password}}'",
+        ] {
+            assert!(with(ok, g).is_ok(), "{ok}");
+        }
+        for bad in [
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD {{password}}",
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY NOPASSWORD '{{password}}'",
+        ] {
+            let e = with(bad, g).unwrap_err().to_string();
+            assert!(e.contains("PASSWORD '{{password}}'"), "{bad}: {e}");
+        }
+        let ok = "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'";
+        assert!(with(
+            ok,
+            "GRANT SELECT ON db.* TO '{{name}}'@'%' IDENTIFIED BY '{{password}}'"
+        )
+        .is_err());
+        assert!(with(crate::mariadb::SPEC.default_creation[0], g).is_ok());
+    }
+
+    #[test]
     fn usernames_fit_and_are_recognised() {
         let u = UsernameTemplate::parse(DEFAULT_USERNAME_TEMPLATE, &SPEC).unwrap();
         let name = u.render_with(
@@ -745,6 +866,56 @@ mod tests {
         let many = generate_password(128).unwrap();
         assert!(many.expose().chars().any(|c| c.is_ascii_uppercase()));
         assert!(many.expose().chars().any(|c| c.is_ascii_digit()));
+    }
+
+    struct FixedLedger(BTreeMap<String, Recorded>);
+
+    #[async_trait::async_trait]
+    impl Ledger for FixedLedger {
+        async fn recorded(
+            &self,
+            names: &[String],
+        ) -> Result<BTreeMap<String, Recorded>, ProviderError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(n, r)| (n.clone(), *r))
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn only_recorded_ended_and_marked_accounts_are_removable() {
+        let ledger = FixedLedger(BTreeMap::from([
+            ("mf_live".to_string(), Recorded::Live),
+            ("mf_ended".to_string(), Recorded::Ended),
+            ("mf_ended_unmarked".to_string(), Recorded::Ended),
+        ]));
+        let c = |name: &str, marked| Candidate {
+            name: name.into(),
+            marked,
+        };
+        let mut report = ReconcileReport::default();
+        let remove = removable(
+            &ledger,
+            vec![
+                c("mf_live", true),
+                c("mf_ended", true),
+                c("mf_ended_unmarked", false),
+                c("mf_by_hand", true),
+                c("mf_other_target", false),
+            ],
+            &mut report,
+        )
+        .await
+        .unwrap();
+        assert_eq!(remove, ["mf_ended"]);
+        assert_eq!(report.found, 5);
+        assert_eq!(
+            report.unknown,
+            ["mf_ended_unmarked", "mf_by_hand", "mf_other_target"]
+        );
     }
 
     #[test]

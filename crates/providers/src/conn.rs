@@ -346,6 +346,7 @@ mod tests {
         default_port: 5432,
         schemes: &["postgres", "postgresql"],
         reserved_prefixes: &[],
+        verifier_after: &[],
     };
 
     #[test]

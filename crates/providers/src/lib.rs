@@ -4,7 +4,8 @@
 //! - [`mariadb`]: the `mariadb` kind, one MariaDB user per lease.
 //!
 //! What the two share (target settings, statement templates, usernames, passwords) lives
-//! in [`common`]; admin connections and secret-free error mapping in [`conn`].
+//! in [`common`]; admin connections and secret-free error mapping in [`conn`]; the
+//! password verifiers sent in place of passwords in [`verifier`].
 //! The server registers [`builtin`].
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub mod common;
 pub mod conn;
 pub mod mariadb;
 pub mod postgres;
+pub mod verifier;
 
 pub use mariadb::MariaDbProvider;
 pub use postgres::PostgresProvider;

@@ -9,8 +9,18 @@
 //! Revoke locks every account of the user name (`ACCOUNT LOCK`, MariaDB 10.4+), kills its
 //! connections and then runs the revocation statements once per account host.
 //!
+//! Passwords travel only as `mysql_native_password` hashes ([`crate::verifier`]):
+//! `{{password}}` is the hash, so templates place it as `IDENTIFIED BY PASSWORD
+//! '{{password}}'` (checked when the target is stored), and root rotation sends the hash
+//! too. The plaintext is in no statement the server could log.
+//!
+//! Reconciliation removes a user only when the store records it for one of this target's
+//! leases, all of them ended. MariaDB 10.11 has no per-user comment or attribute to carry
+//! a marker (MySQL's `CREATE USER … COMMENT` does not exist here), so that record is the
+//! only proof; prefixed users without it are reported and left alone.
+//!
 //! Defaults:
-//! - `creation_statements`: `CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'`
+//! - `creation_statements`: `CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'`
 //! - `revocation_statements` (per account, `{{host}}` available):
 //!   `DROP USER IF EXISTS '{{name}}'@'{{host}}'`
 //! - usernames: at most 80 characters, the limit of every MariaDB release that has
@@ -27,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
-    IssueRequest, IssuedCredential, Provider, ProviderError, ReconcileReport, TargetAccess,
+    IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, ReconcileReport, TargetAccess,
 };
 use mayfly_core::secret::SecretString;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError};
@@ -35,20 +45,23 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use time::OffsetDateTime;
 
 use crate::common::{
-    format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
-    StateUse, Values, Var,
+    format_expiration, generate_password, removable, sanitize, username_from_state, Candidate,
+    Config, EngineSpec, StateUse, Template, Values, Var,
 };
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
+use crate::verifier;
 
 pub const SPEC: EngineSpec = EngineSpec {
     kind: "mariadb",
     max_username: 80,
-    default_creation: &["CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'"],
+    default_creation: &["CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'"],
     default_revocation: &["DROP USER IF EXISTS '{{name}}'@'{{host}}'"],
     revocation_vars: &[Var::Name, Var::Host],
     default_port: 3306,
     schemes: &["mysql", "mariadb"],
     reserved_prefixes: &[],
+    // `IDENTIFIED BY '…'` would make the hash itself the password.
+    verifier_after: &["PASSWORD", "USING"],
 };
 
 /// ER_CANNOT_USER: the account does not exist (for `ALTER USER`).
@@ -108,10 +121,51 @@ fn admin_options(admin: &Admin, url: &url::Url) -> Result<MySqlConnectOptions, P
     Ok(options.disable_statement_logging())
 }
 
+/// The issue statements, each with what it is for the error message: the creation
+/// statements with `{{password}}` as the `mysql_native_password` hash of `password` (never
+/// the password), then `grants`. Also returns the hash (to scrub from errors).
+fn creation_statements(
+    config: &Config,
+    grants: &[Template],
+    values: Values<'_>,
+    password: &SecretString,
+) -> (Vec<(String, SecretString)>, SecretString) {
+    let hash = verifier::mysql_native(password);
+    let values = Values {
+        password: Some(&hash),
+        ..values
+    };
+    let statements = config
+        .creation
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("creation statement {}", i + 1), t.render(&values)))
+        .chain(
+            grants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("grant statement {}", i + 1), t.render(&values))),
+        )
+        .collect();
+    (statements, hash)
+}
+
 /// Runs SQL text with the simple query protocol. (Going through `Executor::execute`
 /// rather than `RawSql::execute` keeps the future `Send` for `async_trait`.)
 async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sqlx::Error> {
     conn.execute(sqlx::raw_sql(sql)).await.map(|_| ())
+}
+
+/// `ALTER USER <account> IDENTIFIED BY PASSWORD '<hash>'` (`account` already quoted),
+/// with the hash it carries. The account keeps (or gets) `mysql_native_password`.
+fn set_password(account: &str, password: &SecretString) -> (SecretString, SecretString) {
+    let hash = verifier::mysql_native(password);
+    // `*` and hex digits: safe inside the literal in every sql_mode.
+    let stmt = SecretString::new(format!(
+        "ALTER USER {account} IDENTIFIED BY PASSWORD '{}'",
+        hash.expose()
+    ));
+    (stmt, hash)
 }
 
 /// The account this session authenticated as, `(user, host)`.
@@ -279,30 +333,16 @@ impl MariaDbProvider {
         let action = sanitize(&r.grant.action);
         let values = Values {
             name: &name,
-            password: Some(&password),
             expiration: &expiration,
             identity: &identity,
             action: &action,
             ..Values::default()
         };
+        let (statements, hash) = creation_statements(&ctx.config, grants, values, &password);
         let mut conn = self.connect(ctx).await?;
-        let statements: Vec<(String, &crate::common::Template)> = ctx
-            .config
-            .creation
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("creation statement {}", i + 1), t))
-            .chain(
-                grants
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("grant statement {}", i + 1), t)),
-            )
-            .collect();
-        for (index, (what, t)) in statements.iter().enumerate() {
-            let stmt = t.render(&values);
+        for (index, (what, stmt)) in statements.iter().enumerate() {
             if let Err(e) = exec(&mut conn, stmt.expose()).await {
-                let err = ctx.stmt_err(what, e, &[&password]);
+                let err = ctx.stmt_err(what, e, &[&password, &hash]);
                 // The first statement creates the user; once it succeeded, a later failure
                 // leaves a half-made user that must go (DDL here is not transactional).
                 // A failed first statement created nothing of ours, and dropping could hit
@@ -340,7 +380,7 @@ impl MariaDbProvider {
     async fn reconcile_inner(
         &self,
         ctx: &Ctx<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
         let mut conn = self.connect(ctx).await?;
         let prefix = ctx.config.username.prefix();
@@ -372,12 +412,15 @@ impl MariaDbProvider {
             .map(|(u, _, _)| u.clone())
             .collect();
         names.dedup();
+        // No marker exists on MariaDB (see the module docs): the store's record decides.
+        let candidates = names
+            .into_iter()
+            .filter(|n| ctx.config.username.accepts(n))
+            .map(|name| Candidate { name, marked: true })
+            .collect();
         let mut report = ReconcileReport::default();
-        for name in names.into_iter().filter(|n| ctx.config.username.accepts(n)) {
-            report.found += 1;
-            if live.contains(&name) {
-                continue;
-            }
+        let remove = removable(ledger, candidates, &mut report).await?;
+        for name in remove {
             match self.drop_user(ctx, &mut conn, &name).await {
                 Ok(_) => report.dropped.push(name),
                 Err(e @ ProviderError::Unavailable(_)) => return Err(e),
@@ -431,10 +474,10 @@ impl MariaDbProvider {
             literal_body(&host, no_backslash_escapes)
         );
         let new = generate_password(ctx.config.password_length.max(32))?;
-        let stmt = SecretString::new(format!("ALTER USER {me} IDENTIFIED BY '{}'", new.expose()));
+        let (stmt, hash) = set_password(&me, &new);
         exec(&mut conn, stmt.expose())
             .await
-            .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new]))?;
+            .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new, &hash]))?;
         self.cache.forget(ctx.name());
         let new_url = ctx.admin.with_password(&new)?;
 
@@ -468,19 +511,15 @@ impl MariaDbProvider {
                     .admin
                     .password()
                     .unwrap_or_else(|| SecretString::new(String::new()));
-                let restored = if old.expose().chars().any(char::is_control) {
-                    Err(ProviderError::Failed(
-                        "the old password contains control characters".into(),
-                    ))
-                } else {
-                    let stmt = SecretString::new(format!(
-                        "ALTER USER {me} IDENTIFIED BY '{}'",
-                        literal_body(old.expose(), no_backslash_escapes)
-                    ));
+                // As a hash, like every password here: any old password can be restored.
+                let restored = {
+                    let (stmt, hash) = set_password(&me, &old);
                     exec(&mut conn, stmt.expose())
                         .await
                         .map(|_| ())
-                        .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[&old, &new]))
+                        .map_err(|e| {
+                            ctx.stmt_err("restoring the admin password", e, &[&old, &new, &hash])
+                        })
                 };
                 let _ = conn.close().await;
                 Err(ProviderError::Failed(match restored {
@@ -555,10 +594,10 @@ impl Provider for MariaDbProvider {
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
         let ctx = Ctx::new(target)?;
-        with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, live)).await
+        with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, ledger)).await
     }
 
     async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
@@ -572,6 +611,49 @@ impl Provider for MariaDbProvider {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn statements_carry_a_hash_never_the_password() {
+        let target = Target {
+            name: "maria".into(),
+            kind: "mariadb".into(),
+            actions: vec!["read".into()],
+            default_ttl: "1h".parse().unwrap(),
+            max_ttl: "1h".parse().unwrap(),
+            allow: vec![],
+            settings: serde_json::json!({"grants": {"read": ["GRANT SELECT ON db.* TO '{{name}}'@'%'"]}}),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let config = Config::from_target(&SPEC, &target).unwrap();
+        let password = generate_password(32).unwrap();
+        let values = Values {
+            name: "mayfly_svc_0123456789",
+            ..Values::default()
+        };
+        let (statements, hash) = creation_statements(
+            &config,
+            config.grants_for("read").unwrap(),
+            values,
+            &password,
+        );
+        assert_eq!(hash.expose(), verifier::mysql_native(&password).expose());
+        assert_eq!(
+            statements[0].1.expose(),
+            format!(
+                "CREATE USER 'mayfly_svc_0123456789'@'%' IDENTIFIED BY PASSWORD '{}'",
+                hash.expose()
+            )
+        );
+        assert_eq!(statements.len(), 2);
+        for (_, s) in &statements {
+            assert!(!s.expose().contains(password.expose()));
+        }
+        let (rotate, hash) = set_password("'a'@'%'", &password);
+        assert!(!rotate.expose().contains(password.expose()));
+        assert!(rotate
+            .expose()
+            .ends_with(&format!("PASSWORD '{}'", hash.expose())));
+    }
 
     #[test]
     fn quoting() {

@@ -7,6 +7,16 @@
 //! down when the lease ends. Renew moves `VALID UNTIL`. Revoke blocks new logins,
 //! terminates the role's sessions and then drops it.
 //!
+//! Passwords travel only as SCRAM-SHA-256 verifiers ([`crate::verifier`]): `{{password}}`
+//! in a template, and root rotation, send the verifier, so the plaintext is in no
+//! statement the server could log.
+//!
+//! Every role gets the comment `mayfly target=<target> lease=<lease id>` in the same
+//! transaction that creates it. Reconciliation removes a role only when the comment names
+//! this target *and* the store records the role for one of this target's leases, all of
+//! them ended; hand-made roles and other targets' roles that share the prefix are
+//! reported and left alone.
+//!
 //! Defaults:
 //! - `creation_statements`: `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`
 //! - `revocation_statements` (run after logins are blocked and sessions terminated):
@@ -19,12 +29,12 @@
 //! the grants hand out. No superuser: to terminate a temporary role's sessions and reassign
 //! its objects the admin makes itself a member of that role just before dropping it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
-    IssueRequest, IssuedCredential, Provider, ProviderError, ReconcileReport, TargetAccess,
+    IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, ReconcileReport, TargetAccess,
 };
 use mayfly_core::secret::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -32,10 +42,11 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use time::OffsetDateTime;
 
 use crate::common::{
-    format_expiration, generate_password, sanitize, username_from_state, Config, EngineSpec,
-    StateUse, Template, Values, Var,
+    format_expiration, generate_password, removable, sanitize, username_from_state, Candidate,
+    Config, EngineSpec, StateUse, Template, Values, Var,
 };
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
+use crate::verifier;
 
 pub const SPEC: EngineSpec = EngineSpec {
     kind: "postgres",
@@ -52,6 +63,8 @@ pub const SPEC: EngineSpec = EngineSpec {
     default_port: 5432,
     schemes: &["postgres", "postgresql"],
     reserved_prefixes: &["pg_"],
+    // A SCRAM verifier is accepted wherever a password literal is.
+    verifier_after: &[],
 };
 
 /// SQLSTATE `undefined_object`: the role does not exist.
@@ -162,6 +175,62 @@ fn batch<'t>(templates: impl Iterator<Item = &'t Template>, values: &Values<'_>)
         out.push_str(stmt);
     }
     SecretString::new(out)
+}
+
+/// The role comment that marks a role as made by Mayfly for `target` (a second proof,
+/// next to the store's record, before reconciliation may drop it).
+fn marker(target: &str, lease: uuid::Uuid) -> String {
+    format!("{}{lease}", marker_prefix(target))
+}
+
+/// What a role's comment starts with when Mayfly made it for `target`.
+fn marker_prefix(target: &str) -> String {
+    format!("mayfly target={target} lease=")
+}
+
+/// The issue batch for role `values.name`: the creation statements with `{{password}}`
+/// as the SCRAM verifier of `password` (never the password), the role's marker comment,
+/// then `grants`. Returns the text and the verifier (to scrub from errors).
+fn creation_batch(
+    config: &Config,
+    grants: &[Template],
+    values: Values<'_>,
+    password: &SecretString,
+    target: &str,
+    lease: uuid::Uuid,
+) -> Result<(SecretString, SecretString), ProviderError> {
+    let verifier = verifier::scram_sha256(password)?;
+    let values = Values {
+        password: Some(&verifier),
+        ..values
+    };
+    // Target names are `[a-z0-9._-]`; doubling quotes is the second line of defence.
+    let comment = format!(
+        "COMMENT ON ROLE {} IS '{}'",
+        quote_ident(values.name),
+        marker(target, lease).replace('\'', "''")
+    );
+    let create = batch(config.creation.iter(), &values);
+    let grant = batch(grants.iter(), &values);
+    let mut text = format!("{};\n{comment}", create.expose());
+    if !grant.expose().is_empty() {
+        text.push_str(";\n");
+        text.push_str(grant.expose());
+    }
+    Ok((SecretString::new(text), verifier))
+}
+
+/// `ALTER ROLE CURRENT_USER PASSWORD '<verifier>'`, with the verifier it carries.
+fn set_own_password(
+    password: &SecretString,
+) -> Result<(SecretString, SecretString), ProviderError> {
+    let verifier = verifier::scram_sha256(password)?;
+    // The verifier is base64 and `$:`: safe inside the literal.
+    let stmt = SecretString::new(format!(
+        "ALTER ROLE CURRENT_USER PASSWORD '{}'",
+        verifier.expose()
+    ));
+    Ok((stmt, verifier))
 }
 
 /// Runs SQL text with the simple query protocol. (Going through `Executor::execute`
@@ -295,19 +364,28 @@ impl PostgresProvider {
         let action = sanitize(&r.grant.action);
         let values = Values {
             name: &name,
-            password: Some(&password),
             expiration: &expiration,
             identity: &identity,
             action: &action,
             ..Values::default()
         };
+        // One transaction: either the role exists, marked, with all its grants, or nothing
+        // does.
+        let (stmt, verifier) = creation_batch(
+            &ctx.config,
+            grants,
+            values,
+            &password,
+            ctx.name(),
+            r.lease_id,
+        )?;
         let mut conn = self.connect(ctx).await?;
-        // One transaction: either the role exists with all its grants, or nothing does.
-        let stmt = batch(ctx.config.creation.iter().chain(grants), &values);
         let turn = self.privilege_turn(ctx, !grants.is_empty()).await;
         let created = exec_retrying(&mut conn, stmt.expose()).await;
         drop(turn);
-        created.map_err(|e| ctx.stmt_err("creation and grant statements", e, &[&password]))?;
+        created.map_err(|e| {
+            ctx.stmt_err("creation and grant statements", e, &[&password, &verifier])
+        })?;
         self.release(ctx, conn);
         tracing::info!(target = ctx.name(), role = %name, action = %r.grant.action, "created role");
 
@@ -340,13 +418,13 @@ impl PostgresProvider {
     async fn reconcile_inner(
         &self,
         ctx: &Ctx<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
         let mut conn = self.connect(ctx).await?;
         // The admin itself and superusers are never candidates, even if their names happen
         // to start with the prefix (`mayfly_admin` does start with `mayfly_`).
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT rolname::text FROM pg_roles \
+        let roles: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
              WHERE left(rolname, length($1)) = $1 AND rolname <> current_user AND NOT rolsuper \
              ORDER BY 1",
         )
@@ -354,12 +432,18 @@ impl PostgresProvider {
         .fetch_all(&mut conn)
         .await
         .map_err(|e| ctx.stmt_err("listing roles", e, &[]))?;
+        let mine = marker_prefix(ctx.name());
+        let candidates = roles
+            .into_iter()
+            .filter(|(n, _)| ctx.config.username.accepts(n))
+            .map(|(name, comment)| Candidate {
+                name,
+                marked: comment.is_some_and(|c| c.starts_with(&mine)),
+            })
+            .collect();
         let mut report = ReconcileReport::default();
-        for name in names.into_iter().filter(|n| ctx.config.username.accepts(n)) {
-            report.found += 1;
-            if live.contains(&name) {
-                continue;
-            }
+        let remove = removable(ledger, candidates, &mut report).await?;
+        for name in remove {
             match self.drop_user(ctx, &mut conn, &name).await {
                 Ok(_) => report.dropped.push(name),
                 // The target went away mid-pass: the whole pass is retried later.
@@ -390,14 +474,10 @@ impl PostgresProvider {
         .await
         .map_err(|e| ctx.stmt_err("setting a statement timeout", e, &[]))?;
         let new = generate_password(ctx.config.password_length.max(32))?;
-        // Letters and digits only: safe inside the literal.
-        let stmt = SecretString::new(format!(
-            "ALTER ROLE CURRENT_USER PASSWORD '{}'",
-            new.expose()
-        ));
+        let (stmt, verifier) = set_own_password(&new)?;
         exec(&mut conn, stmt.expose())
             .await
-            .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new]))?;
+            .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new, &verifier]))?;
         self.cache.forget(ctx.name());
         let new_url = ctx.admin.with_password(&new)?;
 
@@ -453,7 +533,14 @@ impl PostgresProvider {
                 .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[]))?;
             return Ok(());
         };
-        // The old password may contain anything: let the server quote it.
+        // As a verifier where one can be computed (printable ASCII, as generated passwords
+        // are); any other old password is quoted by the server, which then sees it once.
+        if let Ok((stmt, verifier)) = set_own_password(&old) {
+            exec(conn, stmt.expose())
+                .await
+                .map_err(|e| ctx.stmt_err("restoring the admin password", e, &[&old, &verifier]))?;
+            return Ok(());
+        }
         let stmt: String =
             sqlx::query_scalar("SELECT format('ALTER ROLE CURRENT_USER PASSWORD %L', $1::text)")
                 .bind(old.expose())
@@ -555,15 +642,84 @@ impl Provider for PostgresProvider {
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
         let ctx = Ctx::new(target)?;
-        with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, live)).await
+        with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, ledger)).await
     }
 
     async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
         let ctx = Ctx::new(target)?;
         // Timeouts are applied inside: the password change itself must not be cancelled.
         self.rotate_inner(&ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn config() -> Config {
+        let target = Target {
+            name: "pg-main".into(),
+            kind: "postgres".into(),
+            actions: vec!["read".into()],
+            default_ttl: "1h".parse().unwrap(),
+            max_ttl: "1h".parse().unwrap(),
+            allow: vec![],
+            settings: serde_json::json!({"grants": {"read": ["GRANT SELECT ON t TO \"{{name}}\""]}}),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        Config::from_target(&SPEC, &target).unwrap()
+    }
+
+    #[test]
+    fn statements_carry_a_verifier_never_the_password() {
+        let config = config();
+        let password = generate_password(32).unwrap();
+        let lease = uuid::Uuid::new_v4();
+        let values = Values {
+            name: "mayfly_svc_0123456789",
+            expiration: "2030-01-01T00:00:00Z",
+            ..Values::default()
+        };
+        let (text, verifier) = creation_batch(
+            &config,
+            config.grants_for("read").unwrap(),
+            values,
+            &password,
+            "pg-main",
+            lease,
+        )
+        .unwrap();
+        let text = text.expose();
+        assert!(!text.contains(password.expose()), "{text}");
+        assert!(verifier.expose().starts_with("SCRAM-SHA-256$4096:"));
+        assert!(
+            text.starts_with(&format!(
+                "CREATE ROLE \"mayfly_svc_0123456789\" WITH LOGIN PASSWORD '{}' VALID UNTIL",
+                verifier.expose()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            ";\nCOMMENT ON ROLE \"mayfly_svc_0123456789\" IS 'mayfly target=pg-main lease={lease}';\nGRANT SELECT"
+        )), "{text}");
+
+        let (rotate, verifier) = set_own_password(&password).unwrap();
+        assert!(!rotate.expose().contains(password.expose()));
+        assert_eq!(
+            rotate.expose(),
+            format!("ALTER ROLE CURRENT_USER PASSWORD '{}'", verifier.expose())
+        );
+    }
+
+    #[test]
+    fn only_this_targets_marker_counts() {
+        let lease = uuid::Uuid::new_v4();
+        assert!(marker("pg-main", lease).starts_with(&marker_prefix("pg-main")));
+        assert!(!marker("pg-main-2", lease).starts_with(&marker_prefix("pg-main")));
+        assert!(!marker("pg-mai", lease).starts_with(&marker_prefix("pg-main")));
     }
 }

@@ -29,6 +29,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn passwords_travel_hashed() {
+                common::passwords_travel_hashed::<$engine>().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rotate_root() {
                 common::rotate_root::<$engine>().await
             }

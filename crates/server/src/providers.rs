@@ -1,16 +1,19 @@
 //! The layer every credential provider call goes through: a deadline, a tracing span and
 //! error metrics, so no provider can hang a request or the revocation worker, and each
-//! provider stays free of those concerns. Also where a target's admin secret is unsealed.
+//! provider stays free of those concerns. Also where a target's admin secret is unsealed,
+//! and where the store answers reconciliation's question ([`StoreLedger`]).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
-    IssueRequest, IssuedCredential, Provider, ProviderError, ReconcileReport, TargetAccess,
+    IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, ReconcileReport, Recorded,
+    TargetAccess,
 };
 use mayfly_core::secret::SecretString;
+use mayfly_core::store::{Store, StoreError};
 use mayfly_core::OffsetDateTime;
 use tracing::Instrument;
 
@@ -91,9 +94,9 @@ impl Provider for Guarded {
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,
-        live: &BTreeSet<String>,
+        ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
-        self.run("reconcile", self.inner.reconcile(target, live))
+        self.run("reconcile", self.inner.reconcile(target, ledger))
             .await
     }
     async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
@@ -134,14 +137,63 @@ pub async fn admin_secret(
     Ok(Some(SecretString::new(text)))
 }
 
-/// The live usernames of a target, from its unended leases' provider state.
-pub fn live_names(states: &[serde_json::Value]) -> BTreeSet<String> {
-    states
-        .iter()
-        .filter_map(|s| {
-            s.get("username")
-                .and_then(|u| u.as_str())
-                .map(str::to_string)
-        })
-        .collect()
+/// Names per store query: keeps each query's bound list small on a target with many users.
+const LEDGER_BATCH: usize = 1000;
+
+/// One target's leases as the record of what Mayfly created there: a name counts only if
+/// a lease *of this target* recorded it. A store failure is kept, so the caller can report
+/// it as the store's (not the target's) and nothing is removed meanwhile.
+pub struct StoreLedger<'a> {
+    store: &'a dyn Store,
+    target: &'a str,
+    failure: Mutex<Option<StoreError>>,
+}
+
+impl<'a> StoreLedger<'a> {
+    pub fn new(store: &'a dyn Store, target: &'a str) -> Self {
+        StoreLedger {
+            store,
+            target,
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The store error that ended the pass, if one did.
+    pub fn take_failure(&self) -> Option<StoreError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for StoreLedger<'_> {
+    async fn recorded(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, Recorded>, ProviderError> {
+        let mut out = BTreeMap::new();
+        for chunk in names.chunks(LEDGER_BATCH) {
+            match self.store.recorded_usernames(self.target, chunk).await {
+                Ok(found) => out.extend(found.into_iter().map(|(name, live)| {
+                    (
+                        name,
+                        if live {
+                            Recorded::Live
+                        } else {
+                            Recorded::Ended
+                        },
+                    )
+                })),
+                Err(e) => {
+                    let message =
+                        format!("reading the store's record of target {}: {e}", self.target);
+                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return Err(ProviderError::Failed(message));
+                }
+            }
+        }
+        Ok(out)
+    }
 }

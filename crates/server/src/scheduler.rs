@@ -323,8 +323,9 @@ pub async fn run_sweeper(state: AppState, every: Duration) {
     }
 }
 
-/// Drops users on the target that carry Mayfly's prefix but belong to no live lease, and
-/// audits what it found.
+/// Drops the users Mayfly created on the target whose leases have all ended (proved by the
+/// store's record of this target's leases, and by the provider's own marker where the
+/// engine has one), and audits what it found, including the prefixed users it left alone.
 pub async fn reconcile_target(
     state: &AppState,
     target: &mayfly_core::model::Target,
@@ -333,22 +334,32 @@ pub async fn reconcile_target(
     let provider = state.providers.get(&target.kind).ok_or_else(|| {
         crate::error::ApiError::Internal(format!("no provider for {:?}", target.kind))
     })?;
-    let live = crate::providers::live_names(&state.store.live_provider_states(&target.name).await?);
     let admin = crate::providers::admin_secret(state, &target.name).await?;
-    let report = provider
+    let ledger = crate::providers::StoreLedger::new(state.store.as_ref(), &target.name);
+    let result = provider
         .reconcile(
             TargetAccess {
                 target,
                 admin: admin.as_ref(),
             },
-            &live,
+            &ledger,
         )
-        .await?;
+        .await;
+    if let Some(e) = ledger.take_failure() {
+        return Err(e.into());
+    }
+    let report = result?;
+    if !report.unknown.is_empty() {
+        // Info, not warn: a hand-made role with the prefix is legitimate and would warn
+        // every pass; the prefix clash itself is warned about when the target is created.
+        tracing::info!(target = %target.name, accounts = ?report.unknown, "reconciliation left accounts with the target's prefix that Mayfly did not create for this target");
+    }
     let mut event = AuditDraft::new(AuditKind::TargetReconciled, actor).detail(serde_json::json!({
         "found": report.found,
         "dropped": report.dropped,
         "failed": report.failed,
-        "live": live.len(),
+        // A count: the names are in the answer and the log, and the list is unbounded.
+        "unknown": report.unknown.len(),
     }));
     event.target = Some(target.name.clone());
     state.store.append_audit(vec![event]).await?;

@@ -1923,6 +1923,115 @@ pub async fn write_ahead_leases(store: Arc<dyn Store>) {
     assert_chain_intact(store).await;
 }
 
+/// Reconciliation's question: which account names did leases *of this target* record,
+/// and is one of those leases live. Another target's leases (even naming the same user)
+/// and names nobody recorded never count.
+pub async fn recorded_usernames_per_target(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    create_identity(store, "svc", "team-a").await;
+    let live = write_ahead(store, "svc", "t-live", "mf_live").await;
+    let ended = write_ahead(store, "svc", "t-ended", "mf_ended").await;
+    store
+        .abandon_lease(
+            ended.lease.id,
+            true,
+            "target refused",
+            "identity:svc",
+            now(),
+        )
+        .await
+        .unwrap();
+    // The same name issued twice (a reused template): one live lease keeps it live.
+    let twice = write_ahead(store, "svc", "t-twice-1", "mf_twice").await;
+    store
+        .abandon_lease(twice.lease.id, true, "x", "identity:svc", now())
+        .await
+        .unwrap();
+    write_ahead(store, "svc", "t-twice-2", "mf_twice").await;
+    // Another target on the same server: a live lease naming `mf_ended` and its own user.
+    for (task, username) in [("t-other-1", "mf_ended"), ("t-other-2", "mf_other")] {
+        let at = now();
+        let mut g = grant("svc", "team-a", task, at);
+        g.target = "other-db".into();
+        g.state = GrantState::Approved;
+        let mut l = lease_for(
+            &g,
+            at,
+            at + Duration::minutes(10),
+            at + Duration::hours(1),
+            true,
+        );
+        l.state = LeaseState::Creating;
+        l.provider_state = json!({ "username": username });
+        store
+            .record_grant(&g, Some(&l), grant_events(&g, None))
+            .await
+            .unwrap();
+    }
+    // A token lease of the same target has no username at all.
+    let at = now();
+    let g = grant("svc", "team-a", "t-token", at);
+    let token = lease_for(
+        &g,
+        at,
+        at + Duration::minutes(10),
+        at + Duration::hours(1),
+        false,
+    );
+    store
+        .record_grant(&g, Some(&token), grant_events(&g, Some(&token)))
+        .await
+        .unwrap();
+
+    let ask: Vec<String> = [
+        "mf_live",
+        "mf_ended",
+        "mf_twice",
+        "mf_other",
+        "mf_by_hand",
+        "x'); DROP TABLE leases; --",
+    ]
+    .map(String::from)
+    .to_vec();
+    let here = store.recorded_usernames("billing-api", &ask).await.unwrap();
+    assert_eq!(
+        here.into_iter().collect::<Vec<_>>(),
+        [
+            ("mf_ended".to_string(), false),
+            ("mf_live".to_string(), true),
+            ("mf_twice".to_string(), true),
+        ]
+    );
+    let other = store.recorded_usernames("other-db", &ask).await.unwrap();
+    assert_eq!(
+        other.into_iter().collect::<Vec<_>>(),
+        [
+            ("mf_ended".to_string(), true),
+            ("mf_other".to_string(), true)
+        ]
+    );
+    assert!(store
+        .recorded_usernames("billing-api", &[])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .recorded_usernames("no-such-target", &ask)
+        .await
+        .unwrap()
+        .is_empty());
+    // Ending the last live lease makes the name ended.
+    store
+        .abandon_lease(live.lease.id, true, "x", "identity:svc", now())
+        .await
+        .unwrap();
+    let here = store
+        .recorded_usernames("billing-api", &["mf_live".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(here.get("mf_live"), Some(&false));
+}
+
 /// The revocation queue: claimed work is invisible to other workers until its claim runs
 /// out, failures are counted and retried (never dropped), completion happens once.
 pub async fn revocation_queue(store: Arc<dyn Store>) {

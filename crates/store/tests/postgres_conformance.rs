@@ -185,6 +185,7 @@ macro_rules! suite {
 suite!(
     target_secrets,
     write_ahead_leases,
+    recorded_usernames_per_target,
     revocation_queue,
     identity_crud_and_conflict,
     target_crud_and_conflict,

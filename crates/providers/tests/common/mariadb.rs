@@ -158,7 +158,33 @@ impl Engine for Maria {
     }
 
     fn creation_echoing_password() -> &'static str {
-        // Unquoted: MariaDB answers `... near '<password>'`.
-        "CREATE USER '{{name}}'@'%' IDENTIFIED BY {{password}} ZZZ"
+        // `{{password}}` is the hash; a second `PASSWORD` clause is a syntax error, and
+        // MariaDB answers `... near 'PASSWORD '<hash>''`.
+        "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}' PASSWORD '{{password}}'"
+    }
+
+    // MariaDB 10.11 has no per-user comment: the store's record is the only proof.
+    const HAS_MARKER: bool = false;
+
+    async fn create_by_hand(_fx: &Fixture, name: &str, admin: bool) {
+        let mut su = superuser().await;
+        su.execute(format!("CREATE USER '{name}'@'%' IDENTIFIED BY 'handmade'").as_str())
+            .await
+            .unwrap();
+        if admin {
+            su.execute(format!("GRANT CREATE USER ON *.* TO '{name}'@'%'").as_str())
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn server_hashes_alike(password: &str) -> bool {
+        let server: String = sqlx::query_scalar("SELECT CAST(PASSWORD(?) AS CHAR)")
+            .bind(password)
+            .fetch_one(&mut superuser().await)
+            .await
+            .unwrap();
+        let ours = mayfly_providers::verifier::mysql_native(&SecretString::new(password.into()));
+        ours.expose() == server
     }
 }

@@ -13,13 +13,13 @@
 pub mod mariadb;
 pub mod pg;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::model::{Grant, GrantState, Identity, IdentityKind, Lease, LeaseState, Target};
 use mayfly_core::provider::{
-    IssueRequest, IssuedCredential, Provider, ProviderError, TargetAccess,
+    IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, Recorded, TargetAccess,
 };
 use mayfly_core::secret::SecretString;
 use time::OffsetDateTime;
@@ -81,6 +81,33 @@ pub trait Engine: Send + Sync + 'static {
     fn down_admin_url(fx: &Fixture, password: &str) -> String;
     /// A creation statement that breaks with `{{password}}` right in the server's error.
     fn creation_echoing_password() -> &'static str;
+    /// Whether the provider marks its users on the target itself (PostgreSQL's role
+    /// comment), a second proof next to the store's record.
+    const HAS_MARKER: bool;
+    /// Creates a user by hand, as a DBA would: a login, or (`admin`) one that can create
+    /// users.
+    async fn create_by_hand(fx: &Fixture, name: &str, admin: bool);
+    /// Whether the engine's own hash of `password` is what the provider sends for it
+    /// (PostgreSQL: a SCRAM verifier it makes, recomputed with its salt; MariaDB: `PASSWORD()`).
+    async fn server_hashes_alike(password: &str) -> bool;
+}
+
+/// The store's record of one target, as the tests set it.
+pub struct MapLedger(pub BTreeMap<String, Recorded>);
+
+#[async_trait::async_trait]
+impl Ledger for MapLedger {
+    async fn recorded(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, Recorded>, ProviderError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(n, r)| (n.clone(), *r))
+            .collect())
+    }
 }
 
 pub fn require_services() -> bool {
@@ -408,7 +435,10 @@ pub async fn concurrent<E: Engine>() {
     }
 }
 
-/// Leftover prefixed users without a live lease are dropped; live ones and the admin stay.
+/// Reconciliation removes only what Mayfly recorded creating for this target, with every
+/// lease ended. The scenario of the security review: on one server, a hand-made role with
+/// the prefix, another target's live user with the same prefix, and an admin role with the
+/// prefix all survive; this target's user whose lease ended but who still exists goes.
 pub async fn reconcile<E: Engine>() {
     let Some(guard) = fixture::<E>().await else {
         return;
@@ -416,27 +446,111 @@ pub async fn reconcile<E: Engine>() {
     let fx = &guard.fx;
     let p = E::provider();
     let live = issue(p.as_ref(), fx, "read").await.unwrap();
-    // A credential whose lease was lost (a crash between issue and the lease update).
-    let leftover = issue(p.as_ref(), fx, "write").await.unwrap();
-    let mut session = E::connect(leftover.dsn()).await.unwrap();
-    let live_set: BTreeSet<String> = [live.username.clone()].into();
+    // Mayfly's user whose lease has ended, though the user is still there (a revocation
+    // that reported success without removing it, a store restored from a backup).
+    let ended = issue(p.as_ref(), fx, "write").await.unwrap();
+    let mut ended_session = E::connect(ended.dsn()).await.unwrap();
+    // Another target on the same server with the same username prefix, and a live user.
+    let mut other_fx = fx.clone();
+    other_fx.target.name = format!("{}-other", fx.target.name);
+    let other = issue(p.as_ref(), &other_fx, "read").await.unwrap();
+    let mut other_session = E::connect(other.dsn()).await.unwrap();
+    let by_hand = format!("{}reporting", fx.prefix);
+    E::create_by_hand(fx, &by_hand, false).await;
+    let other_admin = format!("{}dba", fx.prefix);
+    E::create_by_hand(fx, &other_admin, true).await;
+    // Recorded as this target's and ended, but made by hand without Mayfly's marker:
+    // where the engine has a marker, that second proof is missing and the user stays.
+    let unmarked = format!("{}unmarked", fx.prefix);
+    E::create_by_hand(fx, &unmarked, false).await;
 
-    let report = p.reconcile(fx.access(), &live_set).await.unwrap();
-    assert_eq!(report.found, 2, "{report:?}");
-    assert_eq!(report.dropped, vec![leftover.username.clone()]);
+    let ledger = MapLedger(BTreeMap::from([
+        (live.username.clone(), Recorded::Live),
+        (ended.username.clone(), Recorded::Ended),
+        (unmarked.clone(), Recorded::Ended),
+    ]));
+    let report = p.reconcile(fx.access(), &ledger).await.unwrap();
+    let mut dropped = vec![ended.username.clone()];
+    if !E::HAS_MARKER {
+        dropped.push(unmarked.clone());
+    }
+    dropped.sort();
+    assert_eq!(report.dropped, dropped, "{report:?}");
     assert!(report.failed.is_empty(), "{report:?}");
-    assert!(E::user_exists(fx, &live.username).await);
-    assert!(!E::user_exists(fx, &leftover.username).await);
-    assert!(
-        E::user_exists(fx, &fx.admin_user).await,
-        "the admin must never be reconciled away"
-    );
-    assert!(session_ends(&mut session).await);
+    for kept in [&by_hand, &other.username] {
+        assert!(
+            report.unknown.contains(kept),
+            "{kept} not reported: {report:?}"
+        );
+    }
+    assert!(!report.unknown.contains(&live.username), "{report:?}");
+    assert!(!E::user_exists(fx, &ended.username).await);
+    assert!(session_ends(&mut ended_session).await);
 
-    // nothing left to do
-    let again = p.reconcile(fx.access(), &live_set).await.unwrap();
-    assert_eq!((again.found, again.dropped.len()), (1, 0));
+    for survivor in [
+        &live.username,
+        &by_hand,
+        &other.username,
+        &other_admin,
+        &fx.admin_user,
+    ] {
+        assert!(E::user_exists(fx, survivor).await, "{survivor} was dropped");
+    }
+    assert_eq!(E::user_exists(fx, &unmarked).await, E::HAS_MARKER);
+    // The other target's user still works: its open session and a new login.
+    assert_eq!(other_session.select().await.unwrap(), 1);
+    let mut again = E::connect(other.dsn()).await.unwrap();
+    assert_eq!(again.select().await.unwrap(), 1);
+    assert!(
+        E::password_works(
+            fx,
+            &other.username,
+            other.credential.secrets["password"].expose()
+        )
+        .await
+    );
+
+    // Nothing recorded at all (an empty store): nothing is touched.
+    let report = p
+        .reconcile(fx.access(), &MapLedger(BTreeMap::new()))
+        .await
+        .unwrap();
+    assert!(
+        report.dropped.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    assert!(E::user_exists(fx, &live.username).await);
+    assert!(report.unknown.contains(&live.username), "{report:?}");
+
+    // The other target, reconciled with its own record, keeps its user and leaves ours.
+    let theirs = MapLedger(BTreeMap::from([(other.username.clone(), Recorded::Live)]));
+    let report = p.reconcile(other_fx.access(), &theirs).await.unwrap();
+    assert!(report.dropped.is_empty(), "{report:?}");
+    assert!(report.unknown.contains(&live.username), "{report:?}");
     p.revoke(&live.lease, fx.access()).await.unwrap();
+    p.revoke(&other.lease, other_fx.access()).await.unwrap();
+}
+
+/// Issued passwords reach the server only as the engine's hash, and that hash is the one
+/// the server itself makes: the issued password logs in, a wrong one does not, and the
+/// server stores no plaintext.
+pub async fn passwords_travel_hashed<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let fx = &guard.fx;
+    assert!(E::server_hashes_alike("pencil").await);
+    assert!(E::server_hashes_alike("Xy7pQ2mN9vB4cD8fG1hJ3kL5zW6tR0sA").await);
+    let p = E::provider();
+    let issued = issue(p.as_ref(), fx, "read").await.unwrap();
+    let password = issued.credential.secrets["password"].expose().to_string();
+    assert!(E::password_works(fx, &issued.username, &password).await);
+    assert!(!E::password_works(fx, &issued.username, "Wr0ngWr0ngWr0ngWr0ngWr0ngWr0ng12").await);
+    let mut session = E::connect(issued.dsn()).await.unwrap();
+    assert_eq!(session.select().await.unwrap(), 1);
+    p.revoke(&issued.lease, fx.access()).await.unwrap();
+    assert!(!E::password_works(fx, &issued.username, &password).await);
+    assert!(E::connect(issued.dsn()).await.is_err());
 }
 
 /// The admin password changes, the new URL works, the old one does not.
@@ -494,7 +608,7 @@ pub async fn target_down<E: Engine>() {
     assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
     assert_no_secret(&e, secret_text);
     let e = p
-        .reconcile(fx.access(), &BTreeSet::new())
+        .reconcile(fx.access(), &MapLedger(BTreeMap::new()))
         .await
         .err()
         .unwrap();

@@ -167,9 +167,11 @@ impl Engine for Pg {
         let mut su = superuser().await;
         let row = sqlx::query("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
             .bind(user)
-            .fetch_one(&mut su)
+            .fetch_optional(&mut su)
             .await
             .unwrap();
+        // A role that no longer exists has no password that works.
+        let Some(row) = row else { return false };
         let stored: Option<String> = row.get(0);
         let Some(stored) = stored else { return false };
         scram_matches(&stored, password)
@@ -189,8 +191,58 @@ impl Engine for Pg {
     }
 
     fn creation_echoing_password() -> &'static str {
-        // Unquoted: PostgreSQL answers `syntax error at or near "<password>"`.
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD {{password}} ZZZ"
+        // `{{password}}` is the SCRAM verifier; as a timestamp PostgreSQL answers
+        // `invalid input syntax for type timestamp with time zone: "<verifier>"`.
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{password}}'"
+    }
+
+    const HAS_MARKER: bool = true;
+
+    async fn create_by_hand(_fx: &Fixture, name: &str, admin: bool) {
+        let extra = if admin { " CREATEROLE" } else { "" };
+        superuser()
+            .await
+            .execute(format!("CREATE ROLE \"{name}\" LOGIN{extra} PASSWORD 'handmade'").as_str())
+            .await
+            .unwrap();
+    }
+
+    async fn server_hashes_alike(password: &str) -> bool {
+        let mut su = superuser().await;
+        let role = format!(
+            "mft_hash_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        su.execute("SET password_encryption = 'scram-sha-256'")
+            .await
+            .unwrap();
+        // The role's own password goes through PostgreSQL's SCRAM code; test-only text.
+        su.execute(format!("CREATE ROLE {role} PASSWORD '{password}'").as_str())
+            .await
+            .unwrap();
+        let stored: String =
+            sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+                .bind(&role)
+                .fetch_one(&mut su)
+                .await
+                .unwrap();
+        su.execute(format!("DROP ROLE {role}").as_str())
+            .await
+            .unwrap();
+        let (iterations, salt) = stored
+            .strip_prefix("SCRAM-SHA-256$")
+            .and_then(|r| r.split('$').next())
+            .and_then(|r| r.split_once(':'))
+            .unwrap();
+        let salt = base64::engine::general_purpose::STANDARD
+            .decode(salt)
+            .unwrap();
+        let ours = mayfly_providers::verifier::scram_sha256_with(
+            &SecretString::new(password.into()),
+            &salt,
+            iterations.parse().unwrap(),
+        );
+        ours.expose() == stored
     }
 }
 

@@ -54,13 +54,74 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// A stored target, with what the operator should know about it.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct CreatedTarget {
+    #[serde(flatten)]
+    pub target: Target,
+    /// Problems that did not stop the target from being stored (e.g. another target on
+    /// the same database server whose usernames share this one's prefix).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The database server (kind and `host:port` of the admin URL) and username prefix of a
+/// database target; `None` for other kinds.
+fn server_and_prefix(target: &Target, admin: Option<&SecretString>) -> Option<(String, String)> {
+    use mayfly_providers::{common::Config, conn::Admin};
+    let spec = match target.kind.as_str() {
+        "postgres" => &mayfly_providers::postgres::SPEC,
+        "mariadb" => &mayfly_providers::mariadb::SPEC,
+        _ => return None,
+    };
+    let config = Config::from_target(spec, target).ok()?;
+    let admin = Admin::parse(spec, admin).ok()?;
+    Some((
+        format!("{}://{}:{}", spec.kind, admin.host(), admin.port(spec)),
+        config.username.prefix().to_string(),
+    ))
+}
+
+/// Other targets on the same database server whose username prefix overlaps `target`'s:
+/// their users look like each other's. Reconciliation tells them apart by the store's
+/// record, but operators reading the server cannot, so it is worth a warning.
+async fn shared_prefix_warnings(
+    state: &AppState,
+    target: &Target,
+    admin: Option<&SecretString>,
+) -> Result<Vec<String>, ApiError> {
+    let Some((server, prefix)) = server_and_prefix(target, admin) else {
+        return Ok(Vec::new());
+    };
+    let mut warnings = Vec::new();
+    for other in state.store.list_targets().await? {
+        if other.name == target.name || other.kind != target.kind {
+            continue;
+        }
+        let other_admin = admin_secret(state, &other.name).await?;
+        let Some((other_server, other_prefix)) = server_and_prefix(&other, other_admin.as_ref())
+        else {
+            continue;
+        };
+        if other_server == server
+            && (other_prefix.starts_with(&prefix) || prefix.starts_with(&other_prefix))
+        {
+            warnings.push(format!(
+                "target {:?} on the same server uses the username prefix {other_prefix:?}, which overlaps {prefix:?}; give each target its own prefix so their users can be told apart",
+                other.name
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
-    responses((status = 201, body = Target), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 201, body = CreatedTarget), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateTarget>,
-) -> Result<(StatusCode, Json<Target>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedTarget>), ApiError> {
     caller.require_operator()?;
     validate::name("name", &body.name)?;
     let provider = state.providers.get(&body.kind).ok_or_else(|| {
@@ -148,6 +209,10 @@ pub async fn create(
             ProviderError::BadSettings(m) => ApiError::field("settings", m),
             other => other.into(),
         })?;
+    let warnings = shared_prefix_warnings(&state, &target, body.admin.as_ref()).await?;
+    for w in &warnings {
+        tracing::warn!(target = %target.name, "{w}");
+    }
     let sealed = match &body.admin {
         Some(secret) => Some(
             state
@@ -165,7 +230,10 @@ pub async fn create(
         .store
         .create_target(&target, sealed.as_deref(), event)
         .await?;
-    Ok((StatusCode::CREATED, Json(target)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTarget { target, warnings }),
+    ))
 }
 
 /// A target as a workload sees it: what it needs to ask for access, nothing about how
@@ -306,7 +374,8 @@ async fn external_target(
     Ok((target, provider))
 }
 
-/// Drops users on the target that carry Mayfly's prefix and belong to no live lease.
+/// Drops the users Mayfly created on the target whose leases have all ended; prefixed
+/// users it cannot prove it created for this target are listed as `unknown` and kept.
 #[utoipa::path(post, path = "/v1/targets/{name}/reconcile", responses((status = 200, body = ReconcileReport), (status = 404, body = crate::error::Problem)))]
 pub async fn reconcile(
     State(state): State<AppState>,

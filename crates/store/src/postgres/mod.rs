@@ -550,6 +550,23 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn recorded_usernames(
+        &self,
+        target: &str,
+        usernames: &[String],
+    ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
+        if usernames.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_USERNAMES)
+            .bind(target)
+            .bind(usernames)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());

@@ -226,6 +226,13 @@ pub(crate) const REVOCATION_FAILED: &str = concat!(
 );
 pub(crate) const LIVE_PROVIDER_STATES: &str = "SELECT provider_state FROM leases \
      WHERE target = $1 AND state IN ('creating', 'active', 'revoking')";
+/// Reconciliation: which of the names in `$2` leases of target `$1` recorded, and whether
+/// one of those leases is live. Walks the target's leases (its history included): run by
+/// reconciliation only, never on a request path.
+pub(crate) const RECORDED_USERNAMES: &str = "SELECT provider_state::jsonb ->> 'username', \
+     bool_or(state IN ('creating', 'active', 'revoking')) \
+     FROM leases WHERE target = $1 AND provider_state::jsonb ->> 'username' = ANY($2) \
+     GROUP BY 1";
 
 /// Filterable lists are built from fixed fragments; values are always bound, never
 /// formatted into the text. Binds are the filter values in order, then the limit.

@@ -649,6 +649,26 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn recorded_usernames(
+        &self,
+        target: &str,
+        usernames: &[String],
+    ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
+        if usernames.is_empty() {
+            return Ok(Default::default());
+        }
+        // One bound JSON array instead of a parameter per name: the SQL text is a constant.
+        let names = serde_json::to_string(usernames)
+            .map_err(|e| StoreError::Backend(format!("encoding usernames: {e}")))?;
+        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_USERNAMES)
+            .bind(target)
+            .bind(names)
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {
         let seen = match self.registry.target(name) {
             Ok(hit) => return Ok(Some(hit)),
