@@ -54,7 +54,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
-    responses((status = 201, body = Target), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 201, description = "created", body = Target), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,7 +167,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(target)))
 }
 
-#[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = [Target])))]
+#[utoipa::path(get, path = "/v1/targets", responses((status = 200, description = "targets the caller may see", body = [Target])))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -175,7 +175,8 @@ pub async fn list(
     Ok(Json(state.store.list_targets().await?))
 }
 
-#[utoipa::path(get, path = "/v1/targets/{name}", responses((status = 200, body = Target), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/targets/{name}", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "the target", body = Target), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     _caller: Caller,
@@ -229,7 +230,8 @@ async fn external_target(
 }
 
 /// Drops users on the target that carry Mayfly's prefix and belong to no live lease.
-#[utoipa::path(post, path = "/v1/targets/{name}/reconcile", responses((status = 200, body = ReconcileReport), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/targets/{name}/reconcile", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "what reconciliation removed", body = ReconcileReport), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn reconcile(
     State(state): State<AppState>,
     caller: Caller,
@@ -249,7 +251,8 @@ pub struct RotateRootResponse {
 }
 
 /// Replaces the target's admin password with a new random one only Mayfly knows.
-#[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", responses((status = 200, body = RotateRootResponse), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_root(
     State(state): State<AppState>,
     caller: Caller,
