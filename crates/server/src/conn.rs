@@ -104,32 +104,38 @@ pub async fn limit_headers(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Reads the whole request body (at most [`crate::BODY_LIMIT`]) within `timeout` before the
-/// handler runs; a client that trickles it is answered 408 and the connection is closed.
+/// Reads the request body within `timeout` before the handler runs; a client that trickles
+/// it is answered 408 and the connection is closed. Reading stops past
+/// [`crate::BODY_LIMIT`], and the handler's own limit answers (and audits) the oversize body.
 pub async fn read_body_within(
     axum::extract::State(timeout): axum::extract::State<Duration>,
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let limited = http_body_util::Limited::new(body, crate::BODY_LIMIT);
+    let (parts, mut body) = request.into_parts();
     let close = |mut response: Response| {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     };
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(collected)) => {
-            next.run(Request::from_parts(parts, Body::from(collected.to_bytes())))
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                bytes.extend_from_slice(&data);
+                if bytes.len() > crate::BODY_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok::<(), axum::Error>(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => close(
-            ApiError::TooLarge {
-                limit: crate::BODY_LIMIT,
-            }
-            .into_response(),
-        ),
         Ok(Err(e)) => close(
             ApiError::BadRequest {
                 field: None,
