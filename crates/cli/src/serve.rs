@@ -35,6 +35,21 @@ pub struct ServeArgs {
     /// Longest lifetime of any token.
     #[arg(long, env = "MAYFLY_TOKEN_MAX_TTL")]
     token_max_ttl: Option<Ttl>,
+    /// Longest time from a request's first byte to the end of its headers [default: 10s].
+    #[arg(long, env = "MAYFLY_HTTP_HEADER_TIMEOUT")]
+    http_header_timeout: Option<Ttl>,
+    /// Longest time to receive a request body; slower clients get 408 [default: 30s].
+    #[arg(long, env = "MAYFLY_HTTP_BODY_TIMEOUT")]
+    http_body_timeout: Option<Ttl>,
+    /// How long a keep-alive connection may wait for its next request [default: 60s].
+    #[arg(long, env = "MAYFLY_HTTP_IDLE_TIMEOUT")]
+    http_idle_timeout: Option<Ttl>,
+    /// Longest TLS handshake [default: 10s].
+    #[arg(long, env = "MAYFLY_HTTP_HANDSHAKE_TIMEOUT")]
+    http_handshake_timeout: Option<Ttl>,
+    /// Connections served at once; more are closed at once [default: 4096].
+    #[arg(long, env = "MAYFLY_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
     /// Log format: text or json.
     #[arg(long, env = "MAYFLY_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -75,6 +90,21 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.token_max_ttl {
         config.token_max_ttl = v;
+    }
+    if let Some(v) = args.http_header_timeout {
+        config.http.header_timeout = v;
+    }
+    if let Some(v) = args.http_body_timeout {
+        config.http.body_timeout = v;
+    }
+    if let Some(v) = args.http_idle_timeout {
+        config.http.idle_timeout = v;
+    }
+    if let Some(v) = args.http_handshake_timeout {
+        config.http.handshake_timeout = v;
+    }
+    if let Some(v) = args.http_max_connections {
+        config.http.max_connections = v;
     }
     Ok(config)
 }

@@ -898,7 +898,15 @@ mod tests {
         );
         // Still a valid link: verifiable like any other entry.
         let mut v = ChainVerifier::new();
-        v.push(1, &body, &event.hash);
+        let grant_id = event.grant_id.map(|g| g.to_string());
+        let columns = StoredColumns {
+            at_ms: crate::to_unix_ms(event.at),
+            kind: event.kind.as_str().as_bytes(),
+            identity: event.identity.as_deref().map(str::as_bytes),
+            task: event.task.as_deref().map(str::as_bytes),
+            grant_id: grant_id.as_deref().map(str::as_bytes),
+        };
+        v.push(1, &body, &event.hash, &columns);
         assert!(!v.broken());
 
         let small = AuditDraft::new(AuditKind::GrantRejected, "identity:ci")

@@ -200,6 +200,59 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A problem answer for a status the framework or the connection layer decides (405, 408,
+/// 431, …), with its stable code.
+pub fn status_problem(status: StatusCode, code: &str, detail: String) -> Response {
+    let problem = Problem {
+        type_: format!("urn:mayfly:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_string(),
+        field: None,
+    };
+    let mut response = (status, axum::Json(problem)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// Gives an error answer without a body (axum's 405, for one) a problem body, keeping its
+/// headers (`Allow`, `Retry-After`, …).
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let reason = status.canonical_reason().unwrap_or("error");
+    let code = reason.to_ascii_lowercase().replace([' ', '-'], "_");
+    let detail = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = response
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            format!("method not allowed on this path; allowed: {allowed}")
+        }
+        _ => reason.to_string(),
+    };
+    let mut mapped = status_problem(status, &code, detail);
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_LENGTH {
+            mapped
+                .headers_mut()
+                .entry(name)
+                .or_insert_with(|| value.clone());
+        }
+    }
+    mapped
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {

@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub mod api;
 pub mod auth;
 pub mod auth_failures;
+pub mod conn;
 pub mod error;
 pub mod keys;
 pub mod metrics;
@@ -83,6 +84,8 @@ pub struct Config {
     /// Serve HTTPS (and accept X.509-SVID client certificates when SPIFFE X.509 bundles
     /// are configured).
     pub tls: Option<tls::TlsConfig>,
+    /// `[http]`: connection limits and deadlines.
+    pub http: conn::HttpConfig,
     /// How often external targets are reconciled (users with Mayfly's prefix and no live
     /// lease are dropped) and stale `creating` leases cleaned up.
     pub reconcile_interval: Ttl,
@@ -161,6 +164,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             reconcile_interval: Ttl::from_secs(15 * 60),
             tls: None,
+            http: conn::HttpConfig::default(),
         }
     }
 }
@@ -201,6 +205,7 @@ pub struct Bootstrap {
 pub struct Server {
     state: AppState,
     tls: Option<Arc<rustls::ServerConfig>>,
+    http: conn::HttpConfig,
     policy_reload: Ttl,
     reconcile_every: Duration,
     /// The store is this process's alone (embedded SQLite): no other replica issues.
@@ -218,6 +223,10 @@ pub fn app(state: AppState) -> Router {
             }
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(conn::limit_headers))
+        .layer(axum::middleware::map_response(
+            error::problem_for_bare_errors,
+        ))
         .with_state(state)
 }
 
@@ -466,6 +475,7 @@ impl Server {
             Server {
                 state,
                 tls,
+                http: config.http.clone(),
                 policy_reload,
                 reconcile_every,
                 exclusive_store,
@@ -525,17 +535,15 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
         ));
-        let result = match self.tls.clone() {
-            Some(config) => tls::serve(listener, config, app(self.state.clone()), shutdown).await,
-            None => {
-                let service =
-                    app(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .map_err(StartError::Serve)
-            }
-        };
+        let result = conn::serve(
+            listener,
+            self.tls.clone(),
+            &self.http,
+            app(self.state.clone()),
+            self.state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         expiry.abort();
         refresh.abort();
         policy.abort();

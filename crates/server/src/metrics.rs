@@ -24,6 +24,11 @@ pub struct ProviderLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -41,6 +46,9 @@ pub struct Metrics {
     pub store_up: Gauge,
     pub provider_errors: Family<ProviderLabel, Counter>,
     pub revoke_retries: Counter,
+    /// Connections closed at once because the connection limit was reached.
+    pub connections_refused: Counter,
+    pub connection_timeouts: Family<PhaseLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,7 +101,7 @@ impl Metrics {
         let store_up = Gauge::default();
         registry.register(
             "store_up",
-            "1 when the store answered the last health check",
+            "1 when the store answered the last check (each scrape and each /healthz)",
             store_up.clone(),
         );
         let provider_errors = Family::<ProviderLabel, Counter>::default();
@@ -108,7 +116,21 @@ impl Metrics {
             "Revocation attempts that failed and were rescheduled",
             revoke_retries.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed unserved because the connection limit was reached",
+            connections_refused.clone(),
+        );
+        let connection_timeouts = Family::<PhaseLabel, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections closed by a deadline, by phase (handshake, header, idle)",
+            connection_timeouts.clone(),
+        );
         Metrics {
+            connections_refused,
+            connection_timeouts,
             provider_errors,
             revoke_retries,
             registry,
@@ -144,6 +166,14 @@ impl Metrics {
             .get_or_create(&ProviderLabel {
                 kind: kind.into(),
                 op: op.into(),
+            })
+            .inc();
+    }
+
+    pub fn connection_timeout(&self, phase: &str) {
+        self.connection_timeouts
+            .get_or_create(&PhaseLabel {
+                phase: phase.into(),
             })
             .inc();
     }

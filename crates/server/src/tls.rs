@@ -1,19 +1,16 @@
 //! HTTPS with optional mutual TLS: workloads may present an X.509-SVID as their client
 //! certificate instead of a bearer token.
 //!
-//! axum's own `serve` cannot hand a connection's peer certificates to its requests, so
-//! TLS connections are accepted here: each is handshaken with rustls, and its verified
-//! certificate chain (if any) and remote address are attached to every request on it.
+//! This module owns the rustls configuration; [`crate::conn`] accepts the connections,
+//! handshakes them and attaches each connection's verified certificate chain (if any) to
+//! every request on it as [`PeerCertificates`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tower::ServiceExt;
 
 use crate::StartError;
 
@@ -115,61 +112,5 @@ impl rustls::server::danger::ClientCertVerifier for DeferChainToRequest {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
-    }
-}
-
-/// Accepts TLS connections until `shutdown` resolves, serving `app` on each.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    // A client certificate that is not a valid SVID ends here.
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let peer = stream.get_ref().1.peer_certificates().map(|c| {
-                PeerCertificates(Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()))
-            });
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
-                    if let Some(p) = &peer {
-                        request.extensions_mut().insert(p.clone());
-                    }
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
     }
 }

@@ -6,15 +6,16 @@ use mayfly_core::audit::{AuditEvent, VerifyReport};
 use mayfly_core::store::AuditFilter;
 use mayfly_core::Uuid;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiQuery;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub task: Option<String>,
     pub identity: Option<String>,
@@ -22,10 +23,12 @@ pub struct AuditQuery {
     /// Only entries after this sequence number (paging).
     pub after: Option<u64>,
     /// At most this many (default 100, at most 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/audit", responses((status = 200, body = [AuditEvent])))]
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery),
+    responses((status = 200, description = "entries in chain order", body = [AuditEvent]), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -46,7 +49,7 @@ pub async fn list(
 }
 
 /// Walks the whole chain; the report names the first broken entry, if any.
-#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = VerifyReport)))]
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the chain's state; names the first broken entry", body = VerifyReport), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,7 +14,7 @@ use mayfly_core::provider::{IssueRequest, IssuedCredential, TargetAccess};
 use mayfly_core::store::{GrantFilter, RevokeOutcome};
 use mayfly_core::{validate, OffsetDateTime, Uuid};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
@@ -302,8 +302,8 @@ pub struct ExplainResponse {
 
 /// Evaluates a grant request exactly as `POST /v1/grants` would, and records nothing: the
 /// policies that decided, and why.
-#[utoipa::path(post, path = "/v1/policy/explain", request_body = GrantRequest, responses(
-    (status = 200, body = ExplainResponse), (status = 400, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/policy/explain", request_body = GrantRequest,
+    responses((status = 200, description = "the decision, recording nothing", body = ExplainResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity or target", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn explain(
     State(state): State<AppState>,
     caller: Caller,
@@ -350,8 +350,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
 #[utoipa::path(post, path = "/v1/grants", request_body = GrantRequest, responses(
     (status = 201, description = "issued", body = GrantResponse),
     (status = 202, description = "waiting for approval", body = GrantResponse),
-    (status = 400, body = crate::error::Problem), (status = 403, description = "denied by policy", body = crate::error::Problem),
-    (status = 404, body = crate::error::Problem)))]
+    (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "denied by policy, or the identity is disabled or expired", body = crate::error::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such identity or target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn request(
     State(state): State<AppState>,
     caller: Caller,
@@ -694,8 +694,9 @@ fn denied(grant: Grant, decision: &Decision) -> Response {
     response
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GrantListQuery {
     pub identity: Option<String>,
     pub task: Option<String>,
@@ -703,7 +704,8 @@ pub struct GrantListQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/grants", responses((status = 200, body = [Grant])))]
+#[utoipa::path(get, path = "/v1/grants", params(GrantListQuery),
+    responses((status = 200, description = "grants, newest first; a workload sees its own", body = [Grant])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -746,7 +748,8 @@ pub(crate) async fn load_grant(
     Ok(grant)
 }
 
-#[utoipa::path(get, path = "/v1/grants/{id}", responses((status = 200, body = Grant), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/grants/{id}", params(("id" = Uuid, Path, description = "Grant id")),
+    responses((status = 200, description = "the grant", body = Grant), (status = 404, description = "no such grant", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -802,8 +805,8 @@ fn reason_for(
 }
 
 /// Ends a grant's credential now. Revoking an already-ended grant succeeds with zero counts.
-#[utoipa::path(post, path = "/v1/grants/{id}/revoke", request_body = RevokeRequest,
-    responses((status = 200, body = RevokeResponse), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", params(("id" = Uuid, Path, description = "Grant id")), request_body = Option<RevokeRequest>,
+    responses((status = 200, description = "revoked (zero counts if already ended)", body = RevokeResponse), (status = 404, description = "no such grant", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -839,7 +842,7 @@ pub struct BulkRevokeRequest {
 
 /// Revokes everything held for a task, by an identity, or by an owner's identities.
 #[utoipa::path(post, path = "/v1/revoke", request_body = BulkRevokeRequest,
-    responses((status = 200, body = RevokeResponse), (status = 400, body = crate::error::Problem)))]
+    responses((status = 200, description = "what was revoked", body = RevokeResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn bulk_revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -42,7 +42,7 @@ pub struct DisableResponse {
 }
 
 #[utoipa::path(post, path = "/v1/identities", request_body = CreateIdentity,
-    responses((status = 201, body = Identity), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 201, description = "created", body = Identity), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,7 +79,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(identity)))
 }
 
-#[utoipa::path(get, path = "/v1/identities", responses((status = 200, body = [Identity])))]
+#[utoipa::path(get, path = "/v1/identities", responses((status = 200, description = "every identity", body = [Identity]), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,7 +100,8 @@ async fn load(state: &AppState, id: &str) -> Result<Identity, ApiError> {
         })
 }
 
-#[utoipa::path(get, path = "/v1/identities/{id}", responses((status = 200, body = Identity), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/identities/{id}", params(("id" = String, Path, description = "Identity name")),
+    responses((status = 200, description = "the identity", body = Identity), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -113,7 +114,8 @@ pub async fn show(
 }
 
 /// Kill switch: disables the identity and revokes everything it holds.
-#[utoipa::path(post, path = "/v1/identities/{id}/disable", responses((status = 200, body = DisableResponse), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/identities/{id}/disable", params(("id" = String, Path, description = "Identity name")),
+    responses((status = 200, description = "disabled; its leases revoked", body = DisableResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn disable(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,7 +133,8 @@ pub async fn disable(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/identities/{id}/enable", responses((status = 200, body = Identity), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/identities/{id}/enable", params(("id" = String, Path, description = "Identity name")),
+    responses((status = 200, description = "enabled", body = Identity), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn enable(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,7 +8,7 @@ use mayfly_core::provider::TargetAccess;
 use mayfly_core::store::LeaseFilter;
 use mayfly_core::Uuid;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::grants::{credential_json, load_grant};
 use super::{ApiPath, ApiQuery, OptionalJson};
@@ -16,8 +16,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LeaseListQuery {
     pub identity: Option<String>,
     pub task: Option<String>,
@@ -26,7 +27,8 @@ pub struct LeaseListQuery {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/leases", responses((status = 200, body = [Lease])))]
+#[utoipa::path(get, path = "/v1/leases", params(LeaseListQuery),
+    responses((status = 200, description = "leases; a workload sees its own", body = [Lease])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -56,7 +58,8 @@ async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Lease, ApiE
     Ok(lease)
 }
 
-#[utoipa::path(get, path = "/v1/leases/{id}", responses((status = 200, body = Lease), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/leases/{id}", params(("id" = Uuid, Path, description = "Lease id")),
+    responses((status = 200, description = "the lease", body = Lease), (status = 404, description = "no such lease", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,8 +84,8 @@ pub struct RenewResponse {
 }
 
 /// Extends an active lease, never beyond its `max_expires_at`.
-#[utoipa::path(post, path = "/v1/leases/{id}/renew", request_body = RenewRequest,
-    responses((status = 200, body = RenewResponse), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/leases/{id}/renew", params(("id" = Uuid, Path, description = "Lease id")), request_body = Option<RenewRequest>,
+    responses((status = 200, description = "renewed", body = RenewResponse), (status = 404, description = "no such lease", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn renew(
     State(state): State<AppState>,
     caller: Caller,

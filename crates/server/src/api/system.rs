@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::token::AccessTokenClaims;
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/healthz", tag = "public", responses((status = 200, description = "the store answers", body = Object), (status = 503, description = "the store does not answer", body = Object)))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => {
@@ -30,8 +30,11 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", tag = "public", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Measured on every scrape, so the gauge says what it claims without /healthz polling.
+    let up = state.store.ping().await.is_ok();
+    state.metrics.store_up.set(i64::from(up));
     if let Ok(stats) = state.store.stats().await {
         state.metrics.active_leases.set(stats.active_leases as i64);
         state
@@ -50,7 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "public", responses((status = 200, description = "the keys that sign Mayfly's tokens", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     // Short cache: a rotated key must reach verifiers well within a token's lifetime.
     (
@@ -60,28 +63,24 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-#[utoipa::path(get, path = "/.well-known/openid-configuration", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "public", responses((status = 200, description = "discovery metadata", body = Object)))]
 pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_json::Value> {
     let iss = state.issuer.trim_end_matches('/');
     Json(serde_json::json!({
         "issuer": state.issuer,
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{iss}/oauth2/introspect"),
-        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "id_token_signing_alg_values_supported": ["EdDSA"],
         "access_token_signing_alg_values_supported": ["EdDSA"],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
         "service_documentation": format!("{iss}/openapi.json"),
     }))
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "public", responses((status = 200, description = "this document", body = Object)))]
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(crate::openapi::document())
 }
 
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, description = "the authenticated caller", body = Object)))]
 pub async fn whoami(caller: Caller) -> Json<Principal> {
     Json(caller.0)
 }
@@ -91,7 +90,7 @@ pub struct RotateResponse {
     pub kid: String,
 }
 
-#[utoipa::path(post, path = "/v1/keys/rotate", responses((status = 200, body = RotateResponse)))]
+#[utoipa::path(post, path = "/v1/keys/rotate", responses((status = 200, description = "the new signing key", body = RotateResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_keys(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,7 +116,7 @@ pub struct IntrospectRequest {
 /// named in the target's `resource_servers` setting (the services the token is for).
 /// Anyone else learns `active: false`, as RFC 7662 §2.2 allows, and nothing of the token.
 #[utoipa::path(post, path = "/oauth2/introspect", request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = Object)))]
+    responses((status = 200, description = "RFC 7662 introspection response", body = Object), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn introspect(
     State(state): State<AppState>,
     caller: Caller,

@@ -116,7 +116,7 @@ async fn shared_prefix_warnings(
 }
 
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
-    responses((status = 201, body = CreatedTarget), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 201, description = "created", body = CreatedTarget), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,7 +304,7 @@ fn view(caller: &Caller, target: Target) -> TargetView {
 
 /// Operators get every target in full; a workload gets summaries of the targets policy
 /// could allow it.
-#[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = [TargetView])))]
+#[utoipa::path(get, path = "/v1/targets", responses((status = 200, description = "targets the caller may see: operators all, in full; a workload summaries of those policy could allow it", body = [TargetView])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,7 +319,8 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/targets/{name}", responses((status = 200, body = TargetView), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/targets/{name}", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "the target (a summary for workloads)", body = TargetView), (status = 404, description = "no such target, or not one the caller could request", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -376,7 +377,8 @@ async fn external_target(
 
 /// Drops the users Mayfly created on the target whose leases have all ended; prefixed
 /// users it cannot prove it created for this target are listed as `unknown` and kept.
-#[utoipa::path(post, path = "/v1/targets/{name}/reconcile", responses((status = 200, body = ReconcileReport), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/targets/{name}/reconcile", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "what reconciliation removed", body = ReconcileReport), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn reconcile(
     State(state): State<AppState>,
     caller: Caller,
@@ -396,7 +398,8 @@ pub struct RotateRootResponse {
 }
 
 /// Replaces the target's admin password with a new random one only Mayfly knows.
-#[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", responses((status = 200, body = RotateRootResponse), (status = 404, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", params(("name" = String, Path, description = "Target name")),
+    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_root(
     State(state): State<AppState>,
     caller: Caller,
