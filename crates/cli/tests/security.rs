@@ -85,8 +85,13 @@ async fn refusals_are_filed_under_the_caller_not_the_identity_named() {
 #[tokio::test]
 async fn huge_inputs_make_small_audit_entries() {
     let (broker, issuer) = broker_with_workloads("").await;
-    // Unauthenticated, with a 65,000-character path.
+    // Unauthenticated, with a 65,000-character path: refused with the request head,
+    // before authentication, so it never reaches the audit.
     let path = format!("/v1/grants/{}", "a".repeat(65_000));
+    let (status, _, ctype) = broker.call(Method::GET, &path, None, None).await;
+    assert_eq!((status, ctype.as_str()), (431, "application/problem+json"));
+    // One that fits the head limit fails authentication and is audited, cut short.
+    let path = format!("/v1/grants/{}", "a".repeat(30_000));
     let (status, _, _) = broker.call(Method::GET, &path, None, None).await;
     assert_eq!(status, 401);
     // A workload naming a 63,000-character identity and task.
