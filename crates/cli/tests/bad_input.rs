@@ -185,18 +185,7 @@ async fn bad_grant_requests_are_rejected_precisely_and_store_nothing() {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
 
     // Nothing stored: no grant, no lease; each rejected grant request left one audit event.
-    assert!(broker
-        .get("/v1/grants")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty());
-    assert!(broker
-        .get("/v1/leases")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty());
+    broker.assert_no_grants_or_leases().await;
     let after = broker.audit("limit=10000").await;
     let new_events = &after[audit_before..];
     let rejected = new_events

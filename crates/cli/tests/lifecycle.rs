@@ -24,19 +24,6 @@ async fn verify_with_jwks(broker: &Broker, token: &str, audience: &str) -> Value
         .claims
 }
 
-async fn introspect(broker: &Broker, token: &str) -> Value {
-    let resp = broker
-        .http
-        .post(broker.url("/oauth2/introspect"))
-        .bearer_auth(&broker.token)
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn token_grant_lifecycle() {
     let broker = Broker::start();
@@ -98,7 +85,7 @@ async fn token_grant_lifecycle() {
     let header = decode_header(&token).unwrap();
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
 
-    assert_eq!(introspect(&broker, &token).await["active"], true);
+    assert_eq!(broker.introspect(&token).await["active"], true);
 
     // Renewal extends, but never beyond the cap (the target's 1h maximum).
     let (status, renewed) = broker
@@ -133,8 +120,8 @@ async fn token_grant_lifecycle() {
         .await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["total"], 1);
-    assert_eq!(introspect(&broker, &token).await["active"], false);
-    assert_eq!(introspect(&broker, new_token).await["active"], false);
+    assert_eq!(broker.introspect(&token).await["active"], false);
+    assert_eq!(broker.introspect(new_token).await["active"], false);
     let lease = broker.get(&format!("/v1/leases/{lease_id}")).await;
     assert_eq!(lease["state"], "revoked");
     assert_eq!(lease["revocation_reason"], "task_complete");
@@ -300,7 +287,7 @@ async fn key_rotation_keeps_old_tokens_verifiable() {
     );
     verify_with_jwks(&broker, &old_token, "api").await;
     verify_with_jwks(&broker, new_token, "api").await;
-    assert_eq!(introspect(&broker, &old_token).await["active"], true);
+    assert_eq!(broker.introspect(&old_token).await["active"], true);
 }
 
 #[tokio::test]

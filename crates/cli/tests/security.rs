@@ -272,15 +272,7 @@ async fn a_lease_never_outlives_its_identity() {
         .to_string();
     let inactive = broker
         .wait_for(Duration::from_secs(15), || async {
-            let resp = broker
-                .http
-                .post(broker.url("/oauth2/introspect"))
-                .bearer_auth(&broker.token)
-                .form(&[("token", token.as_str())])
-                .send()
-                .await
-                .unwrap();
-            resp.json::<Value>().await.unwrap()["active"] == false
+            broker.introspect(&token).await["active"] == false
         })
         .await;
     assert!(
@@ -293,19 +285,6 @@ async fn a_lease_never_outlives_its_identity() {
         })
         .await;
     assert!(expired, "the lease outlived its identity");
-}
-
-async fn introspect(broker: &Broker, bearer: &str, token: &str) -> Value {
-    let resp = broker
-        .http
-        .post(broker.url("/oauth2/introspect"))
-        .bearer_auth(bearer)
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
 }
 
 #[tokio::test]
@@ -332,11 +311,11 @@ async fn only_holders_operators_and_resource_servers_may_introspect() {
         ("resource server", issuer.token("api-svc")),
         ("operator", broker.token.clone()),
     ] {
-        let seen = introspect(&broker, &bearer, token).await;
+        let seen = broker.introspect_as(&bearer, token).await;
         assert_eq!(seen["active"], true, "{who}: {seen}");
         assert_eq!(seen["task"], "secret-task", "{who}");
     }
-    let seen = introspect(&broker, &issuer.token("stranger"), token).await;
+    let seen = broker.introspect_as(&issuer.token("stranger"), token).await;
     assert_eq!(seen, json!({"active": false}), "a stranger learns nothing");
 
     // resource_servers must name identities.
@@ -419,18 +398,7 @@ async fn invisible_and_direction_changing_characters_are_refused() {
         assert_eq!(status, 400, "{key}={value}: {problem}");
         assert_eq!(problem["field"], field, "{key}={value}: {problem}");
     }
-    assert!(broker
-        .get("/v1/grants")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty());
-    assert!(broker
-        .get("/v1/leases")
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty());
+    broker.assert_no_grants_or_leases().await;
 }
 
 /// A target whose database does not exist: the workload is told the target failed, with

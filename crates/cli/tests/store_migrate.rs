@@ -82,15 +82,7 @@ async fn sqlite_deployment_moves_to_postgres_intact() {
         ))
         .await;
     assert_eq!(grant["state"], "issued");
-    let resp = broker
-        .http
-        .post(broker.url("/oauth2/introspect"))
-        .bearer_auth(&broker.token)
-        .form(&[("token", token.as_str())])
-        .send()
-        .await
-        .unwrap();
-    let introspected: Value = resp.json().await.unwrap();
+    let introspected = broker.introspect(&token).await;
     assert_eq!(
         introspected["active"], true,
         "a token signed before the move still verifies"

@@ -214,6 +214,33 @@ impl Broker {
             .clone()
     }
 
+    /// RFC 7662 introspection of `token`, asked by `bearer`; expects 200.
+    pub async fn introspect_as(&self, bearer: &str, token: &str) -> Value {
+        let resp = self
+            .http
+            .post(self.url("/oauth2/introspect"))
+            .bearer_auth(bearer)
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Introspection as the operator.
+    pub async fn introspect(&self, token: &str) -> Value {
+        self.introspect_as(&self.token, token).await
+    }
+
+    /// A refused request left nothing behind: no grant and no lease.
+    pub async fn assert_no_grants_or_leases(&self) {
+        for listing in ["/v1/grants", "/v1/leases"] {
+            let items = self.get(listing).await;
+            assert_eq!(items, json!([]), "{listing} after refused requests");
+        }
+    }
+
     /// Failed authentications the audit chain accounts for: repeated failures of one
     /// source and reason are one entry with a `count`.
     pub async fn audited_auth_failures(&self) -> u64 {
