@@ -4,7 +4,7 @@ use crate::model::{GrantState, LeaseState};
 
 /// A rule of the domain was broken. Every variant is the caller's fault (bad input or an
 /// illegal transition), never an internal failure.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CoreError {
     /// A field failed validation; `field` names it as the API spells it.
     #[error("{field}: {reason}")]

@@ -60,7 +60,7 @@ impl Decision {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     /// The request cannot be evaluated as given (e.g. context of the wrong type).
     #[error("{field}: {reason}")]

@@ -93,7 +93,7 @@ pub trait Ledger: Send + Sync {
         -> Result<BTreeMap<String, Recorded>, ProviderError>;
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The target's settings are wrong for this provider.
     #[error("target settings: {0}")]

@@ -16,7 +16,8 @@ use crate::model::{
 };
 use crate::CoreError;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`, so a batch that fails as a whole can answer every operation in it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The record does not exist.
     #[error("{what} {id:?} not found")]

@@ -5,7 +5,7 @@
 //! reset, server shutting down, pool exhausted) are `Unavailable`: the pool reconnects on
 //! its own once the server is back, so callers only need to retry.
 
-pub(crate) use crate::errors::{corrupt, replicate};
+pub(crate) use crate::errors::corrupt;
 use mayfly_core::store::StoreError;
 
 /// Maps an error with no better context. Call sites that know which record a unique

@@ -35,7 +35,7 @@ use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{conflict_or, corrupt, map_sqlx, replicate};
+use super::error::{conflict_or, corrupt, map_sqlx};
 use super::rows::{
     identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs, LeaseRow,
 };
@@ -328,13 +328,13 @@ impl Writer {
                     Ok(None) => {
                         for (op, reply) in run {
                             if let Some(e) = &fatal {
-                                results.push((reply, Err(replicate(e))));
+                                results.push((reply, Err(e.clone())));
                                 continue;
                             }
                             match run_single(&mut tx, &mut chain, op).await {
                                 Ok(outcome) => results.push((reply, outcome)),
                                 Err(e) => {
-                                    results.push((reply, Err(replicate(&e))));
+                                    results.push((reply, Err(e.clone())));
                                     fatal = Some(e);
                                 }
                             }
@@ -342,7 +342,7 @@ impl Writer {
                     }
                     Err(e) => {
                         for (_, reply) in run {
-                            results.push((reply, Err(replicate(&e))));
+                            results.push((reply, Err(e.clone())));
                         }
                         fatal = Some(e);
                     }
@@ -352,7 +352,7 @@ impl Writer {
             match run_single(&mut tx, &mut chain, op).await {
                 Ok(outcome) => results.push((reply, outcome)),
                 Err(e) => {
-                    results.push((reply, Err(replicate(&e))));
+                    results.push((reply, Err(e.clone())));
                     fatal = Some(e);
                 }
             }
@@ -378,12 +378,12 @@ impl Writer {
             for (reply, result) in results {
                 // An op that failed on its own keeps its own, more precise error.
                 let _ = reply.send(match result {
-                    Ok(_) => Err(replicate(&err)),
+                    Ok(_) => Err(err.clone()),
                     Err(own) => Err(own),
                 });
             }
             for (_, reply) in jobs {
-                let _ = reply.send(Err(replicate(&err)));
+                let _ = reply.send(Err(err.clone()));
             }
             return;
         }
@@ -402,7 +402,7 @@ impl Writer {
 
 fn fail_all(jobs: Vec<(Op, Reply)>, err: &StoreError) {
     for (_, reply) in jobs {
-        let _ = reply.send(Err(replicate(err)));
+        let _ = reply.send(Err(err.clone()));
     }
 }
 
@@ -422,7 +422,7 @@ async fn run_single(
         Err(e) => {
             // A lost connection is not the operation's fault: fail the batch with it.
             if matches!(e, StoreError::Unavailable(_)) {
-                return Err(replicate(e));
+                return Err(e.clone());
             }
             chain.head = head_before;
             chain.pending.truncate(pending_before);

@@ -3,7 +3,7 @@
 //! SQLite's messages name tables, columns and constraints but never bound values, so
 //! passing them on cannot leak a secret; values are never formatted into errors here.
 
-pub(crate) use crate::errors::{corrupt, replicate};
+pub(crate) use crate::errors::corrupt;
 use mayfly_core::store::StoreError;
 
 // Primary SQLite result codes (the low byte of an extended code).

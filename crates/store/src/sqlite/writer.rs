@@ -24,7 +24,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{conflict_or, corrupt, map_sqlx, replicate};
+use super::error::{conflict_or, corrupt, map_sqlx};
 use super::registry::{Changed, Registry};
 use super::rows::{
     identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs, LeaseRow,
@@ -420,13 +420,13 @@ impl Writer {
                     Ok(None) => {
                         for (op, reply) in run {
                             if let Some(e) = &fatal {
-                                results.push((reply, Err(replicate(e))));
+                                results.push((reply, Err(e.clone())));
                                 continue;
                             }
                             match run_single(conn, chain, op).await {
                                 Ok(outcome) => results.push((reply, outcome)),
                                 Err(e) => {
-                                    results.push((reply, Err(replicate(&e))));
+                                    results.push((reply, Err(e.clone())));
                                     fatal = Some(e);
                                 }
                             }
@@ -434,7 +434,7 @@ impl Writer {
                     }
                     Err(e) => {
                         for (_, reply) in run {
-                            results.push((reply, Err(replicate(&e))));
+                            results.push((reply, Err(e.clone())));
                         }
                         fatal = Some(e);
                     }
@@ -444,7 +444,7 @@ impl Writer {
             match run_single(conn, chain, op).await {
                 Ok(outcome) => results.push((reply, outcome)),
                 Err(e) => {
-                    results.push((reply, Err(replicate(&e))));
+                    results.push((reply, Err(e.clone())));
                     fatal = Some(e);
                 }
             }
@@ -476,12 +476,12 @@ impl Writer {
             for (reply, result) in results {
                 // An op that failed on its own keeps its own, more precise error.
                 let _ = reply.send(match result {
-                    Ok(_) => Err(replicate(&err)),
+                    Ok(_) => Err(err.clone()),
                     Err(own) => Err(own),
                 });
             }
             for (_, reply) in jobs {
-                let _ = reply.send(Err(replicate(&err)));
+                let _ = reply.send(Err(err.clone()));
             }
             return;
         }
@@ -516,7 +516,7 @@ async fn acquire(conn: &mut WriterConn) -> Result<ConnGuard<'_>, StoreError> {
 
 fn fail_all(jobs: Vec<(Op, Reply)>, err: &StoreError) {
     for (_, reply) in jobs {
-        let _ = reply.send(Err(replicate(err)));
+        let _ = reply.send(Err(err.clone()));
     }
 }
 
