@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use mayfly_core::duration::Ttl;
 use serde_json::{json, Value};
 
@@ -23,17 +23,14 @@ use output::Format;
     about = "Just-in-time access broker for non-human identities"
 )]
 struct Cli {
-    /// Broker address for client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "MAYFLY_ADDR",
-        default_value = "http://127.0.0.1:8740"
-    )]
-    addr: String,
-    /// Bearer token: an operator token, or a workload's OIDC JWT.
-    #[arg(long, global = true, env = "MAYFLY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a command prints. Each command that prints declares it (not `mayfly` itself), so
+/// `serve --help` lists only server options.
+#[derive(clap::Args)]
+struct Output {
     /// Output format for listings and records.
     #[arg(
         long,
@@ -44,24 +41,50 @@ struct Cli {
         env = "MAYFLY_OUTPUT"
     )]
     output: Format,
+}
+
+/// How a client command reaches the broker, and prints what it answers.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Broker address.
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_ADDR",
+        default_value = "http://127.0.0.1:8740"
+    )]
+    addr: String,
+    /// Bearer token: an operator token, or a workload's OIDC JWT.
+    #[arg(long, global = true, env = "MAYFLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// A group of client subcommands; the client options are accepted before or after the
+/// subcommand's name.
+#[derive(clap::Args)]
+struct Group<C: Subcommand> {
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
-    command: Command,
+    cmd: C,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (zero config: SQLite in the user data dir, 127.0.0.1:8740).
-    Serve(Box<serve::ServeArgs>),
+    Serve(Box<mayfly_server::Config>),
     /// Manage non-human identities.
-    #[command(subcommand)]
-    Identity(IdentityCmd),
+    Identity(Group<IdentityCmd>),
     /// Manage targets (things access is granted to).
-    #[command(subcommand)]
-    Target(TargetCmd),
+    Target(Group<TargetCmd>),
     /// Request access: policy decides now; a credential is issued for the TTL.
     Request(RequestArgs),
     /// List grants.
     Grants {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         identity: Option<String>,
         #[arg(long)]
@@ -73,6 +96,8 @@ enum Command {
     },
     /// List leases (issued credentials).
     Leases {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         identity: Option<String>,
         #[arg(long)]
@@ -87,6 +112,8 @@ enum Command {
     },
     /// Extend a lease (never beyond its cap).
     Renew {
+        #[command(flatten)]
+        client: ClientArgs,
         lease: String,
         #[arg(long)]
         ttl: Option<Ttl>,
@@ -94,11 +121,9 @@ enum Command {
     /// Revoke a grant, or everything of a task, identity or owner.
     Revoke(RevokeArgs),
     /// The audit chain.
-    #[command(subcommand)]
-    Audit(AuditCmd),
+    Audit(Group<AuditCmd>),
     /// Signing keys.
-    #[command(subcommand)]
-    Keys(KeysCmd),
+    Keys(Group<KeysCmd>),
     /// Offline store maintenance (opens the stores directly; stop the broker first).
     #[command(subcommand)]
     Store(StoreCmd),
@@ -107,6 +132,8 @@ enum Command {
     Policy(PolicyCmd),
     /// Ask the broker whether a token it issued is still active (RFC 7662).
     Introspect {
+        #[command(flatten)]
+        client: ClientArgs,
         /// The access token to check.
         #[arg(value_name = "TOKEN")]
         access_token: String,
@@ -201,6 +228,8 @@ enum TargetCmd {
 
 #[derive(clap::Args)]
 struct RequestArgs {
+    #[command(flatten)]
+    client: ClientArgs,
     /// Identity to grant to (operators; workloads default to themselves).
     #[arg(long)]
     identity: Option<String>,
@@ -224,6 +253,8 @@ struct RequestArgs {
 
 #[derive(clap::Args)]
 struct RevokeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
     /// Grant id.
     grant: Option<String>,
     #[arg(long, conflicts_with_all = ["grant", "identity", "owner"])]
@@ -272,6 +303,8 @@ enum StoreCmd {
         /// Target store URL (must be empty), e.g. postgres://mayfly@db/mayfly
         #[arg(long)]
         to: String,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -281,6 +314,8 @@ enum PolicyCmd {
     Validate {
         /// Policy directory.
         dir: std::path::PathBuf,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run table-driven policy tests (a cases.toml) against a policy directory.
     Test {
@@ -291,6 +326,8 @@ enum PolicyCmd {
         /// UTC offset for business-hours rules, e.g. +01:00.
         #[arg(long, default_value = "+00:00")]
         utc_offset: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Ask the broker how it would decide a request, and why; nothing is recorded.
     Explain(RequestArgs),
@@ -303,7 +340,13 @@ enum KeysCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Kept beside the parsed command: `serve` layers its configuration by where each value
+    // came from (default, environment or flag), which only the matches record.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -314,7 +357,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &matches)) {
         Ok(code) => code,
         Err(e) => {
             // One plain line: the chain of causes joined.
@@ -385,17 +428,43 @@ const LEASE_COLUMNS: &[(&str, &str)] = &[
     ("ERROR", "/last_error"),
 ];
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let out = cli.output;
-    if let Command::Serve(args) = cli.command {
-        return serve::run(*args).await.map(|()| ExitCode::SUCCESS);
+impl Command {
+    /// How this command reaches the broker, for the commands that talk to it.
+    fn client_args(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Identity(Group { client, .. })
+            | Command::Target(Group { client, .. })
+            | Command::Request(RequestArgs { client, .. })
+            | Command::Grants { client, .. }
+            | Command::Leases { client, .. }
+            | Command::Renew { client, .. }
+            | Command::Revoke(RevokeArgs { client, .. })
+            | Command::Audit(Group { client, .. })
+            | Command::Keys(Group { client, .. })
+            | Command::Policy(PolicyCmd::Explain(RequestArgs { client, .. }))
+            | Command::Introspect { client, .. } => Some(client),
+            Command::Serve(_)
+            | Command::Store(_)
+            | Command::Policy(PolicyCmd::Validate { .. } | PolicyCmd::Test { .. })
+            | Command::Completions { .. } => None,
+        }
+    }
+}
+
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(_) = cli.command {
+        let args = matches
+            .subcommand_matches("serve")
+            .context("serve was parsed without its arguments")?;
+        return serve::run(args).await.map(|()| ExitCode::SUCCESS);
     }
     if let Command::Policy(cmd @ (PolicyCmd::Validate { .. } | PolicyCmd::Test { .. })) =
         cli.command
     {
-        return policy_offline(out, cmd);
+        return policy_offline(cmd);
     }
-    if let Command::Store(StoreCmd::Migrate { from, to }) = &cli.command {
+    if let Command::Store(StoreCmd::Migrate { from, to, output }) = &cli.command {
+        let out = output.output;
         eprintln!(
             "mayfly: copying {} into {} …",
             redact_url(from),
@@ -431,19 +500,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         clap_complete::generate(shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Audit(AuditCmd::Verify { store: Some(url) }) = &cli.command {
+    let Some(out) = cli.command.client_args().map(|c| c.output.output) else {
+        // Every command without client options was answered above.
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Command::Audit(Group {
+        cmd: AuditCmd::Verify { store: Some(url) },
+        ..
+    }) = &cli.command
+    {
         let store = mayfly_store::open(url, mayfly_store::Durability::Fsync)
             .await
             .context("cannot open store")?;
         let report = store.verify_audit().await.context("verification failed")?;
         return Ok(print_verify(out, &serde_json::to_value(&report)?));
     }
-    let client = Client::new(&cli.addr, cli.token.clone())?;
+    let client = match cli.command.client_args() {
+        Some(c) => Client::new(&c.addr, c.token.clone())?,
+        None => return Ok(ExitCode::SUCCESS),
+    };
     match cli.command {
         // Answered above, before a client exists.
         Command::Serve(_)
         | Command::Completions { .. }
-        | Command::Audit(AuditCmd::Verify { store: Some(_) })
+        | Command::Audit(Group {
+            cmd: AuditCmd::Verify { store: Some(_) },
+            ..
+        })
         | Command::Store(_)
         | Command::Policy(PolicyCmd::Validate { .. } | PolicyCmd::Test { .. }) => {}
         Command::Policy(PolicyCmd::Explain(args)) => {
@@ -466,14 +549,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Identity(cmd) => identity(&client, out, cmd).await?,
-        Command::Target(cmd) => target(&client, out, cmd).await?,
+        Command::Identity(group) => identity(&client, out, group.cmd).await?,
+        Command::Target(group) => target(&client, out, group.cmd).await?,
         Command::Request(args) => request(&client, out, args).await?,
         Command::Grants {
             identity,
             task,
             state,
             limit,
+            ..
         } => {
             let q = query(&[
                 ("identity", identity),
@@ -490,6 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             grant,
             state,
             limit,
+            ..
         } => {
             let q = query(&[
                 ("identity", identity),
@@ -501,7 +586,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let items: Vec<Value> = client.get("/v1/leases", &q).await?;
             output::list(out, &items, LEASE_COLUMNS);
         }
-        Command::Renew { lease, ttl } => {
+        Command::Renew { lease, ttl, .. } => {
             let body = match ttl {
                 Some(t) => json!({"ttl": t}),
                 None => json!({}),
@@ -540,22 +625,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
-        Command::Audit(AuditCmd::Verify { store: None }) => {
+        Command::Audit(Group {
+            cmd: AuditCmd::Verify { store: None },
+            ..
+        }) => {
             let v: Value = client.get("/v1/audit/verify", &[]).await?;
             return Ok(print_verify(out, &v));
         }
-        Command::Audit(AuditCmd::List {
-            task,
-            identity,
-            grant,
-            after,
-            limit,
+        Command::Audit(Group {
+            cmd:
+                AuditCmd::List {
+                    task,
+                    identity,
+                    grant,
+                    after,
+                    limit,
+                },
+            ..
         }) => audit_list(&client, out, task, identity, grant, after, limit).await?,
-        Command::Keys(KeysCmd::Rotate) => {
+        Command::Keys(Group {
+            cmd: KeysCmd::Rotate,
+            ..
+        }) => {
             let v: Value = client.post("/v1/keys/rotate", json!({})).await?;
             output::object(out, &v);
         }
-        Command::Introspect { access_token } => {
+        Command::Introspect { access_token, .. } => {
             let v: Value = client
                 .post_form("/oauth2/introspect", &[("token", access_token.as_str())])
                 .await?;
@@ -826,9 +921,10 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-fn policy_offline(out: Format, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+fn policy_offline(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCmd::Validate { dir } => {
+        PolicyCmd::Validate { dir, output } => {
+            let out = output.output;
             match mayfly_policy::load_dir(&dir, mayfly_policy::LoadOptions::default()) {
                 Ok(engine) => {
                     match out {
@@ -862,7 +958,9 @@ fn policy_offline(out: Format, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             cases,
             dir,
             utc_offset,
+            output,
         } => {
+            let out = output.output;
             let dir = match dir {
                 Some(d) => d,
                 None => cases
@@ -970,4 +1068,16 @@ async fn request(client: &Client, out: Format, args: RequestArgs) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a command tree (duplicate names, flags shadowing a subcommand's) only
+    /// where it is used; this checks every command at once.
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,115 +1,46 @@
-//! `mayfly serve`: configuration layering (defaults < mayfly.toml < MAYFLY_* < flags),
-//! logging, first-start notes, and graceful shutdown.
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
+//! `mayfly serve`: configuration layering (defaults < mayfly.toml < MAYFLY_* < flags) of
+//! the one [`Config`] struct, logging, first-start notes, and graceful shutdown.
 
 use anyhow::Context;
-use mayfly_core::duration::Ttl;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, FromArgMatches};
 use mayfly_core::secret::SecretString;
-use mayfly_server::{Config, Server};
+use mayfly_server::{Config, LogFormat, Server};
 
-#[derive(clap::Args)]
-pub struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "MAYFLY_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8740].
-    #[arg(long, env = "MAYFLY_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Data directory for the embedded store and generated master key [default: the user data dir].
-    #[arg(long, env = "MAYFLY_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Store URL, e.g. sqlite:///var/lib/mayfly/mayfly.db [default: <data-dir>/mayfly.db].
-    #[arg(long, env = "MAYFLY_STORE")]
-    store: Option<String>,
-    /// fsync (default) or crash-safe.
-    #[arg(long, env = "MAYFLY_DURABILITY")]
-    durability: Option<String>,
-    /// `iss` of issued tokens [default: http://<listen>].
-    #[arg(long, env = "MAYFLY_ISSUER")]
-    issuer: Option<String>,
-    /// Master key file [default: <data-dir>/master.key]. MAYFLY_MASTER_KEY (base64) wins.
-    #[arg(long, env = "MAYFLY_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
-    /// Longest lifetime of any token.
-    #[arg(long, env = "MAYFLY_TOKEN_MAX_TTL")]
-    token_max_ttl: Option<Ttl>,
-    /// Longest time from a request's first byte to the end of its headers [default: 10s].
-    #[arg(long, env = "MAYFLY_HTTP_HEADER_TIMEOUT")]
-    http_header_timeout: Option<Ttl>,
-    /// Longest time to receive a request body; slower clients get 408 [default: 30s].
-    #[arg(long, env = "MAYFLY_HTTP_BODY_TIMEOUT")]
-    http_body_timeout: Option<Ttl>,
-    /// How long a keep-alive connection may wait for its next request [default: 60s].
-    #[arg(long, env = "MAYFLY_HTTP_IDLE_TIMEOUT")]
-    http_idle_timeout: Option<Ttl>,
-    /// Longest TLS handshake [default: 10s].
-    #[arg(long, env = "MAYFLY_HTTP_HANDSHAKE_TIMEOUT")]
-    http_handshake_timeout: Option<Ttl>,
-    /// Connections served at once; more are closed at once [default: 4096].
-    #[arg(long, env = "MAYFLY_HTTP_MAX_CONNECTIONS")]
-    http_max_connections: Option<usize>,
-    /// Log format: text or json.
-    #[arg(long, env = "MAYFLY_LOG_FORMAT", default_value = "text")]
-    log_format: String,
-}
-
-fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
+/// The configuration `serve`'s arguments describe: the file (`--config` / `MAYFLY_CONFIG`)
+/// over the defaults, then every option the environment or the command line set. `matches`
+/// are `serve`'s own, parsed against [`Config`]'s arguments.
+pub fn load_config(matches: &ArgMatches) -> anyhow::Result<Config> {
+    let given = Config::from_arg_matches(matches)?;
+    let mut config = match &given.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
-            toml::from_str::<Config>(&text)
-                .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))?
+            parse_file(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
         }
-        None => Config {
-            data_dir: dirs::data_dir()
-                .map(|d| d.join("mayfly"))
-                .unwrap_or_else(|| PathBuf::from("mayfly-data")),
-            ..Config::default()
-        },
+        None => Config::default(),
     };
-    if let Some(v) = args.listen {
-        config.listen = v;
+    // clap fills every option it was not given with its default; those must not hide the
+    // file's values, so only what the environment or the command line set is laid on top.
+    let mut explicit = matches.clone();
+    let defaulted: Vec<String> = matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::DefaultValue))
+        .map(|id| id.as_str().to_owned())
+        .collect();
+    for id in defaulted {
+        explicit.try_clear_id(&id)?;
     }
-    if let Some(v) = &args.data_dir {
-        config.data_dir = v.clone();
-    }
-    if let Some(v) = &args.store {
-        config.store = Some(v.clone());
-    }
-    if let Some(v) = &args.durability {
-        config.durability = v.clone();
-    }
-    if let Some(v) = &args.issuer {
-        config.issuer = Some(v.clone());
-    }
-    if let Some(v) = &args.master_key_file {
-        config.master_key_file = Some(v.clone());
-    }
-    if let Some(v) = args.token_max_ttl {
-        config.token_max_ttl = v;
-    }
-    if let Some(v) = args.http_header_timeout {
-        config.http.header_timeout = v;
-    }
-    if let Some(v) = args.http_body_timeout {
-        config.http.body_timeout = v;
-    }
-    if let Some(v) = args.http_idle_timeout {
-        config.http.idle_timeout = v;
-    }
-    if let Some(v) = args.http_handshake_timeout {
-        config.http.handshake_timeout = v;
-    }
-    if let Some(v) = args.http_max_connections {
-        config.http.max_connections = v;
-    }
+    config.update_from_arg_matches(&explicit)?;
     Ok(config)
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
+/// A `mayfly.toml`; an unknown key is an error, not a silently ignored typo.
+fn parse_file(text: &str) -> Result<Config, String> {
+    toml::from_str::<Config>(text).map_err(|e| e.message().to_owned())
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -117,16 +48,14 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => anyhow::bail!("--log-format {other:?}: expected text or json"),
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
-    Ok(())
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format)?;
-    let mut config = load_config(&args)?;
+pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
+    let mut config = load_config(matches)?;
+    init_logging(config.log_format);
     let listener = Server::bind(config.listen).await?;
     let addr = listener
         .local_addr()
@@ -175,5 +104,173 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::net::SocketAddr;
+
+    use clap::{Args, Command};
+    use mayfly_core::duration::Ttl;
+    use mayfly_server::Durability;
+
+    use super::*;
+
+    /// The variables the precedence test sets, cleared first so the caller's environment
+    /// cannot decide the outcome.
+    const VARS: &[&str] = &[
+        "MAYFLY_CONFIG",
+        "MAYFLY_LISTEN",
+        "MAYFLY_DATA_DIR",
+        "MAYFLY_STORE",
+        "MAYFLY_DURABILITY",
+        "MAYFLY_ISSUER",
+        "MAYFLY_MASTER_KEY_FILE",
+        "MAYFLY_TOKEN_MAX_TTL",
+        "MAYFLY_PROVIDER_TIMEOUT",
+        "MAYFLY_RECONCILE_INTERVAL",
+        "MAYFLY_LOG_FORMAT",
+        "MAYFLY_HTTP_HEADER_TIMEOUT",
+        "MAYFLY_HTTP_BODY_TIMEOUT",
+        "MAYFLY_HTTP_IDLE_TIMEOUT",
+        "MAYFLY_HTTP_HANDSHAKE_TIMEOUT",
+        "MAYFLY_HTTP_MAX_CONNECTIONS",
+    ];
+
+    fn load(args: &[&str]) -> Config {
+        let command = Config::augment_args(Command::new("serve"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap();
+        load_config(&matches).unwrap()
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    // The only test here that reads or sets MAYFLY_* variables: the environment is the
+    // process's, shared by every test thread.
+    #[test]
+    fn flags_win_over_environment_over_file_over_defaults() {
+        for var in VARS {
+            std::env::remove_var(var);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mayfly.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:1001"
+durability = "crash-safe"
+provider_timeout = "5s"
+reconcile_interval = "20m"
+token_max_ttl = "2h"
+log_format = "json"
+
+[http]
+header_timeout = "3s"
+body_timeout = "7s"
+
+[policy]
+utc_offset = "+01:00"
+"#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+
+        // Nothing given: the defaults, which are also what `--help` shows.
+        let config = load(&[]);
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.data_dir, defaults.data_dir);
+        assert_eq!(config.durability, Durability::Fsync);
+        assert_eq!(config.provider_timeout, Ttl::from_secs(30));
+        assert_eq!(config.http.header_timeout, Ttl::from_secs(10));
+
+        // The file over the defaults; what it leaves out stays default.
+        let config = load(&["--config", path]);
+        assert_eq!(config.listen, addr("127.0.0.1:1001"));
+        assert_eq!(config.durability, Durability::CrashSafe);
+        assert_eq!(config.provider_timeout, Ttl::from_secs(5));
+        assert_eq!(config.reconcile_interval, Ttl::from_secs(20 * 60));
+        assert_eq!(config.token_max_ttl, Ttl::from_secs(2 * 3600));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.http.header_timeout, Ttl::from_secs(3));
+        assert_eq!(config.http.body_timeout, Ttl::from_secs(7));
+        assert_eq!(config.http.idle_timeout, Ttl::from_secs(60));
+        assert_eq!(config.policy.utc_offset, "+01:00");
+        assert_eq!(config.data_dir, defaults.data_dir);
+
+        // The environment over the file (the file itself named by MAYFLY_CONFIG).
+        std::env::set_var("MAYFLY_CONFIG", path);
+        std::env::set_var("MAYFLY_LISTEN", "127.0.0.1:1002");
+        std::env::set_var("MAYFLY_HTTP_HEADER_TIMEOUT", "4s");
+        std::env::set_var("MAYFLY_PROVIDER_TIMEOUT", "6s");
+        let config = load(&[]);
+        assert_eq!(config.listen, addr("127.0.0.1:1002"));
+        assert_eq!(config.http.header_timeout, Ttl::from_secs(4));
+        assert_eq!(config.provider_timeout, Ttl::from_secs(6));
+        assert_eq!(config.http.body_timeout, Ttl::from_secs(7));
+        assert_eq!(config.durability, Durability::CrashSafe);
+
+        // Flags over both, even a flag that names the default value.
+        let config = load(&[
+            "--listen",
+            "127.0.0.1:1003",
+            "--provider-timeout",
+            "7s",
+            "--durability",
+            "fsync",
+            "--http-body-timeout",
+            "8s",
+        ]);
+        assert_eq!(config.listen, addr("127.0.0.1:1003"));
+        assert_eq!(config.provider_timeout, Ttl::from_secs(7));
+        assert_eq!(config.durability, Durability::Fsync);
+        assert_eq!(config.http.body_timeout, Ttl::from_secs(8));
+        assert_eq!(config.http.header_timeout, Ttl::from_secs(4));
+        assert_eq!(config.reconcile_interval, Ttl::from_secs(20 * 60));
+
+        for var in VARS {
+            std::env::remove_var(var);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        for (text, key) in [
+            ("listn = \"127.0.0.1:1\"", "listn"),
+            ("[http]\nheader_timout = \"1s\"", "header_timout"),
+            ("[auth.failures]\nbrust = 3", "brust"),
+            ("[policy]\ndirectory = \"p\"", "directory"),
+            // `--config` is not a file key: a file naming another file is a loop.
+            ("config = \"other.toml\"", "config"),
+        ] {
+            let error = parse_file(text).expect_err(text);
+            assert!(
+                error.contains("unknown field") && error.contains(key),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_takes_typed_values_only() {
+        let error = parse_file("durability = \"sometimes\"").unwrap_err();
+        assert!(
+            error.contains("fsync") && error.contains("crash-safe"),
+            "{error}"
+        );
+        assert!(parse_file("provider_timeout = \"soon\"").is_err());
+        assert_eq!(
+            parse_file("durability = \"crash-safe\"")
+                .unwrap()
+                .durability,
+            Durability::CrashSafe
+        );
     }
 }

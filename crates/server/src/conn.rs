@@ -36,19 +36,56 @@ use crate::metrics::Metrics;
 use crate::tls::PeerCertificates;
 use crate::StartError;
 
-/// `[http]`: connection limits. Every deadline is at least one second.
-#[derive(Clone, Debug, Deserialize)]
+/// `[http]`: connection limits. Every deadline is at least one second. Each also has a
+/// `--http-*` flag and `MAYFLY_HTTP_*` variable (see [`crate::Config`]).
+#[derive(Clone, Debug, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Longest time from a request's first byte to the end of its headers.
+    #[arg(
+        long = "http-header-timeout",
+        id = "http_header_timeout",
+        value_name = "HTTP_HEADER_TIMEOUT",
+        env = "MAYFLY_HTTP_HEADER_TIMEOUT",
+        default_value_t = HttpConfig::default().header_timeout,
+    )]
     pub header_timeout: Ttl,
-    /// Longest time to receive a request body, once its headers are in (answered 408).
+    /// Longest time to receive a request body, once its headers are in; slower clients get
+    /// 408.
+    #[arg(
+        long = "http-body-timeout",
+        id = "http_body_timeout",
+        value_name = "HTTP_BODY_TIMEOUT",
+        env = "MAYFLY_HTTP_BODY_TIMEOUT",
+        default_value_t = HttpConfig::default().body_timeout,
+    )]
     pub body_timeout: Ttl,
     /// How long a keep-alive connection may wait for its next request.
+    #[arg(
+        long = "http-idle-timeout",
+        id = "http_idle_timeout",
+        value_name = "HTTP_IDLE_TIMEOUT",
+        env = "MAYFLY_HTTP_IDLE_TIMEOUT",
+        default_value_t = HttpConfig::default().idle_timeout,
+    )]
     pub idle_timeout: Ttl,
     /// Longest TLS handshake.
+    #[arg(
+        long = "http-handshake-timeout",
+        id = "http_handshake_timeout",
+        value_name = "HTTP_HANDSHAKE_TIMEOUT",
+        env = "MAYFLY_HTTP_HANDSHAKE_TIMEOUT",
+        default_value_t = HttpConfig::default().handshake_timeout,
+    )]
     pub handshake_timeout: Ttl,
     /// Connections served at once; connections beyond it are closed at once.
+    #[arg(
+        long = "http-max-connections",
+        id = "http_max_connections",
+        value_name = "HTTP_MAX_CONNECTIONS",
+        env = "MAYFLY_HTTP_MAX_CONNECTIONS",
+        default_value_t = HttpConfig::default().max_connections,
+    )]
     pub max_connections: usize,
 }
 

@@ -58,37 +58,116 @@ pub fn crash_point(point: &str) {
 /// or an attack.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Server configuration: the `mayfly.toml` file, overridden by `MAYFLY_*` variables and
-/// flags (the CLI does the layering).
-#[derive(Clone, Debug, Deserialize)]
+/// Server configuration. This one struct is the `mayfly serve` flag set (each doc comment
+/// is the option's `--help`), the `mayfly.toml` schema, the `MAYFLY_*` variables and the
+/// defaults ([`Config::default`], which the flags show as theirs). The CLI layers them:
+/// defaults < file < environment < flags. Sections (`[auth]`, `[policy]`, `[tls]`) exist
+/// only in the file; `[http]` also has flags.
+#[derive(Clone, Debug, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// TOML configuration file.
+    // Not a file key: a file naming another file would be a loop, so `config = …` in the
+    // file is refused as an unknown key.
+    #[arg(long, env = "MAYFLY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
+    #[arg(long, env = "MAYFLY_LISTEN", default_value_t = Config::default().listen)]
     pub listen: SocketAddr,
-    /// Where the embedded store and the generated master key live.
+    /// Data directory for the embedded store and generated master key.
+    #[arg(long, env = "MAYFLY_DATA_DIR", default_value_os_t = Config::default().data_dir)]
     pub data_dir: PathBuf,
-    /// Store URL; default `sqlite://<data_dir>/mayfly.db`.
+    /// Store URL, e.g. sqlite:///var/lib/mayfly/mayfly.db or postgres://mayfly@db/mayfly
+    /// [default: sqlite://<data-dir>/mayfly.db].
+    #[arg(long, env = "MAYFLY_STORE")]
     pub store: Option<String>,
-    /// `fsync` (every acknowledged grant survives power loss) or `crash-safe` (survives a
-    /// process crash; the last moments may be lost on power loss).
-    pub durability: String,
-    /// `iss` of issued tokens; default `http://<listen>`.
+    /// How hard the embedded store syncs each commit (SQLite only).
+    #[arg(
+        long,
+        env = "MAYFLY_DURABILITY",
+        value_enum,
+        default_value_t = Config::default().durability,
+    )]
+    pub durability: Durability,
+    /// `iss` of issued tokens, base of the discovery URLs [default: http://<listen>].
+    #[arg(long, env = "MAYFLY_ISSUER")]
     pub issuer: Option<String>,
-    /// Key-encryption key file (base64, 32 bytes); default `<data_dir>/master.key`,
-    /// generated on first start. `MAYFLY_MASTER_KEY` takes precedence.
+    /// Key-encryption key file (base64, 32 bytes), generated on first start
+    /// [default: <data-dir>/master.key]. MAYFLY_MASTER_KEY (the key itself) wins.
+    #[arg(long, env = "MAYFLY_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
     /// Longest lifetime of any token; retired signing keys stay published this long.
+    #[arg(long, env = "MAYFLY_TOKEN_MAX_TTL", default_value_t = Config::default().token_max_ttl)]
     pub token_max_ttl: Ttl,
+    /// Longest wait for a credential provider call (issue, renew, revoke, reconcile) on a
+    /// target that sets no `timeout_seconds` of its own.
+    #[arg(
+        long,
+        env = "MAYFLY_PROVIDER_TIMEOUT",
+        default_value_t = Config::default().provider_timeout,
+    )]
+    pub provider_timeout: Ttl,
+    /// How often external targets are reconciled (users with Mayfly's prefix and no live
+    /// lease are dropped) and stale `creating` leases cleaned up.
+    #[arg(
+        long,
+        env = "MAYFLY_RECONCILE_INTERVAL",
+        default_value_t = Config::default().reconcile_interval,
+    )]
+    pub reconcile_interval: Ttl,
+    /// Log format (the filter is MAYFLY_LOG, e.g. `info,sqlx::query=debug`).
+    #[arg(
+        long,
+        env = "MAYFLY_LOG_FORMAT",
+        value_enum,
+        default_value_t = Config::default().log_format,
+    )]
+    pub log_format: LogFormat,
+    /// `[auth]`: how callers are identified.
+    #[arg(skip)]
     pub auth: AuthConfig,
+    /// `[policy]`: runtime authorisation.
+    #[arg(skip)]
     pub policy: PolicyConfig,
     /// Serve HTTPS (and accept X.509-SVID client certificates when SPIFFE X.509 bundles
     /// are configured).
+    #[arg(skip)]
     pub tls: Option<tls::TlsConfig>,
     /// `[http]`: connection limits and deadlines.
+    #[command(flatten)]
     pub http: conn::HttpConfig,
-    /// How often external targets are reconciled (users with Mayfly's prefix and no live
-    /// lease are dropped) and stale `creating` leases cleaned up.
-    pub reconcile_interval: Ttl,
+}
+
+/// How hard the embedded store syncs a commit (`durability`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Every acknowledged grant survives power loss.
+    #[default]
+    Fsync,
+    /// Survives a process crash; the last moments may be lost on power loss.
+    CrashSafe,
+}
+
+impl From<Durability> for mayfly_store::Durability {
+    fn from(d: Durability) -> Self {
+        match d {
+            Durability::Fsync => mayfly_store::Durability::Fsync,
+            Durability::CrashSafe => mayfly_store::Durability::CrashSafe,
+        }
+    }
+}
+
+/// How `mayfly serve` writes its log (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Runtime authorisation. With a `dir`, Cedar policies decide every grant (default deny)
@@ -153,16 +232,23 @@ pub struct AuthConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            config: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8740)),
-            data_dir: PathBuf::from("mayfly-data"),
+            // The user's data directory (e.g. ~/.local/share/mayfly), so a zero-config start
+            // keeps its state in one place whatever the working directory.
+            data_dir: dirs::data_dir()
+                .map(|d| d.join("mayfly"))
+                .unwrap_or_else(|| PathBuf::from("mayfly-data")),
             store: None,
-            durability: "fsync".into(),
+            durability: Durability::default(),
             issuer: None,
             master_key_file: None,
             token_max_ttl: Ttl::from_secs(24 * 3600),
+            provider_timeout: Ttl::from_secs(30),
+            reconcile_interval: Ttl::from_secs(15 * 60),
+            log_format: LogFormat::default(),
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
-            reconcile_interval: Ttl::from_secs(15 * 60),
             tls: None,
             http: conn::HttpConfig::default(),
         }
@@ -322,20 +408,12 @@ impl Server {
             })?;
         let (master, created) = load_master_key(&config, master_key_env)?;
         bootstrap.master_key_created = created;
-        let durability = config
-            .durability
-            .parse::<mayfly_store::Durability>()
-            .map_err(|_| {
-                StartError::Config(format!(
-                    "durability {:?}: expected fsync or crash-safe",
-                    config.durability
-                ))
-            })?;
         let url = config
             .store
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("mayfly.db").display()));
-        let store: Arc<dyn Store> = mayfly_store::open(&url, durability).await?;
+        let backend = mayfly_store::backend_of(&url)?;
+        let store: Arc<dyn Store> = mayfly_store::open(&url, config.durability.into()).await?;
 
         let master = Arc::new(master);
         let keys = Arc::new(
@@ -428,7 +506,8 @@ impl Server {
             .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
         let metrics = Arc::new(metrics::Metrics::new());
         let mut providers = state::Providers::default();
-        let deadline = Duration::from_secs(30);
+        // At least a second: a zero deadline would fail every call before it starts.
+        let deadline = Duration::from_secs(config.provider_timeout.as_secs().max(1));
         let mut builtin: Vec<Arc<dyn mayfly_core::provider::Provider>> = vec![Arc::new(
             token::TokenProvider::new(keys.clone(), issuer.clone()),
         )];
@@ -462,14 +541,16 @@ impl Server {
             master,
             revoker_wake: tokio::sync::Notify::new(),
             auth_failures: auth_failures::AuthFailures::new(config.auth.failures),
-            creating_grace: deadline * 2,
+            // An issuance on another replica may run as long as its target allows; only
+            // after twice the longest of those is a `creating` lease surely abandoned.
+            creating_grace: deadline.max(providers::LONGEST_TARGET_TIMEOUT) * 2,
             issuer,
             token_max_ttl: config.token_max_ttl,
             expiry_wake: tokio::sync::Notify::new(),
             next_expiry_wake_ms: AtomicI64::new(0),
         }));
         let policy_reload = config.policy.reload_interval;
-        let exclusive_store = url.starts_with("sqlite");
+        let exclusive_store = backend == mayfly_store::Backend::Sqlite;
         let reconcile_every = Duration::from_secs(config.reconcile_interval.as_secs().max(10));
         Ok((
             Server {

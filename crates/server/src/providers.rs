@@ -1,5 +1,6 @@
-//! The layer every credential provider call goes through: a deadline, a tracing span and
-//! error metrics, so no provider can hang a request or the revocation worker, and each
+//! The layer every credential provider call goes through: a deadline (the target's own
+//! `timeout_seconds`, else the configured `provider_timeout`), a tracing span and error
+//! metrics, so no provider can hang a request or the revocation worker, and each
 //! provider stays free of those concerns. Also where a target's admin secret is unsealed,
 //! and where the store answers reconciliation's question ([`StoreLedger`]).
 
@@ -20,8 +21,19 @@ use tracing::Instrument;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
+/// Added to a target's own timeout: the provider bounds its whole operation by that
+/// timeout and says which step was slow, so its error should win the race with ours.
+const TARGET_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest a guarded call on any target may run: a target's `timeout_seconds` is at
+/// most [`mayfly_providers::common::MAX_TIMEOUT_SECONDS`] (checked when it is stored).
+pub const LONGEST_TARGET_TIMEOUT: Duration = Duration::from_secs(
+    mayfly_providers::common::MAX_TIMEOUT_SECONDS + TARGET_TIMEOUT_MARGIN.as_secs(),
+);
+
 pub struct Guarded {
     inner: Arc<dyn Provider>,
+    /// For targets that set no `timeout_seconds` of their own.
     deadline: Duration,
     metrics: Arc<Metrics>,
 }
@@ -35,18 +47,35 @@ impl Guarded {
         }
     }
 
+    /// How long a call on `target` may take. A target's own `timeout_seconds` (up to ten
+    /// minutes) is what its operator allowed, so a shorter fixed deadline must not cut it
+    /// off; a target without one gets the configured deadline.
+    fn deadline_for(&self, target: &Target) -> Duration {
+        match target
+            .settings
+            .get("timeout_seconds")
+            .and_then(serde_json::Value::as_u64)
+        {
+            Some(secs) => (Duration::from_secs(secs.max(1)) + TARGET_TIMEOUT_MARGIN)
+                .min(LONGEST_TARGET_TIMEOUT),
+            None => self.deadline,
+        }
+    }
+
     async fn run<T>(
         &self,
         op: &'static str,
+        target: &Target,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
         let span = tracing::info_span!("provider", kind = self.inner.kind(), op);
-        let result = match tokio::time::timeout(self.deadline, call.instrument(span)).await {
+        let deadline = self.deadline_for(target);
+        let result = match tokio::time::timeout(deadline, call.instrument(span)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Unavailable(format!(
                 "{} {op} did not finish within {}s",
                 self.inner.kind(),
-                self.deadline.as_secs()
+                deadline.as_secs()
             ))),
         };
         if let Err(e) = &result {
@@ -76,7 +105,8 @@ impl Provider for Guarded {
         self.inner.plan(request)
     }
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
-        self.run("issue", self.inner.issue(request)).await
+        let target = request.target.target;
+        self.run("issue", target, self.inner.issue(request)).await
     }
     async fn renew(
         &self,
@@ -85,19 +115,28 @@ impl Provider for Guarded {
         target: TargetAccess<'_>,
         new_expiry: OffsetDateTime,
     ) -> Result<Option<IssuedCredential>, ProviderError> {
-        self.run("renew", self.inner.renew(lease, grant, target, new_expiry))
-            .await
+        self.run(
+            "renew",
+            target.target,
+            self.inner.renew(lease, grant, target, new_expiry),
+        )
+        .await
     }
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
-        self.run("revoke", self.inner.revoke(lease, target)).await
+        self.run("revoke", target.target, self.inner.revoke(lease, target))
+            .await
     }
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,
         ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
-        self.run("reconcile", self.inner.reconcile(target, ledger))
-            .await
+        self.run(
+            "reconcile",
+            target.target,
+            self.inner.reconcile(target, ledger),
+        )
+        .await
     }
     async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
         // No deadline here: cancelling after the target accepted the new password would
