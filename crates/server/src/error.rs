@@ -333,6 +333,25 @@ fn target_detail(unavailable: bool, detail: &str, reveal: bool) -> String {
     }
 }
 
+impl From<crate::broker::BrokerError> for ApiError {
+    fn from(e: crate::broker::BrokerError) -> Self {
+        use crate::broker::BrokerError as B;
+        match e {
+            B::Invalid { field, reason } => ApiError::BadRequest {
+                detail: format!("{field}: {reason}"),
+                field: Some(field),
+            },
+            B::Forbidden { code, detail } => ApiError::Forbidden { code, detail },
+            B::NotFound { what, id, field } => ApiError::NotFound { what, id, field },
+            B::Core(e) => e.into(),
+            B::Store(e) => e.into(),
+            B::Policy(e) => e.into(),
+            B::Target(e) => e.into(),
+            B::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
 /// Turns serde/axum JSON rejections into problems that name the field.
 pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
     use axum::extract::rejection::JsonRejection::*;

@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub mod api;
 pub mod auth;
 pub mod auth_failures;
+pub mod broker;
 pub mod conn;
 pub mod error;
 pub mod keys;

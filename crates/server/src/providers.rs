@@ -161,19 +161,7 @@ pub async fn admin_secret(
     state: &AppState,
     target: &str,
 ) -> Result<Option<SecretString>, crate::error::ApiError> {
-    let Some(sealed) = state.store.get_target_secret(target).await? else {
-        return Ok(None);
-    };
-    let plain = state
-        .master
-        .open(&sealed, &secret_context(target))
-        .map_err(|e| {
-            crate::error::ApiError::Internal(format!("target {target:?} admin secret: {e}"))
-        })?;
-    let text = String::from_utf8(plain.expose().to_vec()).map_err(|_| {
-        crate::error::ApiError::Internal(format!("target {target:?} admin secret is not text"))
-    })?;
-    Ok(Some(SecretString::new(text)))
+    Ok(crate::broker::admin_secret(state, target).await?)
 }
 
 /// Names per store query: keeps each query's bound list small on a target with many users.

@@ -4,15 +4,15 @@ use axum::extract::State;
 use axum::Json;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{Lease, LeaseState};
-use mayfly_core::provider::TargetAccess;
 use mayfly_core::store::LeaseFilter;
 use mayfly_core::Uuid;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::grants::{credential_json, load_grant};
+use super::grants::credential_json;
 use super::{ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
+use crate::broker;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -46,16 +46,7 @@ pub async fn list(
 }
 
 async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Lease, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: "lease",
-        id: id.to_string(),
-        field: None,
-    };
-    let lease = state.store.get_lease(id).await?.ok_or_else(not_found)?;
-    if caller.0.identity().is_some_and(|own| own != lease.identity) {
-        return Err(not_found());
-    }
-    Ok(lease)
+    Ok(broker::visible_lease(state, caller, id).await?)
 }
 
 #[utoipa::path(get, path = "/v1/leases/{id}", params(("id" = Uuid, Path, description = "Lease id")),
@@ -92,57 +83,11 @@ pub async fn renew(
     ApiPath(id): ApiPath<Uuid>,
     OptionalJson(body): OptionalJson<RenewRequest>,
 ) -> Result<Json<RenewResponse>, ApiError> {
-    let lease = load(&state, &caller, id).await?;
-    let grant = load_grant(&state, &caller, lease.grant_id).await?;
-    let ttl = body.ttl.or(grant.granted_ttl).unwrap_or(Ttl::from_secs(0));
-    if ttl.as_secs() == 0 {
-        return Err(ApiError::field("ttl", "must be greater than zero"));
-    }
-    let now = mayfly_core::now();
-    // Never past the identity's own expiry, even for a lease granted before it was set.
-    let identity = match &caller.1 {
-        Some(own) => Some(own.clone()),
-        None => state.store.get_identity(&lease.identity).await?,
-    };
-    let mut until = now + ttl.as_time();
-    if let Some(expires) = identity.and_then(|i| i.expires_at) {
-        until = until.min(expires);
-    }
-    let renewed = state
-        .store
-        .renew_lease(id, until, &caller.0.actor(), now)
-        .await?;
-    let target = state
-        .store
-        .get_target(&lease.target)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Internal(format!(
-                "lease {id} names missing target {:?}",
-                lease.target
-            ))
-        })?;
-    let provider = state
-        .providers
-        .get(&lease.kind)
-        .ok_or_else(|| ApiError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
-    let admin = crate::providers::admin_secret(&state, &target.name).await?;
-    // The lease is extended first: if the target then fails to follow (PostgreSQL's
-    // VALID UNTIL), the credential only ends earlier than recorded, never later.
-    let credential = provider
-        .renew(
-            &renewed,
-            &grant,
-            TargetAccess {
-                target: &target,
-                admin: admin.as_ref(),
-            },
-            renewed.expires_at,
-        )
+    let (lease, credential) = broker::renew(&state, &caller, id, body.ttl)
         .await
         .map_err(|e| ApiError::from(e).for_caller(&caller.0))?;
     Ok(Json(RenewResponse {
         credential: credential.as_ref().map(credential_json),
-        lease: renewed,
+        lease,
     }))
 }

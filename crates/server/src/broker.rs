@@ -1,0 +1,797 @@
+//! The grant protocol, owned in one place: check a request, decide it by policy, and for
+//! an allowed one write the lease ahead, issue through the provider, activate, and undo
+//! what was made if any step fails. HTTP handlers, and later approvals and token
+//! exchange, call [`request_grant`] and [`renew`]; none of them repeats a step.
+//!
+//! Errors are [`BrokerError`]s; the HTTP edge maps them to problem+json once
+//! (`crate::error`), deciding there what a caller may see of a target's failure.
+
+use std::net::IpAddr;
+
+use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::duration::Ttl;
+use mayfly_core::model::{Grant, GrantState, Identity, Lease, LeaseState, Target};
+use mayfly_core::policy::{Decision, Outcome, PolicyError, PolicyRequest};
+use mayfly_core::provider::{IssueRequest, IssuedCredential, ProviderError, TargetAccess};
+use mayfly_core::store::StoreError;
+use mayfly_core::{validate, CoreError, OffsetDateTime, Uuid};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Why the broker refused or failed a step. `Clone`, so a refusal can be audited and
+/// still returned.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A request field is wrong; `field` names it as the API spells it.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The caller may not do this; `code` is stable.
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        field: Option<&'static str>,
+    },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The credential target failed or could not be reached.
+    #[error(transparent)]
+    Target(#[from] ProviderError),
+    /// A broken invariant (a target kind without a provider, …): not the caller's fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        BrokerError::Invalid {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The identity to grant to. Workloads may omit it (it is their own) and may not name
+    /// another; operators must name it.
+    pub identity: Option<String>,
+    pub target: String,
+    /// One of the target's actions; may be omitted when the target has exactly one.
+    pub action: Option<String>,
+    /// Why access is needed (at most 1 KiB).
+    pub purpose: String,
+    /// The task this access serves; revocation by task ends it.
+    pub task: String,
+    /// Requested lifetime; defaults to the target's `default_ttl`.
+    pub ttl: Option<Ttl>,
+    /// Extra facts for policy.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What became of an allowed, pending or denied request. Refusals before a decision
+/// (bad input, unknown target, another identity) are `Err`, and audited.
+pub enum GrantOutcome {
+    /// Issued: the credential is handed to the requester once, never stored.
+    Issued(Box<Issued>),
+    /// Recorded as waiting for approval.
+    PendingApproval { grant: Grant },
+    /// Recorded as denied by policy.
+    Denied { grant: Grant, decision: Decision },
+}
+
+pub struct Issued {
+    pub grant: Grant,
+    pub lease: Lease,
+    pub credential: IssuedCredential,
+}
+
+/// Decides a grant request and carries it out: the whole protocol, audited at each step.
+pub async fn request_grant(
+    state: &AppState,
+    caller: &Caller,
+    peer: Option<IpAddr>,
+    body: GrantRequest,
+) -> Result<GrantOutcome, BrokerError> {
+    let now = mayfly_core::now();
+    let (checked, context, mut decision) = match evaluate(state, caller, &body, peer, now).await {
+        Ok(v) => v,
+        Err(e) => {
+            record_rejection(state, caller, Some(&body), &ApiError::from(e.clone())).await;
+            return Err(e);
+        }
+    };
+    if decision.outcome != Outcome::Deny {
+        decision
+            .reasons
+            .extend(granted_ttl(&checked, &decision, now).identity_cap);
+    }
+    let mut grant = Grant {
+        id: Uuid::now_v7(),
+        identity: checked.identity.id.clone(),
+        owner: checked.identity.owner.clone(),
+        target: checked.target.name.clone(),
+        action: checked.action.clone(),
+        purpose: body.purpose,
+        task: body.task,
+        requested_ttl: checked.ttl,
+        granted_ttl: None,
+        context,
+        state: GrantState::Requested,
+        revocation_reason: None,
+        decision: serde_json::to_value(&decision).unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+    };
+    let actor = caller.0.actor();
+    let requested = AuditDraft::new(AuditKind::GrantRequested, &actor)
+        .for_grant(&grant)
+        .detail(serde_json::json!({
+            "action": grant.action, "purpose": grant.purpose, "requested_ttl": grant.requested_ttl, "context": grant.context,
+        }));
+    let decided = AuditDraft::new(AuditKind::GrantDecided, &actor)
+        .for_grant(&grant)
+        .detail(serde_json::json!({ "decision": decision }));
+
+    match decision.outcome {
+        Outcome::Deny => {
+            grant.state = grant.state.transition(GrantState::Denied)?;
+            state
+                .store
+                .record_grant(&grant, None, vec![requested, decided])
+                .await?;
+            state.metrics.grant("denied");
+            Ok(GrantOutcome::Denied { grant, decision })
+        }
+        Outcome::RequireApproval { .. } => {
+            grant.state = grant.state.transition(GrantState::PendingApproval)?;
+            state
+                .store
+                .record_grant(&grant, None, vec![requested, decided])
+                .await?;
+            state.metrics.grant("pending_approval");
+            Ok(GrantOutcome::PendingApproval { grant })
+        }
+        Outcome::Allow => {
+            let approved = Approved {
+                grant,
+                checked,
+                decision,
+                events: vec![requested, decided],
+                actor,
+                now,
+            };
+            let external = state
+                .providers
+                .get(&approved.checked.target.kind)
+                .is_some_and(|p| p.external());
+            if !external {
+                return issue(state, approved).await;
+            }
+            // From the write-ahead lease to its activation the issuance runs as a task of
+            // its own: a client that disconnects drops the caller, and must not leave a
+            // `creating` lease (and maybe a user on the target) for the next start-up to
+            // clean up. The task finishes, and records the outcome, either way.
+            let state = state.clone();
+            tokio::spawn(async move { issue(&state, approved).await })
+                .await
+                .map_err(|e| BrokerError::Internal(format!("the issuance task failed: {e}")))?
+        }
+    }
+}
+
+/// What policy explained, and what an allowed request would be granted.
+pub struct Explained {
+    pub identity: String,
+    pub target: String,
+    pub action: String,
+    pub decision: Decision,
+    pub granted_ttl: Option<Ttl>,
+}
+
+/// Evaluates a grant request exactly as [`request_grant`] would, and records nothing.
+pub async fn explain(
+    state: &AppState,
+    caller: &Caller,
+    peer: Option<IpAddr>,
+    body: &GrantRequest,
+) -> Result<Explained, BrokerError> {
+    let now = mayfly_core::now();
+    let (checked, _, mut decision) = evaluate(state, caller, body, peer, now).await?;
+    let granted_ttl = matches!(
+        decision.outcome,
+        Outcome::Allow | Outcome::RequireApproval { .. }
+    )
+    .then(|| {
+        let granted = granted_ttl(&checked, &decision, now);
+        decision.reasons.extend(granted.identity_cap);
+        granted.ttl
+    });
+    Ok(Explained {
+        identity: checked.identity.id,
+        target: checked.target.name,
+        action: checked.action,
+        decision,
+        granted_ttl,
+    })
+}
+
+struct Checked {
+    identity: Identity,
+    target: Target,
+    action: String,
+    ttl: Ttl,
+}
+
+async fn check(
+    state: &AppState,
+    caller: &Caller,
+    body: &GrantRequest,
+    now: OffsetDateTime,
+) -> Result<Checked, BrokerError> {
+    let identity_id = match (caller.0.identity(), &body.identity) {
+        (Some(own), None) => own.to_string(),
+        (Some(own), Some(named)) if named == own => own.to_string(),
+        (Some(own), Some(named)) => {
+            return Err(BrokerError::Forbidden {
+                code: "not_your_identity",
+                detail: format!("identity {own:?} may not request access for {named:?}"),
+            })
+        }
+        (None, Some(named)) => named.clone(),
+        (None, None) => {
+            return Err(BrokerError::field(
+                "identity",
+                "is required when an operator requests",
+            ))
+        }
+    };
+    validate::name("identity", &identity_id)?;
+    validate::name("target", &body.target)?;
+    validate::purpose(&body.purpose)?;
+    validate::task(&body.task)?;
+    validate::context(&body.context)?;
+
+    // A workload's own identity was read moments ago to authenticate it.
+    let identity = match &caller.1 {
+        Some(own) if own.id == identity_id => own.clone(),
+        _ => state
+            .store
+            .get_identity(&identity_id)
+            .await?
+            .ok_or(BrokerError::NotFound {
+                what: "identity",
+                id: identity_id.clone(),
+                field: Some("identity"),
+            })?,
+    };
+    if let Err(why) = identity.is_usable_at(now) {
+        return Err(BrokerError::Forbidden {
+            code: "identity_unusable",
+            detail: format!("identity {:?}: {why}", identity.id),
+        });
+    }
+    let target = state
+        .store
+        .get_target(&body.target)
+        .await?
+        .ok_or(BrokerError::NotFound {
+            what: "target",
+            id: body.target.clone(),
+            field: Some("target"),
+        })?;
+    let action = match &body.action {
+        Some(a) if target.actions.contains(a) => a.clone(),
+        Some(a) => {
+            return Err(BrokerError::field(
+                "action",
+                format!(
+                    "{a:?} is not an action of target {:?}; it has: {}",
+                    target.name,
+                    target.actions.join(", ")
+                ),
+            ))
+        }
+        None if target.actions.len() == 1 => target.actions[0].clone(),
+        None => {
+            return Err(BrokerError::field(
+                "action",
+                format!(
+                    "is required; target {:?} has: {}",
+                    target.name,
+                    target.actions.join(", ")
+                ),
+            ))
+        }
+    };
+    let ttl = body.ttl.unwrap_or(target.default_ttl);
+    if ttl.as_secs() == 0 {
+        return Err(BrokerError::field("ttl", "must be greater than zero"));
+    }
+    if ttl > target.max_ttl {
+        return Err(BrokerError::field(
+            "ttl",
+            format!(
+                "{ttl} exceeds target {:?}'s maximum of {}",
+                target.name, target.max_ttl
+            ),
+        ));
+    }
+    Ok(Checked {
+        identity,
+        target,
+        action,
+        ttl,
+    })
+}
+
+/// Audits a rejected request (nothing else is stored) and passes the error on.
+pub async fn record_rejection(
+    state: &AppState,
+    caller: &Caller,
+    body: Option<&GrantRequest>,
+    error: &ApiError,
+) {
+    state.metrics.grant("rejected");
+    // Filed under the caller only: what the request named (another identity, a task) is
+    // the caller's claim, kept in the detail, and must not place entries in someone
+    // else's history. The chain bounds every string, so a huge name stays a short entry.
+    let mut detail = serde_json::json!({
+        "status": error.status().as_u16(),
+        "code": error.code(),
+        "field": error.field_name(),
+        "reason": error.to_string(),
+    });
+    if let (Some(body), serde_json::Value::Object(map)) = (body, &mut detail) {
+        map.insert("requested_identity".into(), body.identity.clone().into());
+        map.insert("requested_target".into(), body.target.clone().into());
+        map.insert("requested_task".into(), body.task.clone().into());
+    }
+    let mut event = AuditDraft::new(AuditKind::GrantRejected, caller.0.actor()).detail(detail);
+    event.identity = caller.0.identity().map(str::to_string);
+    if let Some(body) = body {
+        // The task column only when the caller may file under it: an operator, or a
+        // workload asking for itself.
+        let own = caller.0.is_operator()
+            || body
+                .identity
+                .as_deref()
+                .is_none_or(|named| Some(named) == caller.0.identity());
+        if own && validate::task(&body.task).is_ok() {
+            event.task = Some(body.task.clone());
+        }
+    }
+    if let Err(e) = state.store.append_audit(vec![event]).await {
+        tracing::warn!(error = %e, "could not audit a rejected grant request");
+    }
+}
+
+/// Checks a request and asks policy, without recording anything.
+async fn evaluate(
+    state: &AppState,
+    caller: &Caller,
+    body: &GrantRequest,
+    peer: Option<IpAddr>,
+    now: OffsetDateTime,
+) -> Result<(Checked, serde_json::Value, Decision), BrokerError> {
+    let checked = check(state, caller, body, now).await?;
+    if body.context.contains_key("source_ip") {
+        return Err(BrokerError::field(
+            "context.source_ip",
+            "is set by the broker from the connection; do not send it",
+        ));
+    }
+    let mut context = body.context.clone();
+    if let Some(ip) = peer {
+        context.insert(
+            "source_ip".into(),
+            serde_json::Value::String(ip.to_string()),
+        );
+    }
+    let context = serde_json::Value::Object(context);
+    let decision = state.policy.decide(&PolicyRequest {
+        principal: &caller.0,
+        identity: &checked.identity,
+        target: &checked.target,
+        action: &checked.action,
+        purpose: &body.purpose,
+        task: &body.task,
+        requested_ttl: checked.ttl,
+        context: &context,
+        now,
+    })?;
+    Ok((checked, context, decision))
+}
+
+/// The TTL a grant gets and the lease's renewal cap: the minimum of the request, the
+/// policy cap, the target's maximum and the time left until the identity expires (no
+/// credential outlives the identity it was issued to).
+struct Granted {
+    ttl: Ttl,
+    cap: Ttl,
+    /// Set when the identity's expiry cut the TTL: said in the grant's decision.
+    identity_cap: Option<String>,
+}
+
+fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> Granted {
+    let mut ttl = checked.ttl.min(checked.target.max_ttl);
+    let mut cap = checked.target.max_ttl;
+    if let Some(policy_cap) = decision.max_ttl {
+        ttl = ttl.min(policy_cap);
+        cap = cap.min(policy_cap);
+    }
+    let mut identity_cap = None;
+    if let Some(expires) = checked.identity.expires_at {
+        // `check` refused an identity already past its expiry, so this is at least 1 s.
+        let left = Ttl::from_secs(
+            u64::try_from((expires - now).whole_seconds())
+                .unwrap_or(0)
+                .max(1),
+        );
+        if left < ttl {
+            identity_cap = Some(format!(
+                "granted TTL {left} instead of {ttl}: identity {:?} expires at {}",
+                checked.identity.id,
+                rfc3339(expires).unwrap_or_default()
+            ));
+        }
+        ttl = ttl.min(left);
+        cap = cap.min(left);
+    }
+    Granted {
+        ttl,
+        cap,
+        identity_cap,
+    }
+}
+
+/// An allowed grant on its way to issuance, with the audit events that record its
+/// request and decision (committed with the grant).
+struct Approved {
+    grant: Grant,
+    checked: Checked,
+    decision: Decision,
+    events: Vec<AuditDraft>,
+    actor: String,
+    now: OffsetDateTime,
+}
+
+async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, BrokerError> {
+    let Approved {
+        mut grant,
+        checked,
+        decision,
+        events,
+        actor,
+        now,
+    } = approved;
+    let (checked, decision, actor) = (&checked, &decision, actor.as_str());
+    let target = &checked.target;
+    let provider = state.providers.get(&target.kind).ok_or_else(|| {
+        BrokerError::Internal(format!(
+            "target {:?} has kind {:?} with no provider",
+            target.name, target.kind
+        ))
+    })?;
+    let Granted { ttl, cap, .. } = granted_ttl(checked, decision, now);
+    grant.granted_ttl = Some(ttl);
+    grant.state = grant.state.transition(GrantState::Approved)?;
+    let mut lease = Lease {
+        id: Uuid::now_v7(),
+        grant_id: grant.id,
+        kind: target.kind.clone(),
+        identity: grant.identity.clone(),
+        target: grant.target.clone(),
+        task: grant.task.clone(),
+        issued_at: now,
+        expires_at: now + ttl.as_time(),
+        max_expires_at: now + cap.as_time(),
+        state: LeaseState::Active,
+        revocation_reason: None,
+        external: provider.external(),
+        provider_state: serde_json::Value::Null,
+        revoke_attempts: 0,
+        last_error: None,
+    };
+    let admin = if provider.external() {
+        Some(admin_secret(state, &target.name).await?.ok_or_else(|| {
+            BrokerError::Internal(format!("target {:?} has no admin secret", target.name))
+        })?)
+    } else {
+        None
+    };
+    let access = TargetAccess {
+        target,
+        admin: admin.as_ref(),
+    };
+    let identity = &checked.identity;
+    let owner = grant.owner.clone();
+    let issued_event = |lease: &Lease| {
+        let event = AuditDraft::new(AuditKind::LeaseIssued, actor).for_lease(lease).detail(serde_json::json!({
+            "kind": lease.kind, "granted_ttl": ttl, "expires_at": rfc3339(lease.expires_at), "max_expires_at": rfc3339(lease.max_expires_at),
+        }));
+        AuditDraft {
+            owner: Some(owner.clone()),
+            ..event
+        }
+    };
+
+    if !provider.external() {
+        // Self-contained: made in memory, so grant, lease and audit commit together and
+        // nothing is acknowledged before they have.
+        let credential = provider
+            .issue(issue_request(
+                &grant,
+                identity,
+                access,
+                &lease,
+                &serde_json::Value::Null,
+            ))
+            .await?;
+        lease.provider_state = credential.provider_state.clone();
+        let mut grant = grant;
+        grant.state = grant.state.transition(GrantState::Issued)?;
+        let issued_entry = issued_event(&lease);
+        state
+            .store
+            .record_grant(&grant, Some(&lease), {
+                let mut events = events;
+                events.push(issued_entry);
+                events
+            })
+            .await?;
+        return Ok(issued(state, grant, lease, credential));
+    }
+
+    // Write-ahead: the lease naming what will be created is committed before the target
+    // is touched, so a crash at any later point leaves a `creating` lease that start-up
+    // reconciliation cleans up. Nothing exists on the target that Mayfly does not know of.
+    let plan = provider.plan(&issue_request(
+        &grant,
+        identity,
+        access,
+        &lease,
+        &serde_json::Value::Null,
+    ))?;
+    lease.state = LeaseState::Creating;
+    lease.provider_state = plan.clone();
+    state
+        .store
+        .record_grant(&grant, Some(&lease), events)
+        .await?;
+    crate::crash_point("after-write-ahead");
+    let outcome = provider
+        .issue(issue_request(&grant, identity, access, &lease, &plan))
+        .await;
+    let credential = match outcome {
+        Ok(c) => c,
+        Err(e) => {
+            fail_issuance(
+                state,
+                provider.as_ref(),
+                &lease,
+                access,
+                &e.to_string(),
+                actor,
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+    crate::crash_point("after-create");
+    match state
+        .store
+        .activate_lease(lease.id, &credential.provider_state, issued_event(&lease))
+        .await
+    {
+        Ok(active) => {
+            let mut grant = grant;
+            grant.state = grant.state.transition(GrantState::Issued)?;
+            Ok(issued(state, grant, active, credential))
+        }
+        Err(e) => {
+            // Not acknowledged, so the credential must not outlive this request.
+            fail_issuance(
+                state,
+                provider.as_ref(),
+                &lease,
+                access,
+                "could not record the issued credential",
+                actor,
+            )
+            .await;
+            Err(e.into())
+        }
+    }
+}
+
+fn issue_request<'a>(
+    grant: &'a Grant,
+    identity: &'a Identity,
+    target: TargetAccess<'a>,
+    lease: &Lease,
+    plan: &'a serde_json::Value,
+) -> IssueRequest<'a> {
+    IssueRequest {
+        grant,
+        identity,
+        target,
+        lease_id: lease.id,
+        issued_at: lease.issued_at,
+        expires_at: lease.expires_at,
+        plan,
+    }
+}
+
+/// Undoes a failed external issuance: removes whatever may exist on the target and closes
+/// the write-ahead lease; if the target cannot confirm, the revocation worker retries.
+async fn fail_issuance(
+    state: &AppState,
+    provider: &dyn mayfly_core::provider::Provider,
+    lease: &Lease,
+    access: TargetAccess<'_>,
+    error: &str,
+    actor: &str,
+) {
+    state.metrics.grant("failed");
+    let cleaned = provider.revoke(lease, access).await.is_ok();
+    if let Err(e) = state
+        .store
+        .abandon_lease(lease.id, cleaned, error, actor, mayfly_core::now())
+        .await
+    {
+        tracing::warn!(lease = %lease.id, error = %e, "cannot close a failed issuance; start-up reconciliation will");
+    }
+    if !cleaned {
+        state.revoker_wake.notify_one();
+    }
+}
+
+/// A grant the caller may see: a workload sees only its own; others' are reported absent,
+/// not forbidden, so ids cannot be probed.
+pub async fn visible_grant(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Grant, BrokerError> {
+    let not_found = || BrokerError::NotFound {
+        what: "grant",
+        id: id.to_string(),
+        field: None,
+    };
+    let grant = state.store.get_grant(id).await?.ok_or_else(not_found)?;
+    if caller.0.identity().is_some_and(|own| own != grant.identity) {
+        return Err(not_found());
+    }
+    Ok(grant)
+}
+
+/// A lease the caller may see, by the same rule as [`visible_grant`].
+pub async fn visible_lease(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Lease, BrokerError> {
+    let not_found = || BrokerError::NotFound {
+        what: "lease",
+        id: id.to_string(),
+        field: None,
+    };
+    let lease = state.store.get_lease(id).await?.ok_or_else(not_found)?;
+    if caller.0.identity().is_some_and(|own| own != lease.identity) {
+        return Err(not_found());
+    }
+    Ok(lease)
+}
+
+/// Extends a lease by `ttl` (default: its grant's TTL), never past the lease's cap or its
+/// identity's expiry, then asks the provider to follow. The lease is extended first: if
+/// the target then fails to follow (PostgreSQL's VALID UNTIL), the credential only ends
+/// earlier than recorded, never later. Returns a replacement credential for kinds that
+/// cannot be extended in place (tokens).
+pub async fn renew(
+    state: &AppState,
+    caller: &Caller,
+    lease_id: Uuid,
+    ttl: Option<Ttl>,
+) -> Result<(Lease, Option<IssuedCredential>), BrokerError> {
+    let lease = visible_lease(state, caller, lease_id).await?;
+    let grant = visible_grant(state, caller, lease.grant_id).await?;
+    let ttl = ttl.or(grant.granted_ttl).unwrap_or(Ttl::from_secs(0));
+    if ttl.as_secs() == 0 {
+        return Err(BrokerError::field("ttl", "must be greater than zero"));
+    }
+    let now = mayfly_core::now();
+    // Never past the identity's own expiry, even for a lease granted before it was set.
+    let identity = match &caller.1 {
+        Some(own) => Some(own.clone()),
+        None => state.store.get_identity(&lease.identity).await?,
+    };
+    let mut until = now + ttl.as_time();
+    if let Some(expires) = identity.and_then(|i| i.expires_at) {
+        until = until.min(expires);
+    }
+    let renewed = state
+        .store
+        .renew_lease(lease_id, until, &caller.0.actor(), now)
+        .await?;
+    let target = state
+        .store
+        .get_target(&lease.target)
+        .await?
+        .ok_or_else(|| {
+            BrokerError::Internal(format!(
+                "lease {lease_id} names missing target {:?}",
+                lease.target
+            ))
+        })?;
+    let provider = state
+        .providers
+        .get(&lease.kind)
+        .ok_or_else(|| BrokerError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
+    let admin = admin_secret(state, &target.name).await?;
+    let credential = provider
+        .renew(
+            &renewed,
+            &grant,
+            TargetAccess {
+                target: &target,
+                admin: admin.as_ref(),
+            },
+            renewed.expires_at,
+        )
+        .await?;
+    Ok((renewed, credential))
+}
+
+/// A target's admin secret, unsealed for one call to its provider (the seal is bound to
+/// the target's name, so a secret copied to another row does not open).
+pub async fn admin_secret(
+    state: &AppState,
+    target: &str,
+) -> Result<Option<mayfly_core::secret::SecretString>, BrokerError> {
+    let Some(sealed) = state.store.get_target_secret(target).await? else {
+        return Ok(None);
+    };
+    let plain = state
+        .master
+        .open(&sealed, &crate::providers::secret_context(target))
+        .map_err(|e| BrokerError::Internal(format!("target {target:?} admin secret: {e}")))?;
+    let text = String::from_utf8(plain.expose().to_vec()).map_err(|_| {
+        BrokerError::Internal(format!("target {target:?} admin secret is not text"))
+    })?;
+    Ok(Some(mayfly_core::secret::SecretString::new(text)))
+}
+
+fn issued(
+    state: &AppState,
+    grant: Grant,
+    lease: Lease,
+    credential: IssuedCredential,
+) -> GrantOutcome {
+    state.metrics.grant("issued");
+    state.lease_expires_at(lease.expires_at);
+    GrantOutcome::Issued(Box::new(Issued {
+        grant,
+        lease,
+        credential,
+    }))
+}
+
+fn rfc3339(t: OffsetDateTime) -> Option<String> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
