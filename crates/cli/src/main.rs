@@ -673,8 +673,14 @@ fn print_verify(out: Format, report: &Value) -> ExitCode {
                     .or_else(|| b.get("head_seq"))
                     .map(|s| s.to_string())
                     .unwrap_or_default();
+                // A re-filed entry names the column that no longer matches its body.
+                let column = b
+                    .get("column")
+                    .and_then(Value::as_str)
+                    .map(|c| format!(" (column {c})"))
+                    .unwrap_or_default();
                 println!(
-                    "audit chain BROKEN at entry {seq}: {} ({entries} entries read)",
+                    "audit chain BROKEN at entry {seq}: {}{column} ({entries} entries read)",
                     b.get("problem").and_then(Value::as_str).unwrap_or("?")
                 );
             } else {

@@ -300,7 +300,9 @@ async fn tampering_with_the_audit_chain_is_detected() {
     let out = broker.cli(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     assert!(
-        stdout(&out).starts_with(&format!("audit chain BROKEN at entry {refiled}: ")),
+        stdout(&out).starts_with(&format!(
+            "audit chain BROKEN at entry {refiled}: column_edited (column task)"
+        )),
         "{}",
         stdout(&out)
     );
