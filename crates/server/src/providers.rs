@@ -1,12 +1,21 @@
 //! The layer every credential provider call goes through: a deadline, a tracing span and
 //! error metrics, so no provider can hang a request or the revocation worker, and each
 //! provider stays free of those concerns. Also where a target's admin secret is unsealed,
-//! and where the store answers reconciliation's question ([`StoreLedger`]).
+//! where the store answers reconciliation's question ([`StoreLedger`]), and root rotation's
+//! protocol ([`rotate_root`], [`resolve_root_rotations`]).
+//!
+//! Root rotation cannot lose the admin password: the provider plans the next admin secret,
+//! it is sealed and recorded (state `rotating`) before the target is changed, and only
+//! after the target verified it does it become the admin secret. Until then both the
+//! current and the next secret are on record; a crash anywhere leaves them there, and
+//! [`resolve_root_rotations`] (at start-up, then from the sweeper) settles which one the
+//! target has.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
     IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, ReconcileReport, Recorded,
@@ -17,6 +26,7 @@ use mayfly_core::store::{Store, StoreError};
 use mayfly_core::OffsetDateTime;
 use tracing::Instrument;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -99,16 +109,27 @@ impl Provider for Guarded {
         self.run("reconcile", self.inner.reconcile(target, ledger))
             .await
     }
-    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
-        // No deadline here: cancelling after the target accepted the new password would
-        // lose it. The provider bounds each statement with the target's own timeouts.
-        let result = self.inner.rotate_root(target).await;
+    fn plan_root_rotation(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        self.inner.plan_root_rotation(target)
+    }
+    async fn rotate_root(
+        &self,
+        target: TargetAccess<'_>,
+        next: &SecretString,
+    ) -> Result<(), ProviderError> {
+        // No deadline here: a change cancelled client-side may still apply on the server.
+        // The provider bounds each statement with the target's own timeouts.
+        let result = self.inner.rotate_root(target, next).await;
         if let Err(e) = &result {
             self.metrics
                 .provider_error(self.inner.kind(), "rotate_root");
             tracing::warn!(kind = self.inner.kind(), error = %e, "root rotation failed");
         }
         result
+    }
+    async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        self.run("check_admin", self.inner.check_admin(target))
+            .await
     }
 }
 
@@ -121,20 +142,11 @@ pub fn secret_context(target: &str) -> String {
 pub async fn admin_secret(
     state: &AppState,
     target: &str,
-) -> Result<Option<SecretString>, crate::error::ApiError> {
+) -> Result<Option<SecretString>, ApiError> {
     let Some(sealed) = state.store.get_target_secret(target).await? else {
         return Ok(None);
     };
-    let plain = state
-        .master
-        .open(&sealed, &secret_context(target))
-        .map_err(|e| {
-            crate::error::ApiError::Internal(format!("target {target:?} admin secret: {e}"))
-        })?;
-    let text = String::from_utf8(plain.expose().to_vec()).map_err(|_| {
-        crate::error::ApiError::Internal(format!("target {target:?} admin secret is not text"))
-    })?;
-    Ok(Some(SecretString::new(text)))
+    open_admin(state, target, &sealed).map(Some)
 }
 
 /// Names per store query: keeps each query's bound list small on a target with many users.
@@ -195,5 +207,232 @@ impl Ledger for StoreLedger<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Seals `secret` as target `name`'s admin secret (current or next).
+fn seal_admin(state: &AppState, name: &str, secret: &SecretString) -> Result<Vec<u8>, ApiError> {
+    state
+        .master
+        .seal(secret.expose().as_bytes(), &secret_context(name))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Opens a sealed admin secret of target `name`.
+fn open_admin(state: &AppState, name: &str, sealed: &[u8]) -> Result<SecretString, ApiError> {
+    let plain = state
+        .master
+        .open(sealed, &secret_context(name))
+        .map_err(|e| ApiError::Internal(format!("target {name:?} admin secret: {e}")))?;
+    String::from_utf8(plain.expose().to_vec())
+        .map(SecretString::new)
+        .map_err(|_| ApiError::Internal(format!("target {name:?} admin secret is not text")))
+}
+
+fn rotation_event(name: &str, actor: &str, outcome: &str) -> AuditDraft {
+    let mut event = AuditDraft::new(AuditKind::TargetRootRotated, actor);
+    event.target = Some(name.to_string());
+    event.detail = serde_json::json!({ "outcome": outcome });
+    event
+}
+
+/// Makes the recorded next secret the admin secret. Retried: the target already has it,
+/// so giving up early would leave Mayfly with only the old one until the next resolution.
+async fn commit(
+    state: &AppState,
+    name: &str,
+    sealed: &[u8],
+    actor: &str,
+    outcome: &str,
+) -> Result<(), ApiError> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match state
+            .store
+            .commit_root_rotation(name, sealed, rotation_event(name, actor, outcome))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(target = %name, attempt, error = %e, "cannot commit the rotated admin secret; retrying (it stays on record as the pending one)");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    Err(last
+        .map(ApiError::from)
+        .unwrap_or_else(|| ApiError::Internal("rotation not recorded".into())))
+}
+
+/// How a recorded rotation ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The target has the next secret; it is the admin secret now.
+    Committed,
+    /// The target kept the current secret; the next one is forgotten.
+    Abandoned,
+    /// Neither could be confirmed (target down, or a fresh rotation another process may
+    /// still be making): both stay on record for the next resolution.
+    Pending,
+}
+
+/// After a failed or interrupted change: finds out which recorded secret the target has by
+/// connecting with each. The current one is tried first, since a failed change restores
+/// it; it is given up (`may_abandon`) only when no other process can still be applying
+/// the next one.
+async fn settle(
+    state: &AppState,
+    target: &Target,
+    provider: &dyn Provider,
+    current: Option<&SecretString>,
+    next: &SecretString,
+    sealed: &[u8],
+    may_abandon: bool,
+    actor: &str,
+) -> Result<Settled, ApiError> {
+    let name = target.name.as_str();
+    let access = |admin| TargetAccess { target, admin };
+    match provider.check_admin(access(current)).await {
+        Ok(()) if may_abandon => {
+            match state
+                .store
+                .abandon_root_rotation(name, sealed, rotation_event(name, actor, "kept_previous"))
+                .await
+            {
+                // `NotFound`: another process resolved it meanwhile.
+                Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(Settled::Abandoned),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(()) => return Ok(Settled::Pending),
+        Err(_) => {}
+    }
+    if provider.check_admin(access(Some(next))).await.is_ok() {
+        commit(state, name, sealed, actor, "completed_after_interruption").await?;
+        return Ok(Settled::Committed);
+    }
+    Ok(Settled::Pending)
+}
+
+/// Rotates `target`'s admin credential to one only Mayfly knows, recording it before the
+/// target changes (see the module docs).
+pub async fn rotate_root(
+    state: &AppState,
+    target: &Target,
+    provider: &dyn Provider,
+    actor: &str,
+) -> Result<(), ApiError> {
+    let name = target.name.as_str();
+    let current = admin_secret(state, name).await?;
+    let access = |admin| TargetAccess { target, admin };
+    let next = provider.plan_root_rotation(access(current.as_ref()))?;
+    let sealed = seal_admin(state, name, &next)?;
+    state.store.begin_root_rotation(name, &sealed).await?;
+    crate::crash_point("rotate-after-record");
+    match provider.rotate_root(access(current.as_ref()), &next).await {
+        Ok(()) => {
+            crate::crash_point("rotate-after-change");
+            commit(state, name, &sealed, actor, "rotated").await
+        }
+        Err(e) => {
+            // The provider put the old password back if it could; which one the target
+            // has is settled by connecting, not assumed.
+            match settle(
+                state,
+                target,
+                provider,
+                current.as_ref(),
+                &next,
+                &sealed,
+                true,
+                actor,
+            )
+            .await
+            {
+                Ok(Settled::Committed) => Ok(()),
+                Ok(Settled::Abandoned) => Err(e.into()),
+                Ok(Settled::Pending) | Err(_) => {
+                    tracing::error!(target = %name, "root rotation failed and neither admin secret connects now; both stay on record and are retried in the background");
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// Settles the rotations a crash (or a failure with the target down) left recorded: the
+/// change is completed with the current secret if it still connects (setting a password
+/// the target already has is harmless), else the next secret is kept if it connects,
+/// else both stay on record. With `all` (start-up) every record is taken; otherwise only
+/// those older than `grace`, which no other process can still be applying. A current
+/// secret is given up only for records older than `grace`.
+pub async fn resolve_root_rotations(state: &AppState, all: bool, grace: Duration) {
+    let pending = match state.store.pending_root_rotations().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list interrupted root rotations");
+            return;
+        }
+    };
+    let cutoff = mayfly_core::now() - time::Duration::seconds_f64(grace.as_secs_f64());
+    for record in pending {
+        let old = record.started_at < cutoff;
+        if !(all || old) {
+            continue;
+        }
+        let name = record.target.clone();
+        match resolve_one(state, &record.target, &record.sealed, old).await {
+            Ok(outcome) => {
+                tracing::info!(target = %name, ?outcome, "resolved an interrupted root rotation")
+            }
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "cannot resolve an interrupted root rotation yet; both secrets stay on record")
+            }
+        }
+    }
+}
+
+async fn resolve_one(
+    state: &AppState,
+    name: &str,
+    sealed: &[u8],
+    may_abandon: bool,
+) -> Result<Settled, ApiError> {
+    const ACTOR: &str = "system:reconcile";
+    let target = state
+        .store
+        .get_target(name)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("target {name:?} is gone")))?;
+    let provider = state
+        .providers
+        .get(&target.kind)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("no provider for {:?}", target.kind)))?;
+    let current = admin_secret(state, name).await?;
+    let next = open_admin(state, name, sealed)?;
+    let access = TargetAccess {
+        target: &target,
+        admin: current.as_ref(),
+    };
+    match provider.rotate_root(access, &next).await {
+        Ok(()) => {
+            commit(state, name, sealed, ACTOR, "completed_after_interruption").await?;
+            Ok(Settled::Committed)
+        }
+        Err(_) => {
+            settle(
+                state,
+                &target,
+                provider.as_ref(),
+                current.as_ref(),
+                &next,
+                sealed,
+                may_abandon,
+                ACTOR,
+            )
+            .await
+        }
     }
 }

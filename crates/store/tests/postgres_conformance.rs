@@ -184,6 +184,7 @@ macro_rules! suite {
 // The same list as sqlite_conformance.rs; tampering and reopen have their own tests below.
 suite!(
     target_secrets,
+    root_rotations,
     write_ahead_leases,
     recorded_usernames_per_target,
     revocation_queue,
