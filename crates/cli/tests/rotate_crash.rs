@@ -2,7 +2,8 @@
 //! after it recorded the next password and before it changed the target, and again after
 //! the change and before the commit. Each time the restarted broker settles the rotation on
 //! its own, issues a working credential on the target, and the admin role's password on the
-//! real PostgreSQL is the one Mayfly holds.
+//! real PostgreSQL is the one Mayfly holds. If the target refuses both passwords at
+//! restart, both stay on record and a later sweep settles the rotation once it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -277,4 +278,74 @@ async fn crash_after_recording_the_next_password_loses_nothing() {
 #[tokio::test]
 async fn crash_after_changing_the_password_loses_nothing() {
     crash_during_rotation("rotate-after-change").await;
+}
+
+/// The target refuses the admin role when the broker restarts after a crash past the
+/// change: nothing can be settled, so both passwords stay on record (no decision is
+/// audited); once the role may log in again a later sweep completes the rotation.
+#[tokio::test]
+async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
+    let Some(mut su) = postgres_superuser("root rotation with the target down").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su).await;
+    let broker = Broker::start();
+    broker.add_identity("etl", "team-data").await;
+    assert_eq!(broker.post("/v1/targets", f.target()).await.0, 201);
+    let (dir, token) = broker.kill();
+    let crashing = Broker::start_in(
+        &dir,
+        Options {
+            token: Some(token.clone()),
+            env: vec![("MAYFLY_CRASH_AT", "rotate-after-change".to_string())],
+            ..Options::default()
+        },
+    );
+    let result = crashing
+        .http
+        .post(crashing.url("/v1/targets/pg/rotate-root"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(result.is_err(), "the broker answered instead of crashing");
+    let (dir, token) = crashing.kill();
+
+    su.execute(format!("ALTER ROLE {} NOLOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    let broker = Broker::start_in(
+        &dir,
+        Options {
+            token: Some(token),
+            config: Some("reconcile_interval = \"10s\"\n".into()),
+            ..Options::default()
+        },
+    );
+    let rotated = || async {
+        broker
+            .audit("limit=1000")
+            .await
+            .iter()
+            .any(|e| e["kind"] == "target.root_rotated")
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!rotated().await, "settled while the target refused both");
+    su.execute(format!("ALTER ROLE {} LOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    assert!(
+        broker.wait_for(Duration::from_secs(30), rotated).await,
+        "the sweep did not settle the rotation once the target was back"
+    );
+    let (status, grant) = broker
+        .post("/v1/grants", json!({"identity": "etl", "target": "pg", "action": "read", "purpose": "after outage", "task": "rot", "ttl": "10m"}))
+        .await;
+    assert_eq!(status, 201, "{grant}");
+    let (dir, _) = broker.kill();
+    let (held, pending) = held_admin_password(&dir).await;
+    assert_eq!(pending, 0);
+    assert_ne!(held, f.password);
+    assert!(f.admin_password_is(&mut su, &held).await);
+    f.drop_all(&mut su).await;
 }

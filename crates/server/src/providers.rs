@@ -11,7 +11,7 @@
 //! [`resolve_root_rotations`] (at start-up, then from the sweeper) settles which one the
 //! target has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -277,42 +277,86 @@ pub enum Settled {
     Pending,
 }
 
-/// After a failed or interrupted change: finds out which recorded secret the target has by
-/// connecting with each. The current one is tried first, since a failed change restores
-/// it; it is given up (`may_abandon`) only when no other process can still be applying
-/// the next one.
-async fn settle(
-    state: &AppState,
-    target: &Target,
-    provider: &dyn Provider,
-    current: Option<&SecretString>,
-    next: &SecretString,
-    sealed: &[u8],
-    may_abandon: bool,
-    actor: &str,
-) -> Result<Settled, ApiError> {
-    let name = target.name.as_str();
-    let access = |admin| TargetAccess { target, admin };
-    match provider.check_admin(access(current)).await {
-        Ok(()) if may_abandon => {
-            match state
-                .store
-                .abandon_root_rotation(name, sealed, rotation_event(name, actor, "kept_previous"))
-                .await
-            {
-                // `NotFound`: another process resolved it meanwhile.
-                Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(Settled::Abandoned),
-                Err(e) => return Err(e.into()),
-            }
+/// One recorded rotation of one target: both candidate secrets and the sealed next one.
+struct Rotation<'a> {
+    state: &'a AppState,
+    target: &'a Target,
+    provider: &'a dyn Provider,
+    current: Option<&'a SecretString>,
+    next: &'a SecretString,
+    sealed: &'a [u8],
+    actor: &'a str,
+}
+
+impl Rotation<'_> {
+    fn access<'b>(&'b self, admin: Option<&'b SecretString>) -> TargetAccess<'b> {
+        TargetAccess {
+            target: self.target,
+            admin,
         }
-        Ok(()) => return Ok(Settled::Pending),
-        Err(_) => {}
     }
-    if provider.check_admin(access(Some(next))).await.is_ok() {
-        commit(state, name, sealed, actor, "completed_after_interruption").await?;
-        return Ok(Settled::Committed);
+
+    /// Changes the target's admin secret from the current to the next one (outer error:
+    /// the change failed), then commits it (inner error: the store failed; the target has
+    /// the next secret, which stays on record for the next resolution).
+    async fn apply(&self, outcome: &str) -> Result<Result<(), ApiError>, ProviderError> {
+        self.provider
+            .rotate_root(self.access(self.current), self.next)
+            .await?;
+        if outcome == "rotated" {
+            crate::crash_point("rotate-after-change");
+        }
+        Ok(commit(
+            self.state,
+            &self.target.name,
+            self.sealed,
+            self.actor,
+            outcome,
+        )
+        .await)
     }
-    Ok(Settled::Pending)
+
+    /// After a failed or interrupted change: finds out which recorded secret the target has
+    /// by connecting with each. The current one is tried first, since a failed change
+    /// restores it; it is given up (`may_abandon`) only when no other process can still be
+    /// applying the next one.
+    async fn settle(&self, may_abandon: bool) -> Result<Settled, ApiError> {
+        let name = self.target.name.as_str();
+        match self.provider.check_admin(self.access(self.current)).await {
+            Ok(()) if may_abandon => {
+                let event = rotation_event(name, self.actor, "kept_previous");
+                return match self
+                    .state
+                    .store
+                    .abandon_root_rotation(name, self.sealed, event)
+                    .await
+                {
+                    // `NotFound`: another process resolved it meanwhile.
+                    Ok(()) | Err(StoreError::NotFound { .. }) => Ok(Settled::Abandoned),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            Ok(()) => return Ok(Settled::Pending),
+            Err(_) => {}
+        }
+        if self
+            .provider
+            .check_admin(self.access(Some(self.next)))
+            .await
+            .is_ok()
+        {
+            commit(
+                self.state,
+                name,
+                self.sealed,
+                self.actor,
+                "completed_after_interruption",
+            )
+            .await?;
+            return Ok(Settled::Committed);
+        }
+        Ok(Settled::Pending)
+    }
 }
 
 /// Rotates `target`'s admin credential to one only Mayfly knows, recording it before the
@@ -325,38 +369,34 @@ pub async fn rotate_root(
 ) -> Result<(), ApiError> {
     let name = target.name.as_str();
     let current = admin_secret(state, name).await?;
-    let access = |admin| TargetAccess { target, admin };
-    let next = provider.plan_root_rotation(access(current.as_ref()))?;
+    let next = provider.plan_root_rotation(TargetAccess {
+        target,
+        admin: current.as_ref(),
+    })?;
     let sealed = seal_admin(state, name, &next)?;
     state.store.begin_root_rotation(name, &sealed).await?;
     crate::crash_point("rotate-after-record");
-    match provider.rotate_root(access(current.as_ref()), &next).await {
-        Ok(()) => {
-            crate::crash_point("rotate-after-change");
-            commit(state, name, &sealed, actor, "rotated").await
-        }
-        Err(e) => {
-            // The provider put the old password back if it could; which one the target
-            // has is settled by connecting, not assumed.
-            match settle(
-                state,
-                target,
-                provider,
-                current.as_ref(),
-                &next,
-                &sealed,
-                true,
-                actor,
-            )
-            .await
-            {
-                Ok(Settled::Committed) => Ok(()),
-                Ok(Settled::Abandoned) => Err(e.into()),
-                Ok(Settled::Pending) | Err(_) => {
-                    tracing::error!(target = %name, "root rotation failed and neither admin secret connects now; both stay on record and are retried in the background");
-                    Err(e.into())
-                }
-            }
+    let rotation = Rotation {
+        state,
+        target,
+        provider,
+        current: current.as_ref(),
+        next: &next,
+        sealed: &sealed,
+        actor,
+    };
+    let e = match rotation.apply("rotated").await {
+        Ok(committed) => return committed,
+        Err(e) => e,
+    };
+    // The provider put the old password back if it could; which one the target has is
+    // settled by connecting, not assumed.
+    match rotation.settle(true).await {
+        Ok(Settled::Committed) => Ok(()),
+        Ok(Settled::Abandoned) => Err(e.into()),
+        Ok(Settled::Pending) | Err(_) => {
+            tracing::error!(target = %name, "root rotation failed and neither admin secret is confirmed now; both stay on record and are retried in the background");
+            Err(e.into())
         }
     }
 }
@@ -364,33 +404,46 @@ pub async fn rotate_root(
 /// Settles the rotations a crash (or a failure with the target down) left recorded: the
 /// change is completed with the current secret if it still connects (setting a password
 /// the target already has is harmless), else the next secret is kept if it connects,
-/// else both stay on record. With `all` (start-up) every record is taken; otherwise only
-/// those older than `grace`, which no other process can still be applying. A current
-/// secret is given up only for records older than `grace`.
-pub async fn resolve_root_rotations(state: &AppState, all: bool, grace: Duration) {
+/// else both stay on record. At start-up (`from_start` is `None`) every record is taken
+/// and the ones left unsettled are returned; later passes take those, and any other record
+/// older than `grace`, which no other process can still be applying. A current secret is
+/// given up only for records older than `grace`.
+pub async fn resolve_root_rotations(
+    state: &AppState,
+    grace: Duration,
+    from_start: Option<&BTreeSet<Vec<u8>>>,
+) -> BTreeSet<Vec<u8>> {
+    let mut left = BTreeSet::new();
     let pending = match state.store.pending_root_rotations().await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list interrupted root rotations");
-            return;
+            return from_start.cloned().unwrap_or_default();
         }
     };
     let cutoff = mayfly_core::now() - time::Duration::seconds_f64(grace.as_secs_f64());
     for record in pending {
         let old = record.started_at < cutoff;
-        if !(all || old) {
+        let eligible = from_start.is_none_or(|seen| old || seen.contains(&record.sealed));
+        if !eligible {
             continue;
         }
-        let name = record.target.clone();
-        match resolve_one(state, &record.target, &record.sealed, old).await {
+        let name = record.target.as_str();
+        match resolve_one(state, name, &record.sealed, old).await {
+            Ok(Settled::Pending) => {
+                tracing::warn!(target = %name, "an interrupted root rotation cannot be settled yet (target down?); both secrets stay on record");
+                left.insert(record.sealed);
+            }
             Ok(outcome) => {
-                tracing::info!(target = %name, ?outcome, "resolved an interrupted root rotation")
+                tracing::info!(target = %name, ?outcome, "settled an interrupted root rotation")
             }
             Err(e) => {
-                tracing::warn!(target = %name, error = %e, "cannot resolve an interrupted root rotation yet; both secrets stay on record")
+                tracing::warn!(target = %name, error = %e, "cannot settle an interrupted root rotation yet; both secrets stay on record");
+                left.insert(record.sealed);
             }
         }
     }
+    left
 }
 
 async fn resolve_one(
@@ -399,7 +452,6 @@ async fn resolve_one(
     sealed: &[u8],
     may_abandon: bool,
 ) -> Result<Settled, ApiError> {
-    const ACTOR: &str = "system:reconcile";
     let target = state
         .store
         .get_target(name)
@@ -412,27 +464,17 @@ async fn resolve_one(
         .ok_or_else(|| ApiError::Internal(format!("no provider for {:?}", target.kind)))?;
     let current = admin_secret(state, name).await?;
     let next = open_admin(state, name, sealed)?;
-    let access = TargetAccess {
+    let rotation = Rotation {
+        state,
         target: &target,
-        admin: current.as_ref(),
+        provider: provider.as_ref(),
+        current: current.as_ref(),
+        next: &next,
+        sealed,
+        actor: "system:reconcile",
     };
-    match provider.rotate_root(access, &next).await {
-        Ok(()) => {
-            commit(state, name, sealed, ACTOR, "completed_after_interruption").await?;
-            Ok(Settled::Committed)
-        }
-        Err(_) => {
-            settle(
-                state,
-                &target,
-                provider.as_ref(),
-                current.as_ref(),
-                &next,
-                sealed,
-                may_abandon,
-                ACTOR,
-            )
-            .await
-        }
+    match rotation.apply("completed_after_interruption").await {
+        Ok(committed) => committed.map(|()| Settled::Committed),
+        Err(_) => rotation.settle(may_abandon).await,
     }
 }

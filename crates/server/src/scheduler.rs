@@ -301,10 +301,11 @@ pub async fn run_revoker(state: AppState) {
 /// recorded are settled first thing, in the background, so a target that is down cannot
 /// hold up the start; one that stays down keeps both secrets on record until a later pass.
 pub async fn run_sweeper(state: AppState, every: Duration) {
-    crate::providers::resolve_root_rotations(&state, true, state.creating_grace).await;
+    let grace = state.creating_grace;
+    let from_start = crate::providers::resolve_root_rotations(&state, grace, None).await;
     loop {
         tokio::time::sleep(every).await;
-        crate::providers::resolve_root_rotations(&state, false, state.creating_grace).await;
+        crate::providers::resolve_root_rotations(&state, grace, Some(&from_start)).await;
         reconcile_creating(&state, false).await;
         let targets = match state.store.list_targets().await {
             Ok(t) => t,
