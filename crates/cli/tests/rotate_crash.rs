@@ -331,6 +331,9 @@ async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!rotated().await, "settled while the target refused both");
+    // A new rotation would hide the recorded candidate: refused until this one settles.
+    let (status, body) = broker.post("/v1/targets/pg/rotate-root", json!({})).await;
+    assert_eq!(status, 409, "{body}");
     su.execute(format!("ALTER ROLE {} LOGIN", f.admin).as_str())
         .await
         .unwrap();

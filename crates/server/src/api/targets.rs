@@ -397,9 +397,10 @@ pub struct RotateRootResponse {
     pub rotated: bool,
 }
 
-/// Replaces the target's admin password with a new random one only Mayfly knows.
+/// Replaces the target's admin password with a new random one only Mayfly knows; the new
+/// one is recorded before the target changes, so a crash cannot lose it.
 #[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", params(("name" = String, Path, description = "Target name")),
-    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "not an external target, or a rotation of it is still being settled", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_root(
     State(state): State<AppState>,
     caller: Caller,
