@@ -146,13 +146,40 @@ pub trait Provider: Send + Sync {
         let _ = (target, ledger);
         Ok(ReconcileReport::default())
     }
-    /// Replaces the admin credential with a new random one only Mayfly knows, verified by
-    /// reconnecting with it before it is returned (and the old one forgotten).
-    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+    /// Chooses the admin credential the target will have after a root rotation (the admin
+    /// secret with a new random password only Mayfly will know), without touching the
+    /// target. The server records it sealed, in state `rotating`, before
+    /// [`Provider::rotate_root`] sets it, so a crash at any point leaves both candidates
+    /// on record.
+    fn plan_root_rotation(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
         let _ = target;
-        Err(ProviderError::BadSettings(format!(
+        Err(self.no_root())
+    }
+    /// Makes `next` (from [`Provider::plan_root_rotation`]) the target's admin credential,
+    /// connecting with `target.admin`, and verifies it by reconnecting with `next`. Setting
+    /// the credential the target already has is `Ok`, so an interrupted rotation can be
+    /// completed by running it again. On `Err` the target has `target.admin` (restored
+    /// if the change was made but did not verify), unless the message says otherwise; the
+    /// caller finds out which with [`Provider::check_admin`].
+    async fn rotate_root(
+        &self,
+        target: TargetAccess<'_>,
+        next: &SecretString,
+    ) -> Result<(), ProviderError> {
+        let _ = (target, next);
+        Err(self.no_root())
+    }
+    /// Whether `target.admin` opens an admin session on the target now: `Ok` if it does;
+    /// `Unavailable` if the target refused it or could not be reached.
+    async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        let _ = target;
+        Err(self.no_root())
+    }
+    /// The error of kinds without a root credential.
+    fn no_root(&self) -> ProviderError {
+        ProviderError::BadSettings(format!(
             "{} targets have no root credential to rotate",
             self.kind()
-        )))
+        ))
     }
 }

@@ -16,6 +16,15 @@ use crate::model::{
 };
 use crate::CoreError;
 
+/// A root rotation recorded before the target was changed (state `rotating`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRootRotation {
+    pub target: String,
+    /// The next admin secret, sealed under the master key like the current one.
+    pub sealed: Vec<u8>,
+    pub started_at: OffsetDateTime,
+}
+
 /// `Clone`, so a batch that fails as a whole can answer every operation in it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -157,6 +166,29 @@ pub trait Store: Send + Sync {
         sealed: &[u8],
         event: AuditDraft,
     ) -> Result<(), StoreError>;
+    /// Records `sealed` (sealed like the admin secret) as the target's next admin secret,
+    /// in state `rotating`, before the target is changed: from here on a crash cannot lose
+    /// it. `NotFound` if no target; `Conflict` if a rotation of it is already recorded.
+    async fn begin_root_rotation(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError>;
+    /// The target now has `sealed`: makes it the admin secret and clears the rotation that
+    /// recorded it (if still recorded), with `event`, in one transaction. `NotFound` if no
+    /// target.
+    async fn commit_root_rotation(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// The target kept its admin secret: clears the rotation that recorded `sealed`, with
+    /// `event`. `NotFound` if no such rotation is recorded (another process resolved it).
+    async fn abandon_root_rotation(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// Every recorded rotation not yet committed or abandoned, by target name.
+    async fn pending_root_rotations(&self) -> Result<Vec<PendingRootRotation>, StoreError>;
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError>;
     async fn list_targets(&self) -> Result<Vec<Target>, StoreError>;
 

@@ -163,6 +163,30 @@ impl Store for TokenStore {
     async fn set_target_secret(&self, _: &str, _: &[u8], _: AuditDraft) -> Result<(), StoreError> {
         unused()
     }
+    async fn begin_root_rotation(&self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn commit_root_rotation(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn abandon_root_rotation(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn pending_root_rotations(
+        &self,
+    ) -> Result<Vec<mayfly_core::store::PendingRootRotation>, StoreError> {
+        unused()
+    }
     async fn activate_lease(
         &self,
         _: Uuid,

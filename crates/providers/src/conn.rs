@@ -96,6 +96,25 @@ impl Admin {
         Ok(SecretString::new(url.to_string()))
     }
 
+    /// The password of `next`, a planned admin secret, after checking it is this secret
+    /// with only the password changed: root rotation changes who Mayfly knows the admin
+    /// as by password only, never which account or server it talks to.
+    pub fn next_password(&self, next: &Admin) -> Result<SecretString, ProviderError> {
+        let mut same = next.url.clone();
+        let _ = same.set_password(self.url.password());
+        if same != self.url {
+            return Err(ProviderError::BadSettings(
+                "the planned admin secret names another account or server than the current one"
+                    .into(),
+            ));
+        }
+        next.password()
+            .filter(|p| !p.expose().is_empty())
+            .ok_or_else(|| {
+                ProviderError::BadSettings("the planned admin secret has no password".into())
+            })
+    }
+
     /// `message` with every admin secret and each of `extra` replaced by `[redacted]`.
     pub fn scrub(&self, message: String, extra: &[&SecretString]) -> String {
         let mut out = message;

@@ -431,7 +431,30 @@ impl MariaDbProvider {
         Ok(report)
     }
 
-    async fn rotate_inner(&self, ctx: &Ctx<'_>) -> Result<SecretString, ProviderError> {
+    /// Connects with `options` and runs `SELECT 1`, within the target's timeout.
+    async fn check(
+        &self,
+        ctx: &Ctx<'_>,
+        options: &MySqlConnectOptions,
+    ) -> Result<(), ProviderError> {
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut check = MySqlConnection::connect_with(options)
+                .await
+                .map_err(|e| ctx.admin.connect_error(ctx.name(), e))?;
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&mut check)
+                .await
+                .map_err(|e| ctx.stmt_err("checking the admin credential", e, &[]))?;
+            let _ = check.close().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_inner(&self, ctx: &Ctx<'_>, next: &SecretString) -> Result<(), ProviderError> {
+        let next_admin = Admin::parse(&SPEC, Some(next))?;
+        let new = ctx.admin.next_password(&next_admin)?;
+        let next_options = admin_options(&next_admin, next_admin.url())?;
         // A connection of its own: it must outlive the password change to be able to put
         // the old one back.
         let mut conn = with_timeout(&ctx.config, ctx.name(), async {
@@ -440,9 +463,9 @@ impl MariaDbProvider {
                 .map_err(|e| ctx.admin.connect_error(ctx.name(), e))
         })
         .await?;
-        // No client-side timeout from here on: cancelling after the server applied the
-        // change would lose the only copy of the new password. The server bounds the
-        // statements instead.
+        // No client-side timeout from here on: a cancelled change could still apply. The
+        // server bounds the statements instead; the caller recorded `next` before this,
+        // so a change that applies is never lost.
         exec(
             &mut conn,
             &format!(
@@ -473,40 +496,20 @@ impl MariaDbProvider {
             literal_body(&user, no_backslash_escapes),
             literal_body(&host, no_backslash_escapes)
         );
-        let new = generate_password(ctx.config.password_length.max(32))?;
         let (stmt, hash) = set_password(&me, &new);
         exec(&mut conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new, &hash]))?;
         self.cache.forget(ctx.name());
-        let new_url = ctx.admin.with_password(&new)?;
-
-        let verified = async {
-            let url = url::Url::parse(new_url.expose())
-                .map_err(|e| ProviderError::Failed(format!("new admin URL: {e}")))?;
-            let options = admin_options(&ctx.admin, &url)?;
-            with_timeout(&ctx.config, ctx.name(), async {
-                let mut check = MySqlConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| ctx.admin.connect_error(ctx.name(), e))?;
-                sqlx::query_scalar::<_, i32>("SELECT 1")
-                    .fetch_one(&mut check)
-                    .await
-                    .map_err(|e| ctx.stmt_err("verifying the new admin password", e, &[&new]))?;
-                let _ = check.close().await;
-                Ok(())
-            })
-            .await
-        }
-        .await;
+        let verified = self.check(ctx, &next_options).await;
         match verified {
             Ok(()) => {
                 let _ = conn.close().await;
                 tracing::info!(target = ctx.name(), "rotated the admin password");
-                Ok(new_url)
+                Ok(())
             }
             Err(e) => {
-                let reason = ctx.admin.scrub(e.to_string(), &[&new]);
+                let reason = ctx.admin.scrub(e.to_string(), &[&new, next]);
                 let old = ctx
                     .admin
                     .password()
@@ -527,7 +530,7 @@ impl MariaDbProvider {
                         "the new admin password did not work ({reason}); the old one was restored"
                     ),
                     Err(r) => format!(
-                        "the new admin password did not work ({reason}) and restoring the old one failed ({r}); the admin credential must be reset by hand"
+                        "the new admin password did not work ({reason}) and restoring the old one failed ({r}); both stay on record until one connects"
                     ),
                 }))
             }
@@ -600,10 +603,25 @@ impl Provider for MariaDbProvider {
         with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, ledger)).await
     }
 
-    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+    fn plan_root_rotation(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let new = generate_password(ctx.config.password_length.max(32))?;
+        ctx.admin.with_password(&new)
+    }
+
+    async fn rotate_root(
+        &self,
+        target: TargetAccess<'_>,
+        next: &SecretString,
+    ) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
         // Timeouts are applied inside: the password change itself must not be cancelled.
-        self.rotate_inner(&ctx).await
+        self.rotate_inner(&ctx, next).await
+    }
+
+    async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        let ctx = Ctx::new(target)?;
+        self.check(&ctx, &ctx.options).await
     }
 }
 

@@ -455,7 +455,26 @@ impl PostgresProvider {
         Ok(report)
     }
 
-    async fn rotate_inner(&self, ctx: &Ctx<'_>) -> Result<SecretString, ProviderError> {
+    /// Connects with `admin` and runs `SELECT 1`, within the target's timeout.
+    async fn check(&self, ctx: &Ctx<'_>, options: &PgConnectOptions) -> Result<(), ProviderError> {
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut check = PgConnection::connect_with(options)
+                .await
+                .map_err(|e| ctx.admin.connect_error(ctx.name(), e))?;
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&mut check)
+                .await
+                .map_err(|e| ctx.stmt_err("checking the admin credential", e, &[]))?;
+            let _ = check.close().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_inner(&self, ctx: &Ctx<'_>, next: &SecretString) -> Result<(), ProviderError> {
+        let next_admin = Admin::parse(&SPEC, Some(next))?;
+        let new = ctx.admin.next_password(&next_admin)?;
+        let next_options = admin_options(&next_admin, next_admin.url())?;
         // A connection of its own: it must outlive the password change to be able to put
         // the old one back.
         let mut conn = with_timeout(&ctx.config, ctx.name(), async {
@@ -464,49 +483,29 @@ impl PostgresProvider {
                 .map_err(|e| ctx.admin.connect_error(ctx.name(), e))
         })
         .await?;
-        // No client-side timeout from here on: cancelling after the server applied the
-        // change would lose the only copy of the new password. The server bounds the
-        // statements instead, so each one either happens or fails.
+        // No client-side timeout from here on: a cancelled change could still apply. The
+        // server bounds the statements instead, so each one either happens or fails; the
+        // caller recorded `next` before this, so a change that applies is never lost.
         exec(
             &mut conn,
             &format!("SET statement_timeout = {}", ctx.config.timeout.as_millis()),
         )
         .await
         .map_err(|e| ctx.stmt_err("setting a statement timeout", e, &[]))?;
-        let new = generate_password(ctx.config.password_length.max(32))?;
         let (stmt, verifier) = set_own_password(&new)?;
         exec(&mut conn, stmt.expose())
             .await
             .map_err(|e| ctx.stmt_err("changing the admin password", e, &[&new, &verifier]))?;
         self.cache.forget(ctx.name());
-        let new_url = ctx.admin.with_password(&new)?;
 
-        let verified = async {
-            let url = url::Url::parse(new_url.expose())
-                .map_err(|e| ProviderError::Failed(format!("new admin URL: {e}")))?;
-            let options = admin_options(&ctx.admin, &url)?;
-            with_timeout(&ctx.config, ctx.name(), async {
-                let mut check = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| ctx.admin.connect_error(ctx.name(), e))?;
-                sqlx::query_scalar::<_, i32>("SELECT 1")
-                    .fetch_one(&mut check)
-                    .await
-                    .map_err(|e| ctx.stmt_err("verifying the new admin password", e, &[&new]))?;
-                let _ = check.close().await;
-                Ok(())
-            })
-            .await
-        }
-        .await;
-        match verified {
+        match self.check(ctx, &next_options).await {
             Ok(()) => {
                 let _ = conn.close().await;
                 tracing::info!(target = ctx.name(), "rotated the admin password");
-                Ok(new_url)
+                Ok(())
             }
             Err(e) => {
-                let reason = ctx.admin.scrub(e.to_string(), &[&new]);
+                let reason = ctx.admin.scrub(e.to_string(), &[&new, next]);
                 let restored = self.restore_password(ctx, &mut conn).await;
                 let _ = conn.close().await;
                 Err(ProviderError::Failed(match restored {
@@ -514,7 +513,7 @@ impl PostgresProvider {
                         "the new admin password did not work ({reason}); the old one was restored"
                     ),
                     Err(r) => format!(
-                        "the new admin password did not work ({reason}) and restoring the old one failed ({r}); the admin credential must be reset by hand"
+                        "the new admin password did not work ({reason}) and restoring the old one failed ({r}); both stay on record until one connects"
                     ),
                 }))
             }
@@ -648,10 +647,25 @@ impl Provider for PostgresProvider {
         with_timeout(&ctx.config, ctx.name(), self.reconcile_inner(&ctx, ledger)).await
     }
 
-    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+    fn plan_root_rotation(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let new = generate_password(ctx.config.password_length.max(32))?;
+        ctx.admin.with_password(&new)
+    }
+
+    async fn rotate_root(
+        &self,
+        target: TargetAccess<'_>,
+        next: &SecretString,
+    ) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
         // Timeouts are applied inside: the password change itself must not be cancelled.
-        self.rotate_inner(&ctx).await
+        self.rotate_inner(&ctx, next).await
+    }
+
+    async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        let ctx = Ctx::new(target)?;
+        self.check(&ctx, &ctx.options).await
     }
 }
 

@@ -39,6 +39,11 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn interrupted_rotation() {
+                common::interrupted_rotation::<$engine>().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn target_down() {
                 common::target_down::<$engine>().await
             }

@@ -766,14 +766,23 @@ pub async fn admin_secret(
     let Some(sealed) = state.store.get_target_secret(target).await? else {
         return Ok(None);
     };
+    open_admin_secret(state, target, &sealed).map(Some)
+}
+
+/// Opens a sealed admin secret of `target` (current or a recorded rotation's next one).
+pub fn open_admin_secret(
+    state: &AppState,
+    target: &str,
+    sealed: &[u8],
+) -> Result<mayfly_core::secret::SecretString, BrokerError> {
     let plain = state
         .master
-        .open(&sealed, &crate::providers::secret_context(target))
+        .open(sealed, &crate::providers::secret_context(target))
         .map_err(|e| BrokerError::Internal(format!("target {target:?} admin secret: {e}")))?;
     let text = String::from_utf8(plain.expose().to_vec()).map_err(|_| {
         BrokerError::Internal(format!("target {target:?} admin secret is not text"))
     })?;
-    Ok(Some(mayfly_core::secret::SecretString::new(text)))
+    Ok(mayfly_core::secret::SecretString::new(text))
 }
 
 fn issued(

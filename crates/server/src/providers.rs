@@ -2,12 +2,21 @@
 //! `timeout_seconds`, else the configured `provider_timeout`), a tracing span and error
 //! metrics, so no provider can hang a request or the revocation worker, and each
 //! provider stays free of those concerns. Also where a target's admin secret is unsealed,
-//! and where the store answers reconciliation's question ([`StoreLedger`]).
+//! where the store answers reconciliation's question ([`StoreLedger`]), and root rotation's
+//! protocol ([`rotate_root`], [`resolve_root_rotations`]).
+//!
+//! Root rotation cannot lose the admin password: the provider plans the next admin secret,
+//! it is sealed and recorded (state `rotating`) before the target is changed, and only
+//! after the target verified it does it become the admin secret. Until then both the
+//! current and the next secret are on record; a crash anywhere leaves them there, and
+//! [`resolve_root_rotations`] (at start-up, then from the sweeper) settles which one the
+//! target has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
     IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, ReconcileReport, Recorded,
@@ -18,6 +27,7 @@ use mayfly_core::store::{Store, StoreError};
 use mayfly_core::OffsetDateTime;
 use tracing::Instrument;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -138,16 +148,27 @@ impl Provider for Guarded {
         )
         .await
     }
-    async fn rotate_root(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
-        // No deadline here: cancelling after the target accepted the new password would
-        // lose it. The provider bounds each statement with the target's own timeouts.
-        let result = self.inner.rotate_root(target).await;
+    fn plan_root_rotation(&self, target: TargetAccess<'_>) -> Result<SecretString, ProviderError> {
+        self.inner.plan_root_rotation(target)
+    }
+    async fn rotate_root(
+        &self,
+        target: TargetAccess<'_>,
+        next: &SecretString,
+    ) -> Result<(), ProviderError> {
+        // No deadline here: a change cancelled client-side may still apply on the server.
+        // The provider bounds each statement with the target's own timeouts.
+        let result = self.inner.rotate_root(target, next).await;
         if let Err(e) = &result {
             self.metrics
                 .provider_error(self.inner.kind(), "rotate_root");
             tracing::warn!(kind = self.inner.kind(), error = %e, "root rotation failed");
         }
         result
+    }
+    async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        self.run("check_admin", target.target, self.inner.check_admin(target))
+            .await
     }
 }
 
@@ -160,7 +181,7 @@ pub fn secret_context(target: &str) -> String {
 pub async fn admin_secret(
     state: &AppState,
     target: &str,
-) -> Result<Option<SecretString>, crate::error::ApiError> {
+) -> Result<Option<SecretString>, ApiError> {
     Ok(crate::broker::admin_secret(state, target).await?)
 }
 
@@ -222,5 +243,268 @@ impl Ledger for StoreLedger<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Seals `secret` as target `name`'s admin secret (current or next).
+fn seal_admin(state: &AppState, name: &str, secret: &SecretString) -> Result<Vec<u8>, ApiError> {
+    state
+        .master
+        .seal(secret.expose().as_bytes(), &secret_context(name))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Opens a sealed admin secret of target `name`.
+fn open_admin(state: &AppState, name: &str, sealed: &[u8]) -> Result<SecretString, ApiError> {
+    Ok(crate::broker::open_admin_secret(state, name, sealed)?)
+}
+
+fn rotation_event(name: &str, actor: &str, outcome: &str) -> AuditDraft {
+    let mut event = AuditDraft::new(AuditKind::TargetRootRotated, actor);
+    event.target = Some(name.to_string());
+    event.detail = serde_json::json!({ "outcome": outcome });
+    event
+}
+
+/// Makes the recorded next secret the admin secret. Retried: the target already has it,
+/// so giving up early would leave Mayfly with only the old one until the next resolution.
+async fn commit(
+    state: &AppState,
+    name: &str,
+    sealed: &[u8],
+    actor: &str,
+    outcome: &str,
+) -> Result<(), ApiError> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match state
+            .store
+            .commit_root_rotation(name, sealed, rotation_event(name, actor, outcome))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::error!(target = %name, attempt, error = %e, "cannot commit the rotated admin secret; retrying (it stays on record as the pending one)");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    Err(last
+        .map(ApiError::from)
+        .unwrap_or_else(|| ApiError::Internal("rotation not recorded".into())))
+}
+
+/// How a recorded rotation ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The target has the next secret; it is the admin secret now.
+    Committed,
+    /// The target kept the current secret; the next one is forgotten.
+    Abandoned,
+    /// Neither could be confirmed (target down, or a fresh rotation another process may
+    /// still be making): both stay on record for the next resolution.
+    Pending,
+}
+
+/// One recorded rotation of one target: both candidate secrets and the sealed next one.
+struct Rotation<'a> {
+    state: &'a AppState,
+    target: &'a Target,
+    provider: &'a dyn Provider,
+    current: Option<&'a SecretString>,
+    next: &'a SecretString,
+    sealed: &'a [u8],
+    actor: &'a str,
+}
+
+impl Rotation<'_> {
+    fn access<'b>(&'b self, admin: Option<&'b SecretString>) -> TargetAccess<'b> {
+        TargetAccess {
+            target: self.target,
+            admin,
+        }
+    }
+
+    /// Changes the target's admin secret from the current to the next one (outer error:
+    /// the change failed), then commits it (inner error: the store failed; the target has
+    /// the next secret, which stays on record for the next resolution).
+    async fn apply(&self, outcome: &str) -> Result<Result<(), ApiError>, ProviderError> {
+        self.provider
+            .rotate_root(self.access(self.current), self.next)
+            .await?;
+        if outcome == "rotated" {
+            crate::crash_point("rotate-after-change");
+        }
+        Ok(commit(
+            self.state,
+            &self.target.name,
+            self.sealed,
+            self.actor,
+            outcome,
+        )
+        .await)
+    }
+
+    /// After a failed or interrupted change: finds out which recorded secret the target has
+    /// by connecting with each. The current one is tried first, since a failed change
+    /// restores it; it is given up (`may_abandon`) only when no other process can still be
+    /// applying the next one.
+    async fn settle(&self, may_abandon: bool) -> Result<Settled, ApiError> {
+        let name = self.target.name.as_str();
+        match self.provider.check_admin(self.access(self.current)).await {
+            Ok(()) if may_abandon => {
+                let event = rotation_event(name, self.actor, "kept_previous");
+                return match self
+                    .state
+                    .store
+                    .abandon_root_rotation(name, self.sealed, event)
+                    .await
+                {
+                    // `NotFound`: another process resolved it meanwhile.
+                    Ok(()) | Err(StoreError::NotFound { .. }) => Ok(Settled::Abandoned),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            Ok(()) => return Ok(Settled::Pending),
+            Err(_) => {}
+        }
+        if self
+            .provider
+            .check_admin(self.access(Some(self.next)))
+            .await
+            .is_ok()
+        {
+            commit(
+                self.state,
+                name,
+                self.sealed,
+                self.actor,
+                "completed_after_interruption",
+            )
+            .await?;
+            return Ok(Settled::Committed);
+        }
+        Ok(Settled::Pending)
+    }
+}
+
+/// Rotates `target`'s admin credential to one only Mayfly knows, recording it before the
+/// target changes (see the module docs).
+pub async fn rotate_root(
+    state: &AppState,
+    target: &Target,
+    provider: &dyn Provider,
+    actor: &str,
+) -> Result<(), ApiError> {
+    let name = target.name.as_str();
+    let current = admin_secret(state, name).await?;
+    let next = provider.plan_root_rotation(TargetAccess {
+        target,
+        admin: current.as_ref(),
+    })?;
+    let sealed = seal_admin(state, name, &next)?;
+    state.store.begin_root_rotation(name, &sealed).await?;
+    crate::crash_point("rotate-after-record");
+    let rotation = Rotation {
+        state,
+        target,
+        provider,
+        current: current.as_ref(),
+        next: &next,
+        sealed: &sealed,
+        actor,
+    };
+    let e = match rotation.apply("rotated").await {
+        Ok(committed) => return committed,
+        Err(e) => e,
+    };
+    // The provider put the old password back if it could; which one the target has is
+    // settled by connecting, not assumed.
+    match rotation.settle(true).await {
+        Ok(Settled::Committed) => Ok(()),
+        Ok(Settled::Abandoned) => Err(e.into()),
+        Ok(Settled::Pending) | Err(_) => {
+            tracing::error!(target = %name, "root rotation failed and neither admin secret is confirmed now; both stay on record and are retried in the background");
+            Err(e.into())
+        }
+    }
+}
+
+/// Settles the rotations a crash (or a failure with the target down) left recorded: the
+/// change is completed with the current secret if it still connects (setting a password
+/// the target already has is harmless), else the next secret is kept if it connects,
+/// else both stay on record. At start-up (`from_start` is `None`) every record is taken
+/// and the ones left unsettled are returned; later passes take those, and any other record
+/// older than `grace`, which no other process can still be applying. A current secret is
+/// given up only for records older than `grace`.
+pub async fn resolve_root_rotations(
+    state: &AppState,
+    grace: Duration,
+    from_start: Option<&BTreeSet<Vec<u8>>>,
+) -> BTreeSet<Vec<u8>> {
+    let mut left = BTreeSet::new();
+    let pending = match state.store.pending_root_rotations().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list interrupted root rotations");
+            return from_start.cloned().unwrap_or_default();
+        }
+    };
+    let cutoff = mayfly_core::now() - time::Duration::seconds_f64(grace.as_secs_f64());
+    for record in pending {
+        let old = record.started_at < cutoff;
+        let eligible = from_start.is_none_or(|seen| old || seen.contains(&record.sealed));
+        if !eligible {
+            continue;
+        }
+        let name = record.target.as_str();
+        match resolve_one(state, name, &record.sealed, old).await {
+            Ok(Settled::Pending) => {
+                tracing::warn!(target = %name, "an interrupted root rotation cannot be settled yet (target down?); both secrets stay on record");
+                left.insert(record.sealed);
+            }
+            Ok(outcome) => {
+                tracing::info!(target = %name, ?outcome, "settled an interrupted root rotation")
+            }
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "cannot settle an interrupted root rotation yet; both secrets stay on record");
+                left.insert(record.sealed);
+            }
+        }
+    }
+    left
+}
+
+async fn resolve_one(
+    state: &AppState,
+    name: &str,
+    sealed: &[u8],
+    may_abandon: bool,
+) -> Result<Settled, ApiError> {
+    let target = state
+        .store
+        .get_target(name)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("target {name:?} is gone")))?;
+    let provider = state
+        .providers
+        .get(&target.kind)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("no provider for {:?}", target.kind)))?;
+    let current = admin_secret(state, name).await?;
+    let next = open_admin(state, name, sealed)?;
+    let rotation = Rotation {
+        state,
+        target: &target,
+        provider: provider.as_ref(),
+        current: current.as_ref(),
+        next: &next,
+        sealed,
+        actor: "system:reconcile",
+    };
+    match rotation.apply("completed_after_interruption").await {
+        Ok(committed) => committed.map(|()| Settled::Committed),
+        Err(_) => rotation.settle(may_abandon).await,
     }
 }

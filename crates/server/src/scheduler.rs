@@ -296,11 +296,16 @@ pub async fn run_revoker(state: AppState) {
     }
 }
 
-/// Periodic housekeeping: interrupted issuances past their grace time, and reconciliation
-/// of every external target.
+/// Periodic housekeeping: interrupted issuances past their grace time, interrupted root
+/// rotations, and reconciliation of every external target. Root rotations a crash left
+/// recorded are settled first thing, in the background, so a target that is down cannot
+/// hold up the start; one that stays down keeps both secrets on record until a later pass.
 pub async fn run_sweeper(state: AppState, every: Duration) {
+    let grace = state.creating_grace;
+    let from_start = crate::providers::resolve_root_rotations(&state, grace, None).await;
     loop {
         tokio::time::sleep(every).await;
+        crate::providers::resolve_root_rotations(&state, grace, Some(&from_start)).await;
         reconcile_creating(&state, false).await;
         let targets = match state.store.list_targets().await {
             Ok(t) => t,

@@ -1804,6 +1804,117 @@ pub async fn target_secrets(store: Arc<dyn Store>) {
     assert_chain_intact(store).await;
 }
 
+/// A root rotation is recorded before the target changes, at most one per target; committing
+/// it makes it the admin secret, abandoning it keeps the old one; either ends only the
+/// rotation that recorded that secret, and the record survives until one of them does.
+pub async fn root_rotations(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let rotated = || AuditDraft::new(AuditKind::TargetRootRotated, "operator");
+    for name in ["pg-a", "pg-b"] {
+        let mut t = target(name);
+        t.kind = "postgres".into();
+        store
+            .create_target(
+                &t,
+                Some(b"old"),
+                AuditDraft::new(AuditKind::TargetCreated, "operator"),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.pending_root_rotations().await.unwrap(), vec![]);
+    let before = now();
+    store.begin_root_rotation("pg-b", b"next-b").await.unwrap();
+    store.begin_root_rotation("pg-a", b"next-a").await.unwrap();
+    // One at a time per target: a second rotation would hide the first's candidate.
+    let err = store
+        .begin_root_rotation("pg-a", b"other")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = store.begin_root_rotation("nope", b"x").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "target", .. }),
+        "{err:?}"
+    );
+    let pending = store.pending_root_rotations().await.unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (p.target.as_str(), p.sealed.as_slice()))
+            .collect::<Vec<_>>(),
+        vec![("pg-a", &b"next-a"[..]), ("pg-b", &b"next-b"[..])]
+    );
+    assert!(pending[0].started_at >= before - time::Duration::seconds(1));
+    // Recording the candidate does not touch the admin secret in use.
+    assert_eq!(
+        store.get_target_secret("pg-a").await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+
+    // Abandoning names the secret: another process's (or a later) rotation stays.
+    let err = store
+        .abandon_root_rotation("pg-a", b"other", rotated())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(store.pending_root_rotations().await.unwrap().len(), 2);
+
+    store
+        .commit_root_rotation("pg-a", b"next-a", rotated())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_target_secret("pg-a").await.unwrap().as_deref(),
+        Some(&b"next-a"[..])
+    );
+    store
+        .abandon_root_rotation("pg-b", b"next-b", rotated())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_target_secret("pg-b").await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    assert_eq!(store.pending_root_rotations().await.unwrap(), vec![]);
+    // Resolved twice (by two replicas): the commit is idempotent, the abandon says so.
+    store
+        .commit_root_rotation("pg-a", b"next-a", rotated())
+        .await
+        .unwrap();
+    let err = store
+        .abandon_root_rotation("pg-b", b"next-b", rotated())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let err = store
+        .commit_root_rotation("nope", b"x", rotated())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "target", .. }),
+        "{err:?}"
+    );
+    // A new rotation may start once the last one is resolved.
+    store.begin_root_rotation("pg-a", b"again").await.unwrap();
+    let kinds: Vec<AuditKind> = store
+        .list_audit(&AuditFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == AuditKind::TargetRootRotated)
+            .count(),
+        3,
+        "each resolution is audited, a refused one is not"
+    );
+    assert_chain_intact(store).await;
+}
+
 /// Records an approved grant with a write-ahead (`creating`) external lease.
 async fn write_ahead(store: &dyn Store, who: &str, task: &str, username: &str) -> Issued {
     let at = now();

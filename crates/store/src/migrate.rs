@@ -33,6 +33,8 @@ pub struct CopyReport {
     pub identities: u64,
     pub targets: u64,
     pub target_secrets: u64,
+    /// Root rotations not yet resolved: both candidates must survive the copy.
+    pub target_rotations: u64,
     pub grants: u64,
     pub leases: u64,
     pub signing_keys: u64,
@@ -103,6 +105,10 @@ const TABLES: &[Table] = &[
     Table {
         name: "target_secrets",
         cols: &[("target", Text), ("sealed", Bytes), ("updated_at", Int)],
+    },
+    Table {
+        name: "target_rotations",
+        cols: &[("target", Text), ("sealed", Bytes), ("started_at", Int)],
     },
     Table {
         name: "grants",
@@ -575,6 +581,7 @@ async fn copy_in_transaction(src: &mut Raw, dst: &mut Raw) -> Result<CopyReport,
             "identities" => &mut report.identities,
             "targets" => &mut report.targets,
             "target_secrets" => &mut report.target_secrets,
+            "target_rotations" => &mut report.target_rotations,
             "grants" => &mut report.grants,
             "leases" => &mut report.leases,
             "signing_keys" => &mut report.signing_keys,

@@ -135,6 +135,7 @@ macro_rules! suite {
 
 suite!(
     target_secrets,
+    root_rotations,
     write_ahead_leases,
     recorded_usernames_per_target,
     revocation_queue,

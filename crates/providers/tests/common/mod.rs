@@ -562,7 +562,12 @@ pub async fn rotate_root<E: Engine>() {
     // a cached admin connection exists before the rotation
     let before = issue(p.as_ref(), &guard.fx, "read").await.unwrap();
 
-    let new = p.rotate_root(guard.fx.access()).await.unwrap();
+    // Planning touches nothing: the caller records the plan before the change.
+    let new = p.plan_root_rotation(guard.fx.access()).unwrap();
+    let planned = url::Url::parse(new.expose()).unwrap();
+    assert!(E::password_works(&guard.fx, &guard.fx.admin_user, &guard.fx.admin_password).await);
+    assert!(!E::password_works(&guard.fx, &guard.fx.admin_user, planned.password().unwrap()).await);
+    p.rotate_root(guard.fx.access(), &new).await.unwrap();
     assert_ne!(new.expose(), guard.fx.admin.expose());
     let new_url = url::Url::parse(new.expose()).unwrap();
     let new_password = new_url.password().unwrap().to_string();
@@ -583,6 +588,79 @@ pub async fn rotate_root<E: Engine>() {
     p.revoke(&before.lease, fx.access()).await.unwrap();
     p.revoke(&after.lease, fx.access()).await.unwrap();
     assert!(!E::user_exists(fx, &before.username).await);
+}
+
+/// What start-up resolution relies on after a crash mid-rotation, with both secrets on
+/// record. Crash before the change: the old secret still works and running the change again
+/// completes it. Crash after the change: the new secret works, the old one is refused (or,
+/// on a server that does not check passwords, changing again to the same one is harmless),
+/// and a planned secret for another account is refused before anything changes.
+pub async fn interrupted_rotation<E: Engine>() {
+    let Some(mut guard) = fixture::<E>().await else {
+        return;
+    };
+    let p = E::provider();
+    let old = guard.fx.clone();
+    let password_of = |s: &SecretString| {
+        url::Url::parse(s.expose())
+            .unwrap()
+            .password()
+            .unwrap()
+            .to_string()
+    };
+    let with_admin = |admin: &SecretString| {
+        let mut fx = old.clone();
+        fx.admin = admin.clone();
+        fx
+    };
+
+    // Crashed after recording: nothing changed; the old secret connects, the change runs.
+    let next = p.plan_root_rotation(old.access()).unwrap();
+    p.check_admin(old.access()).await.unwrap();
+    p.rotate_root(old.access(), &next).await.unwrap();
+    assert!(E::password_works(&old, &old.admin_user, &password_of(&next)).await);
+    assert!(!E::password_works(&old, &old.admin_user, &old.admin_password).await);
+
+    // Crashed after the change: the next secret connects; completing again from the old
+    // one either cannot connect or sets the same password, which keeps working.
+    let current = with_admin(&next);
+    p.check_admin(current.access()).await.unwrap();
+    match p.rotate_root(old.access(), &next).await {
+        Ok(()) => {}
+        Err(e) => {
+            assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+            assert_no_secret(&e, &old.admin_password);
+            assert_no_secret(&e, &password_of(&next));
+            let refused = p.check_admin(old.access()).await.err().unwrap();
+            assert!(
+                matches!(refused, ProviderError::Unavailable(_)),
+                "{refused:?}"
+            );
+        }
+    }
+    assert!(E::password_works(&old, &old.admin_user, &password_of(&next)).await);
+    let after = issue(p.as_ref(), &current, "read").await.unwrap();
+    p.revoke(&after.lease, current.access()).await.unwrap();
+
+    // A plan naming another account is refused, and changes nothing.
+    let mut elsewhere = url::Url::parse(next.expose()).unwrap();
+    elsewhere.set_username("someone_else").unwrap();
+    let e = p
+        .rotate_root(current.access(), &SecretString::new(elsewhere.to_string()))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ProviderError::BadSettings(_)), "{e:?}");
+    assert!(E::password_works(&old, &old.admin_user, &password_of(&next)).await);
+
+    // A target that is down: the rotation cannot start, and both checks say so.
+    let mut down = old.clone();
+    down.admin = SecretString::new(E::down_admin_url(&old, "Sup3rS3cretDownPw"));
+    let e = p.check_admin(down.access()).await.err().unwrap();
+    assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+
+    guard.fx.admin = next.clone();
+    guard.fx.admin_password = password_of(&next);
 }
 
 /// An unreachable target is `Unavailable` (retried by the server), never `Failed`.
@@ -613,7 +691,8 @@ pub async fn target_down<E: Engine>() {
         .err()
         .unwrap();
     assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
-    let e = p.rotate_root(fx.access()).await.err().unwrap();
+    let next = p.plan_root_rotation(fx.access()).unwrap();
+    let e = p.rotate_root(fx.access(), &next).await.err().unwrap();
     assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
     assert_no_secret(&e, secret_text);
 }
@@ -633,7 +712,8 @@ pub async fn secrets_not_in_errors<E: Engine>() {
     let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
     assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
     assert_no_secret(&e, secret_text);
-    let e = p.rotate_root(fx.access()).await.err().unwrap();
+    let next = p.plan_root_rotation(fx.access()).unwrap();
+    let e = p.rotate_root(fx.access(), &next).await.err().unwrap();
     assert_no_secret(&e, secret_text);
 
     // a broken template that makes the server quote the generated password back

@@ -7,7 +7,7 @@ use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::Target;
 use mayfly_core::policy::{Outcome, PolicyRequest};
-use mayfly_core::provider::{ProviderError, ReconcileReport, TargetAccess};
+use mayfly_core::provider::{ProviderError, ReconcileReport};
 use mayfly_core::secret::SecretString;
 use mayfly_core::validate;
 use serde::{Deserialize, Serialize};
@@ -397,9 +397,10 @@ pub struct RotateRootResponse {
     pub rotated: bool,
 }
 
-/// Replaces the target's admin password with a new random one only Mayfly knows.
+/// Replaces the target's admin password with a new random one only Mayfly knows; the new
+/// one is recorded before the target changes, so a crash cannot lose it.
 #[utoipa::path(post, path = "/v1/targets/{name}/rotate-root", params(("name" = String, Path, description = "Target name")),
-    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "the admin credential was rotated", body = RotateRootResponse), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "not an external target, or a rotation of it is still being settled", body = crate::error::Problem, content_type = "application/problem+json"), (status = 502, description = "the target failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_root(
     State(state): State<AppState>,
     caller: Caller,
@@ -407,44 +408,15 @@ pub async fn rotate_root(
 ) -> Result<Json<RotateRootResponse>, ApiError> {
     caller.require_operator()?;
     let (target, provider) = external_target(&state, &name).await?;
-    // Run to completion even if the client goes away: once the target has the new
-    // password, it must be recorded, or Mayfly is locked out of the target.
+    // Run to completion even if the client goes away: the protocol's steps must not be
+    // cut between the target's change and the store's commit.
     let actor = caller.0.actor();
-    let task_state = state.clone();
     let task = tokio::spawn(async move {
-        let state = task_state;
-        let admin = admin_secret(&state, &name).await?;
-        let new_admin = provider
-            .rotate_root(TargetAccess {
-                target: &target,
-                admin: admin.as_ref(),
-            })
-            .await?;
-        let sealed = state
-            .master
-            .seal(new_admin.expose().as_bytes(), &secret_context(&name))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut last = None;
-        for attempt in 0..5u32 {
-            let mut event = AuditDraft::new(AuditKind::TargetRootRotated, actor.as_str());
-            event.target = Some(name.clone());
-            match state.store.set_target_secret(&name, &sealed, event).await {
-                Ok(()) => {
-                    return Ok(RotateRootResponse {
-                        target: name,
-                        rotated: true,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!(target = %name, attempt, error = %e, "cannot store the rotated admin secret; retrying");
-                    last = Some(e);
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        }
-        Err(last
-            .map(ApiError::from)
-            .unwrap_or_else(|| ApiError::Internal("rotation not recorded".into())))
+        crate::providers::rotate_root(&state, &target, provider.as_ref(), &actor).await?;
+        Ok(RotateRootResponse {
+            target: name,
+            rotated: true,
+        })
     });
     match task.await {
         Ok(result) => result.map(Json),

@@ -23,8 +23,8 @@ use futures::TryStreamExt;
 use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, StoredColumns, VerifyReport};
 use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
-    Store, StoreError, StoreStats,
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation, RevokeOutcome,
+    SigningKeyRecord, Store, StoreError, StoreStats,
 };
 use mayfly_core::{from_unix_ms, to_unix_ms, OffsetDateTime, Uuid};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -295,6 +295,57 @@ impl Store for PgStore {
             event,
         })
         .await
+    }
+
+    async fn begin_root_rotation(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.submit_unit(Op::BeginRootRotation {
+            name: name.to_string(),
+            sealed: sealed.to_vec(),
+        })
+        .await
+    }
+
+    async fn commit_root_rotation(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::CommitRootRotation {
+            name: name.to_string(),
+            sealed: sealed.to_vec(),
+            event,
+        })
+        .await
+    }
+
+    async fn abandon_root_rotation(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::AbandonRootRotation {
+            name: name.to_string(),
+            sealed: sealed.to_vec(),
+            event,
+        })
+        .await
+    }
+
+    async fn pending_root_rotations(&self) -> Result<Vec<PendingRootRotation>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(sql::LIST_ROOT_ROTATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(target, sealed, started_at)| PendingRootRotation {
+                target,
+                sealed,
+                started_at: from_unix_ms(started_at),
+            })
+            .collect())
     }
 
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {

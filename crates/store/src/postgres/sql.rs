@@ -85,6 +85,18 @@ pub(crate) const PUT_TARGET_SECRET: &str =
      ON CONFLICT (target) DO UPDATE SET sealed = EXCLUDED.sealed, updated_at = EXCLUDED.updated_at";
 pub(crate) const GET_TARGET_SECRET: &str = "SELECT sealed FROM target_secrets WHERE target = $1";
 
+/// Root rotation: the next admin secret is recorded before the target changes; it is
+/// recorded at most once per target (a second rotation waits for the first to resolve).
+pub(crate) const BEGIN_ROOT_ROTATION: &str =
+    "INSERT INTO target_rotations (target, sealed, started_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (target) DO NOTHING";
+/// Ends the rotation that recorded exactly this secret, so one resolved elsewhere (and
+/// any later one) is left alone.
+pub(crate) const END_ROOT_ROTATION: &str =
+    "DELETE FROM target_rotations WHERE target = $1 AND sealed = $2";
+pub(crate) const LIST_ROOT_ROTATIONS: &str =
+    "SELECT target, sealed, started_at FROM target_rotations ORDER BY target";
+
 pub(crate) const INSERT_GRANT: &str = "INSERT INTO grants \
      (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
       context, state, revocation_reason, decision, created_at, updated_at) \

@@ -65,6 +65,20 @@ pub(crate) enum Op {
         sealed: Vec<u8>,
         event: AuditDraft,
     },
+    BeginRootRotation {
+        name: String,
+        sealed: Vec<u8>,
+    },
+    CommitRootRotation {
+        name: String,
+        sealed: Vec<u8>,
+        event: AuditDraft,
+    },
+    AbandonRootRotation {
+        name: String,
+        sealed: Vec<u8>,
+        event: AuditDraft,
+    },
     ActivateLease {
         id: Uuid,
         provider_state: serde_json::Value,
@@ -827,6 +841,49 @@ async fn run_op(conn: &mut PgConnection, chain: &mut Chain, op: Op) -> Result<Ou
             chain.append(event, core_now());
             Ok(Output::Unit)
         }
+        Op::BeginRootRotation { name, sealed } => {
+            require_target(conn, &name).await?;
+            let recorded = sqlx::query(sql::BEGIN_ROOT_ROTATION)
+                .bind(&name)
+                .bind(&sealed)
+                .bind(to_unix_ms(core_now()))
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+                .rows_affected();
+            if recorded == 0 {
+                return Err(StoreError::Conflict {
+                    what: "root rotation of target",
+                    id: name,
+                });
+            }
+            Ok(Output::Unit)
+        }
+        Op::CommitRootRotation {
+            name,
+            sealed,
+            event,
+        } => {
+            require_target(conn, &name).await?;
+            put_target_secret(conn, &name, &sealed).await?;
+            end_root_rotation(conn, &name, &sealed).await?;
+            chain.append(event, core_now());
+            Ok(Output::Unit)
+        }
+        Op::AbandonRootRotation {
+            name,
+            sealed,
+            event,
+        } => {
+            if end_root_rotation(conn, &name, &sealed).await? == 0 {
+                return Err(StoreError::NotFound {
+                    what: "root rotation of target",
+                    id: name,
+                });
+            }
+            chain.append(event, core_now());
+            Ok(Output::Unit)
+        }
         Op::ActivateLease {
             id,
             provider_state,
@@ -1230,6 +1287,36 @@ async fn finish_revocation(
     let grants: Vec<String> = ended.iter().map(|l| l.grant_id.to_string()).collect();
     update_grants(conn, sql::REVOKE_GRANTS, reason, now, grants).await?;
     chain.append_all(drafts, now).await
+}
+
+async fn require_target(conn: &mut PgConnection, name: &str) -> Result<(), StoreError> {
+    let exists: Option<i64> = sqlx::query_scalar(sql::TARGET_EXISTS)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound {
+            what: "target",
+            id: name.to_string(),
+        }),
+    }
+}
+
+/// Removes the rotation of `name` that recorded `sealed`; how many rows went (0 or 1).
+async fn end_root_rotation(
+    conn: &mut PgConnection,
+    name: &str,
+    sealed: &[u8],
+) -> Result<u64, StoreError> {
+    sqlx::query(sql::END_ROOT_ROTATION)
+        .bind(name)
+        .bind(sealed)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(map_sqlx)
 }
 
 async fn put_target_secret(

@@ -338,6 +338,18 @@ pub(crate) const PUT_TARGET_SECRET: &str =
      ON CONFLICT (target) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
 pub(crate) const GET_TARGET_SECRET: &str = "SELECT sealed FROM target_secrets WHERE target = ?1";
 
+/// Root rotation: the next admin secret is recorded before the target changes; it is
+/// recorded at most once per target (a second rotation waits for the first to resolve).
+pub(crate) const BEGIN_ROOT_ROTATION: &str =
+    "INSERT INTO target_rotations (target, sealed, started_at) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (target) DO NOTHING";
+/// Ends the rotation that recorded exactly this secret, so one resolved elsewhere (and
+/// any later one) is left alone.
+pub(crate) const END_ROOT_ROTATION: &str =
+    "DELETE FROM target_rotations WHERE target = ?1 AND sealed = ?2";
+pub(crate) const LIST_ROOT_ROTATIONS: &str =
+    "SELECT target, sealed, started_at FROM target_rotations ORDER BY target";
+
 /// `creating` → `active` once the credential exists on the target.
 pub(crate) const ACTIVATE_LEASE: &str = concat!(
     "UPDATE leases SET state = 'active', provider_state = ?2 ",
