@@ -480,12 +480,7 @@ async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, Bro
     } = approved;
     let (checked, decision, actor) = (&checked, &decision, actor.as_str());
     let target = &checked.target;
-    let provider = state.providers.get(&target.kind).ok_or_else(|| {
-        BrokerError::Internal(format!(
-            "target {:?} has kind {:?} with no provider",
-            target.name, target.kind
-        ))
-    })?;
+    let provider = provider_for(state, &target.kind)?;
     let Granted { ttl, cap, .. } = granted_ttl(checked, decision, now);
     grant.granted_ttl = Some(ttl);
     grant.state = grant.state.transition(GrantState::Approved)?;
@@ -738,10 +733,7 @@ pub async fn renew(
                 lease.target
             ))
         })?;
-    let provider = state
-        .providers
-        .get(&lease.kind)
-        .ok_or_else(|| BrokerError::Internal(format!("no provider for kind {:?}", lease.kind)))?;
+    let provider = provider_for(state, &lease.kind)?;
     let admin = admin_secret(state, &target.name).await?;
     let credential = provider
         .renew(
@@ -755,6 +747,43 @@ pub async fn renew(
         )
         .await?;
     Ok((renewed, credential))
+}
+
+/// The (guarded) provider of a credential kind. A stored target or lease whose kind has
+/// no provider is a broken invariant, not a caller's mistake.
+pub fn provider_for(
+    state: &AppState,
+    kind: &str,
+) -> Result<std::sync::Arc<dyn mayfly_core::provider::Provider>, BrokerError> {
+    state
+        .providers
+        .get(kind)
+        .cloned()
+        .ok_or_else(|| BrokerError::Internal(format!("no provider for kind {kind:?}")))
+}
+
+/// Removes one lease's credential from its target (`Ok` when it is already gone): what
+/// the revocation worker and start-up cleanup of interrupted issuances call.
+pub async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), BrokerError> {
+    let provider = provider_for(state, &lease.kind)?;
+    let target = state
+        .store
+        .get_target(&lease.target)
+        .await?
+        .ok_or_else(|| {
+            BrokerError::Internal(format!("target {:?} no longer exists", lease.target))
+        })?;
+    let admin = admin_secret(state, &lease.target).await?;
+    provider
+        .revoke(
+            lease,
+            TargetAccess {
+                target: &target,
+                admin: admin.as_ref(),
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 /// A target's admin secret, unsealed for one call to its provider (the seal is bound to

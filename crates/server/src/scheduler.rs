@@ -212,29 +212,10 @@ pub async fn close_interrupted(state: &AppState, leases: Vec<Lease>) {
     state.revoker_wake.notify_one();
 }
 
-/// Revokes one lease's credential on its target.
+/// Revokes one lease's credential on its target; the error, as text, is what the lease
+/// records for its next attempt (never a secret).
 async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), String> {
-    let provider = state
-        .providers
-        .get(&lease.kind)
-        .ok_or_else(|| format!("no provider for kind {:?}", lease.kind))?;
-    let target = state
-        .store
-        .get_target(&lease.target)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("target {:?} no longer exists", lease.target))?;
-    let admin = crate::providers::admin_secret(state, &lease.target)
-        .await
-        .map_err(|e| e.to_string())?;
-    provider
-        .revoke(
-            lease,
-            TargetAccess {
-                target: &target,
-                admin: admin.as_ref(),
-            },
-        )
+    crate::broker::revoke_on_target(state, lease)
         .await
         .map_err(|e| e.to_string())
 }
@@ -336,10 +317,8 @@ pub async fn reconcile_target(
     target: &mayfly_core::model::Target,
     actor: &str,
 ) -> Result<ReconcileReport, crate::error::ApiError> {
-    let provider = state.providers.get(&target.kind).ok_or_else(|| {
-        crate::error::ApiError::Internal(format!("no provider for {:?}", target.kind))
-    })?;
-    let admin = crate::providers::admin_secret(state, &target.name).await?;
+    let provider = crate::broker::provider_for(state, &target.kind)?;
+    let admin = crate::broker::admin_secret(state, &target.name).await?;
     let ledger = crate::providers::StoreLedger::new(state.store.as_ref(), &target.name);
     let result = provider
         .reconcile(
