@@ -9,96 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{postgres_superuser, suffix, Broker, Options};
+use common::pg::PgFixture;
+use common::{postgres_superuser, Broker, Options};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
-
-/// A database, schema and dedicated admin role of this test's own, dropped at the end.
-struct PgFixture {
-    db: String,
-    admin: String,
-    /// Every user Mayfly creates here starts with this (the username template's prefix).
-    prefix: String,
-}
-
-impl PgFixture {
-    async fn create(su: &mut PgConnection) -> PgFixture {
-        let s = suffix();
-        let f = PgFixture {
-            db: format!("mayfly_dyn_{s}"),
-            admin: format!("mayfly_admin_{s}"),
-            prefix: format!("t{s}_"),
-        };
-        su.execute(format!("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'pw_{s}'", f.admin).as_str())
-            .await
-            .unwrap();
-        su.execute(format!("CREATE DATABASE {} OWNER {}", f.db, f.admin).as_str())
-            .await
-            .unwrap();
-        let mut db = PgConnection::connect(&format!("postgres://postgres@127.0.0.1:5432/{}", f.db))
-            .await
-            .unwrap();
-        db.execute(format!("CREATE SCHEMA app AUTHORIZATION {}", f.admin).as_str())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE app.items (id int)").await.unwrap();
-        db.execute(format!("ALTER TABLE app.items OWNER TO {}", f.admin).as_str())
-            .await
-            .unwrap();
-        db.execute("INSERT INTO app.items VALUES (1)")
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-        f
-    }
-
-    fn admin_url(&self) -> String {
-        let s = &self.admin["mayfly_admin_".len()..];
-        format!(
-            "postgres://{}:pw_{s}@127.0.0.1:5432/{}",
-            self.admin, self.db
-        )
-    }
-
-    fn target(&self, name: &str) -> Value {
-        json!({
-            "name": name, "kind": "postgres", "actions": ["read", "write"], "default_ttl": "10m", "max_ttl": "1h", "allow": ["*"],
-            "admin": self.admin_url(),
-            "settings": {
-                "username_template": format!("{}{{{{identity}}}}_{{{{rand}}}}", self.prefix),
-                "grants": {
-                    "read": ["GRANT USAGE ON SCHEMA app TO \"{{name}}\"", "GRANT SELECT ON ALL TABLES IN SCHEMA app TO \"{{name}}\""],
-                    "write": ["GRANT USAGE ON SCHEMA app TO \"{{name}}\"", "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA app TO \"{{name}}\""]
-                },
-                "environment": "test"
-            }
-        })
-    }
-
-    async fn users(&self, su: &mut PgConnection) -> Vec<String> {
-        sqlx::query_scalar(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 || '%' ORDER BY 1",
-        )
-        .bind(&self.prefix)
-        .fetch_all(&mut *su)
-        .await
-        .unwrap()
-    }
-
-    async fn drop_all(&self, su: &mut PgConnection) {
-        su.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db).as_str())
-            .await
-            .unwrap();
-        for user in self.users(su).await {
-            su.execute(format!("DROP ROLE IF EXISTS \"{user}\"").as_str())
-                .await
-                .unwrap();
-        }
-        su.execute(format!("DROP ROLE IF EXISTS {}", self.admin).as_str())
-            .await
-            .unwrap();
-    }
-}
 
 async fn wait_state(broker: &Broker, lease: &str, state: &str) -> Value {
     let mut last = Value::Null;
@@ -125,7 +39,7 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
     let Some(mut su) = postgres_superuser("dynamic postgres credentials").await else {
         return;
     };
-    let f = PgFixture::create(&mut su).await;
+    let f = PgFixture::create(&mut su, "dyn").await;
     let broker = Broker::start();
     broker.add_identity("etl", "team-data").await;
     let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
@@ -325,7 +239,7 @@ async fn reconcile_removes_only_what_mayfly_made_for_the_target() {
     let Some(mut su) = postgres_superuser("dynamic postgres reconciliation").await else {
         return;
     };
-    let f = PgFixture::create(&mut su).await;
+    let f = PgFixture::create(&mut su, "dyn").await;
     let broker = Broker::start();
     broker.add_identity("etl", "team-data").await;
     let (status, created) = broker.post("/v1/targets", f.target("pg")).await;
@@ -451,7 +365,7 @@ async fn crash_leaves_no_orphan(point: &str) {
     let Some(mut su) = postgres_superuser("dynamic postgres crash safety").await else {
         return;
     };
-    let f = PgFixture::create(&mut su).await;
+    let f = PgFixture::create(&mut su, "dyn").await;
     let broker = Broker::start();
     broker.add_identity("etl", "team-data").await;
     assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);

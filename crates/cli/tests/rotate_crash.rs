@@ -10,125 +10,11 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use common::{postgres_superuser, suffix, Broker, Options};
+use common::pg::PgFixture;
+use common::{postgres_superuser, Broker, Options};
 use mayfly_core::store::Store;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
-
-struct PgFixture {
-    db: String,
-    admin: String,
-    password: String,
-    /// Every user Mayfly creates here starts with this.
-    prefix: String,
-}
-
-impl PgFixture {
-    async fn create(su: &mut PgConnection) -> PgFixture {
-        let s = suffix();
-        let f = PgFixture {
-            db: format!("mayfly_rot_{s}"),
-            admin: format!("mayfly_admin_rot_{s}"),
-            password: format!("pw_{s}"),
-            prefix: format!("r{s}_"),
-        };
-        su.execute(
-            format!(
-                "CREATE ROLE {} LOGIN CREATEROLE PASSWORD '{}'",
-                f.admin, f.password
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
-        su.execute(format!("CREATE DATABASE {} OWNER {}", f.db, f.admin).as_str())
-            .await
-            .unwrap();
-        let mut db = PgConnection::connect(&format!("postgres://postgres@127.0.0.1:5432/{}", f.db))
-            .await
-            .unwrap();
-        db.execute(format!("CREATE SCHEMA app AUTHORIZATION {}", f.admin).as_str())
-            .await
-            .unwrap();
-        db.execute("CREATE TABLE app.items (id int)").await.unwrap();
-        db.execute(format!("ALTER TABLE app.items OWNER TO {}", f.admin).as_str())
-            .await
-            .unwrap();
-        db.execute("INSERT INTO app.items VALUES (1)")
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-        f
-    }
-
-    fn target(&self) -> Value {
-        json!({
-            "name": "pg", "kind": "postgres", "actions": ["read"], "default_ttl": "10m", "max_ttl": "1h", "allow": ["*"],
-            "admin": format!("postgres://{}:{}@127.0.0.1:5432/{}", self.admin, self.password, self.db),
-            "settings": {
-                "username_template": format!("{}{{{{identity}}}}_{{{{rand}}}}", self.prefix),
-                "grants": {"read": ["GRANT USAGE ON SCHEMA app TO \"{{name}}\"", "GRANT SELECT ON ALL TABLES IN SCHEMA app TO \"{{name}}\""]}
-            }
-        })
-    }
-
-    /// Whether `password` is the admin role's password. Loopback is `trust` on the test
-    /// server, so a login proves nothing: the stored SCRAM verifier is checked instead.
-    async fn admin_password_is(&self, su: &mut PgConnection, password: &str) -> bool {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
-                .bind(&self.admin)
-                .fetch_one(&mut *su)
-                .await
-                .unwrap();
-        stored.is_some_and(|s| scram_matches(&s, password))
-    }
-
-    async fn drop_all(&self, su: &mut PgConnection) {
-        su.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db).as_str())
-            .await
-            .unwrap();
-        let users: Vec<String> = sqlx::query_scalar(
-            "SELECT rolname::text FROM pg_roles WHERE left(rolname, length($1)) = $1",
-        )
-        .bind(&self.prefix)
-        .fetch_all(&mut *su)
-        .await
-        .unwrap();
-        for user in users {
-            su.execute(format!("DROP ROLE IF EXISTS \"{user}\"").as_str())
-                .await
-                .unwrap();
-        }
-        su.execute(format!("DROP ROLE IF EXISTS {}", self.admin).as_str())
-            .await
-            .unwrap();
-    }
-}
-
-/// Whether `password` matches a PostgreSQL `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
-fn scram_matches(stored: &str, password: &str) -> bool {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Some(rest) = stored.strip_prefix("SCRAM-SHA-256$") else {
-        return false;
-    };
-    let (iter_salt, keys) = rest.split_once('$').unwrap();
-    let (iter, salt) = iter_salt.split_once(':').unwrap();
-    let (stored_key, _) = keys.split_once(':').unwrap();
-    let mut salted = [0u8; 32];
-    ring::pbkdf2::derive(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        std::num::NonZeroU32::new(iter.parse().unwrap()).unwrap(),
-        &b64.decode(salt).unwrap(),
-        password.as_bytes(),
-        &mut salted,
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salted);
-    let client_key = ring::hmac::sign(&key, b"Client Key");
-    b64.encode(ring::digest::digest(&ring::digest::SHA256, client_key.as_ref()).as_ref())
-        == stored_key
-}
 
 /// The admin password Mayfly holds for target `pg` (read with the broker stopped), and how
 /// many rotations are still recorded as pending.
@@ -158,10 +44,10 @@ async fn crash_during_rotation(point: &str) {
     let Some(mut su) = postgres_superuser("root rotation crash safety").await else {
         return;
     };
-    let f = PgFixture::create(&mut su).await;
+    let f = PgFixture::create(&mut su, "rot").await;
     let broker = Broker::start();
     broker.add_identity("etl", "team-data").await;
-    assert_eq!(broker.post("/v1/targets", f.target()).await.0, 201);
+    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
     let (dir, token) = broker.kill();
 
     let crashing = Broker::start_in(
@@ -288,10 +174,10 @@ async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
     let Some(mut su) = postgres_superuser("root rotation with the target down").await else {
         return;
     };
-    let f = PgFixture::create(&mut su).await;
+    let f = PgFixture::create(&mut su, "rot").await;
     let broker = Broker::start();
     broker.add_identity("etl", "team-data").await;
-    assert_eq!(broker.post("/v1/targets", f.target()).await.0, 201);
+    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
     let (dir, token) = broker.kill();
     let crashing = Broker::start_in(
         &dir,

@@ -662,16 +662,8 @@ pub async fn visible_grant(
     caller: &Caller,
     id: Uuid,
 ) -> Result<Grant, BrokerError> {
-    let not_found = || BrokerError::NotFound {
-        what: "grant",
-        id: id.to_string(),
-        field: None,
-    };
-    let grant = state.store.get_grant(id).await?.ok_or_else(not_found)?;
-    if caller.0.identity().is_some_and(|own| own != grant.identity) {
-        return Err(not_found());
-    }
-    Ok(grant)
+    let grant = state.store.get_grant(id).await?;
+    visible(caller, "grant", id, grant, |g| &g.identity)
 }
 
 /// A lease the caller may see, by the same rule as [`visible_grant`].
@@ -680,16 +672,32 @@ pub async fn visible_lease(
     caller: &Caller,
     id: Uuid,
 ) -> Result<Lease, BrokerError> {
-    let not_found = || BrokerError::NotFound {
-        what: "lease",
-        id: id.to_string(),
-        field: None,
-    };
-    let lease = state.store.get_lease(id).await?.ok_or_else(not_found)?;
-    if caller.0.identity().is_some_and(|own| own != lease.identity) {
-        return Err(not_found());
+    let lease = state.store.get_lease(id).await?;
+    visible(caller, "lease", id, lease, |l| &l.identity)
+}
+
+fn visible<T>(
+    caller: &Caller,
+    what: &'static str,
+    id: Uuid,
+    record: Option<T>,
+    holder: impl Fn(&T) -> &String,
+) -> Result<T, BrokerError> {
+    match record {
+        Some(r)
+            if caller
+                .0
+                .identity()
+                .is_none_or(|own| own == holder(&r).as_str()) =>
+        {
+            Ok(r)
+        }
+        _ => Err(BrokerError::NotFound {
+            what,
+            id: id.to_string(),
+            field: None,
+        }),
     }
-    Ok(lease)
 }
 
 /// Extends a lease by `ttl` (default: its grant's TTL), never past the lease's cap or its
