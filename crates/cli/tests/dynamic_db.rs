@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::PgFixture;
+use common::pg::{broker_crashing_at, PgFixture};
 use common::{postgres_superuser, Broker, Options};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
@@ -366,19 +366,7 @@ async fn crash_leaves_no_orphan(point: &str) {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
-    let broker = Broker::start();
-    broker.add_identity("etl", "team-data").await;
-    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
-    let (dir, token) = broker.kill();
-
-    let crashing = Broker::start_in(
-        &dir,
-        Options {
-            token: Some(token.clone()),
-            env: vec![("MAYFLY_CRASH_AT", point.to_string())],
-            ..Options::default()
-        },
-    );
+    let (crashing, token) = broker_crashing_at(&f, point).await;
     let result = crashing
         .http
         .post(crashing.url("/v1/grants"))

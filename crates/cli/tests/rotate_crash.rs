@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::PgFixture;
+use common::pg::{broker_crashing_at, PgFixture};
 use common::{postgres_superuser, Broker, Options};
 use mayfly_core::store::Store;
 use serde_json::{json, Value};
@@ -45,19 +45,7 @@ async fn crash_during_rotation(point: &str) {
         return;
     };
     let f = PgFixture::create(&mut su, "rot").await;
-    let broker = Broker::start();
-    broker.add_identity("etl", "team-data").await;
-    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
-    let (dir, token) = broker.kill();
-
-    let crashing = Broker::start_in(
-        &dir,
-        Options {
-            token: Some(token.clone()),
-            env: vec![("MAYFLY_CRASH_AT", point.to_string())],
-            ..Options::default()
-        },
-    );
+    let (crashing, token) = broker_crashing_at(&f, point).await;
     let result = crashing
         .http
         .post(crashing.url("/v1/targets/pg/rotate-root"))
@@ -175,18 +163,7 @@ async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
         return;
     };
     let f = PgFixture::create(&mut su, "rot").await;
-    let broker = Broker::start();
-    broker.add_identity("etl", "team-data").await;
-    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
-    let (dir, token) = broker.kill();
-    let crashing = Broker::start_in(
-        &dir,
-        Options {
-            token: Some(token.clone()),
-            env: vec![("MAYFLY_CRASH_AT", "rotate-after-change".to_string())],
-            ..Options::default()
-        },
-    );
+    let (crashing, token) = broker_crashing_at(&f, "rotate-after-change").await;
     let result = crashing
         .http
         .post(crashing.url("/v1/targets/pg/rotate-root"))

@@ -115,6 +115,26 @@ impl PgFixture {
     }
 }
 
+/// A broker with identity `etl` and this fixture's target `pg`, stopped and started again
+/// on the same data directory to abort (`MAYFLY_CRASH_AT`) at `point`: the set-up of
+/// every crash test. Returns the crashing broker (its `dir` is the data directory) and the
+/// operator token.
+pub async fn broker_crashing_at(f: &PgFixture, point: &str) -> (super::Broker, String) {
+    let broker = super::Broker::start();
+    broker.add_identity("etl", "team-data").await;
+    assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
+    let (dir, token) = broker.kill();
+    let crashing = super::Broker::start_in(
+        &dir,
+        super::Options {
+            token: Some(token.clone()),
+            env: vec![("MAYFLY_CRASH_AT", point.to_string())],
+            ..super::Options::default()
+        },
+    );
+    (crashing, token)
+}
+
 /// Whether `password` matches a PostgreSQL `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
 pub fn scram_matches(stored: &str, password: &str) -> bool {
     let b64 = base64::engine::general_purpose::STANDARD;
