@@ -6,7 +6,10 @@
 //! The few checks that need backend access (reopening the same database, tampering with
 //! stored rows) take a small hook the backend's test supplies.
 //!
-//! Enable with the `conformance` feature from another crate's tests.
+//! A backend runs the whole suite with one call, [`conformance_suite!`](crate::conformance_suite)
+//! over its [`Harness`]: one test per suite function, so a failure names it, and a suite
+//! function added here runs on every backend without further edits. Enable with the
+//! `conformance` feature from another crate's tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -49,6 +52,130 @@ pub trait AuditTamper: Send + Sync {
     /// Runs one statement written in the SQL both backends speak, expecting it to change
     /// exactly one row.
     async fn execute(&self, statement: &str);
+}
+
+/// How a backend's tests give the suite a fresh store.
+#[async_trait::async_trait]
+pub trait Harness: Send + Sync + Sized + 'static {
+    /// A store on new, empty storage, or `None` when the backend's service is unreachable
+    /// and services are not required (the harness has printed which suite it skipped).
+    async fn fresh() -> Option<Self>;
+    /// The store on that storage.
+    fn store(&self) -> Arc<dyn Store>;
+}
+
+/// A harness whose storage outlives its store: it can be reopened and edited directly.
+#[async_trait::async_trait]
+pub trait StorageAccess: Harness {
+    /// Opens the same storage again (the previous store has been dropped).
+    async fn reopen(&self) -> Arc<dyn Store>;
+    /// Direct access to the stored audit rows.
+    fn tamper(&self) -> Box<dyn AuditTamper>;
+}
+
+/// The checks that need [`StorageAccess`], run on a fresh harness each.
+pub async fn with_storage_access<H: StorageAccess>(check: StorageCheck) {
+    let Some(harness) = H::fresh().await else {
+        return;
+    };
+    let store = harness.store();
+    match check {
+        StorageCheck::Tampering => audit_tampering_detected(store, &*harness.tamper()).await,
+        StorageCheck::Refiling => audit_refiling_detected(store, &*harness.tamper()).await,
+        StorageCheck::Reopen => {
+            // The storage must outlive the reopened store too, so the check holds a copy.
+            let harness = Arc::new(harness);
+            let opener = Arc::clone(&harness);
+            let again: Reopen = Box::new(move |old| {
+                Box::pin(async move {
+                    drop(old);
+                    opener.reopen().await
+                })
+            });
+            reopen_keeps_everything(store, again).await;
+            drop(harness);
+        }
+    }
+}
+
+/// See [`with_storage_access`].
+#[derive(Clone, Copy, Debug)]
+pub enum StorageCheck {
+    Tampering,
+    Refiling,
+    Reopen,
+}
+
+/// Runs one suite function on a fresh store of `H`.
+pub async fn with_fresh<H, F, Fut>(check: F)
+where
+    H: Harness,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(harness) = H::fresh().await {
+        check(harness.store()).await;
+    }
+}
+
+/// The whole conformance suite as tests over a [`Harness`]: `conformance_suite!(MyHarness)`
+/// for a backend with [`StorageAccess`], `conformance_suite!(MyHarness, without_storage_access)`
+/// for one whose storage lives only as long as its store (in-memory SQLite).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:ty) => {
+        $crate::conformance_suite!($harness, without_storage_access);
+        $crate::conformance_suite!(@access $harness;
+            audit_tampering_detected => Tampering,
+            audit_refiling_detected => Refiling,
+            reopen_keeps_everything => Reopen,
+        );
+    };
+    ($harness:ty, without_storage_access) => {
+        $crate::conformance_suite!(@fresh $harness;
+            target_secrets,
+            root_rotations,
+            write_ahead_leases,
+            recorded_usernames_per_target,
+            revocation_queue,
+            identity_crud_and_conflict,
+            target_crud_and_conflict,
+            record_grant_is_atomic,
+            no_live_lease_for_disabled_identity,
+            list_filters_and_order,
+            revoke_each_selector_exactly_once,
+            revoke_external_and_creating,
+            revoke_many,
+            kill_switch,
+            renew_caps_and_rejects,
+            expiry_order_limit_and_next,
+            append_audit_and_read_back,
+            concurrent_writers,
+            signing_key_rotation,
+            operator_tokens,
+            stats_count,
+            one_failing_call_leaves_its_batch,
+        );
+    };
+    (@fresh $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::with_fresh::<$harness, _, _>($crate::conformance::$name).await;
+            }
+        )*
+    };
+    (@access $harness:ty; $($name:ident => $check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::with_storage_access::<$harness>(
+                    $crate::conformance::StorageCheck::$check,
+                )
+                .await;
+            }
+        )*
+    };
 }
 
 // --- fixtures ----------------------------------------------------------------------------
@@ -1507,6 +1634,98 @@ pub async fn concurrent_writers(store: Arc<dyn Store>) {
     let report = assert_chain_intact(&*store).await;
     assert_eq!(report.entries, 1 + 2 * 1000);
     assert_eq!(store.stats().await.unwrap().active_leases, 1000);
+}
+
+/// Calls that fail on their own (a key conflict, a mismatched lease, an unknown lease)
+/// while others are committed beside them fail alone: every call gets its own answer, the
+/// rest commit, and the chain holds exactly the committed calls' events. (Only
+/// `Unavailable` fails a whole group commit; see the engine's module docs.)
+pub async fn one_failing_call_leaves_its_batch(store: Arc<dyn Store>) {
+    create_identity(&*store, "crowd", "team").await;
+    let at = now();
+    let taken = grant("crowd", "team", "taken", at);
+    store
+        .record_grant(&taken, None, grant_events(&taken, None))
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..120)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                let at = now();
+                match i % 4 {
+                    // A grant id that is taken: Conflict.
+                    0 => {
+                        let mut g = grant("crowd", "team", &format!("dup-{i}"), at);
+                        g.id = taken.id;
+                        (
+                            i,
+                            store.record_grant(&g, None, grant_events(&g, None)).await,
+                        )
+                    }
+                    // A lease that names another grant: Rejected.
+                    1 => {
+                        let g = grant("crowd", "team", &format!("odd-{i}"), at);
+                        let mut l = lease_for(
+                            &g,
+                            at,
+                            at + Duration::minutes(5),
+                            at + Duration::hours(1),
+                            false,
+                        );
+                        l.grant_id = Uuid::new_v4();
+                        (
+                            i,
+                            store
+                                .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+                                .await,
+                        )
+                    }
+                    // An unknown lease: NotFound.
+                    2 => {
+                        let r = store
+                            .renew_lease(Uuid::new_v4(), at + Duration::minutes(1), "crowd", at)
+                            .await
+                            .map(|_| ());
+                        (i, r)
+                    }
+                    _ => {
+                        let g = grant("crowd", "team", &format!("ok-{i}"), at);
+                        let l = lease_for(
+                            &g,
+                            at,
+                            at + Duration::minutes(5),
+                            at + Duration::hours(1),
+                            false,
+                        );
+                        (
+                            i,
+                            store
+                                .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+                                .await,
+                        )
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for call in calls {
+        let (i, result) = call.await.unwrap();
+        match (i % 4, result) {
+            (0, Err(StoreError::Conflict { what: "grant", .. })) => {}
+            (1, Err(StoreError::Rejected(_))) => {}
+            (2, Err(StoreError::NotFound { what: "lease", .. })) => {}
+            (3, Ok(())) => committed += 1,
+            (kind, other) => panic!("call {i} (kind {kind}) answered {other:?}"),
+        }
+    }
+    assert_eq!(committed, 30);
+    let report = assert_chain_intact(&*store).await;
+    // The identity, the taken grant, and two events per committed grant with its lease.
+    assert_eq!(report.entries, 1 + 1 + 2 * 30);
+    assert_eq!(store.stats().await.unwrap().active_leases, 30);
 }
 
 /// Everything survives a restart, and the chain continues where it stopped.

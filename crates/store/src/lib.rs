@@ -15,15 +15,18 @@ use mayfly_core::store::{Store, StoreError};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod engine;
 mod errors;
 mod events;
 pub mod migrate;
 mod postgres;
+mod rows;
 mod sqlite;
 
+pub use engine::{EngineStore, Reads};
 pub use migrate::{copy_store, CopyReport};
 pub use postgres::{PgStore, DEFAULT_POOL_SIZE};
-pub use sqlite::{Durability, SqliteStore, UnknownDurability};
+pub use sqlite::{Durability, SqliteReads, SqliteStore, UnknownDurability};
 
 /// The backend a store URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

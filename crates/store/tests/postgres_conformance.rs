@@ -19,7 +19,7 @@ use mayfly_core::model::{
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, SigningKeyRecord, Store, StoreError,
 };
-use mayfly_store::conformance::{self, AuditTamper, Reopen};
+use mayfly_store::conformance::{self, AuditTamper};
 use mayfly_store::{copy_store, Durability, PgStore, SqliteStore};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -163,82 +163,41 @@ impl AuditTamper for PgTamper {
     }
 }
 
-/// One test per suite function, each on its own database.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod suite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = TestDb::create().await else { return };
-                    let store: Arc<dyn Store> = Arc::new(db.open().await);
-                    conformance::$name(store.clone()).await;
-                    drop(store);
-                }
-            )*
-        }
-    };
+/// A store on its own fresh database (dropped with the harness).
+struct PgHarness {
+    store: Arc<dyn Store>,
+    db: TestDb,
 }
 
-// The same list as sqlite_conformance.rs; tampering and reopen have their own tests below.
-suite!(
-    target_secrets,
-    root_rotations,
-    write_ahead_leases,
-    recorded_usernames_per_target,
-    revocation_queue,
-    identity_crud_and_conflict,
-    target_crud_and_conflict,
-    record_grant_is_atomic,
-    no_live_lease_for_disabled_identity,
-    list_filters_and_order,
-    revoke_each_selector_exactly_once,
-    revoke_external_and_creating,
-    revoke_many,
-    kill_switch,
-    renew_caps_and_rejects,
-    expiry_order_limit_and_next,
-    append_audit_and_read_back,
-    concurrent_writers,
-    signing_key_rotation,
-    operator_tokens,
-    stats_count,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_tampering_detected() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let store: Arc<dyn Store> = Arc::new(db.open().await);
-    conformance::audit_tampering_detected(store, &PgTamper(db.url.clone())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_refiling_detected() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let store: Arc<dyn Store> = Arc::new(db.open().await);
-    conformance::audit_refiling_detected(store, &PgTamper(db.url.clone())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reopen_keeps_everything() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let store: Arc<dyn Store> = Arc::new(db.open().await);
-    let url = db.url.clone();
-    let again: Reopen = Box::new(move |old| {
-        Box::pin(async move {
-            drop(old);
-            let store: Arc<dyn Store> = Arc::new(PgStore::open(&url).await.unwrap());
-            store
+#[async_trait::async_trait]
+impl conformance::Harness for PgHarness {
+    async fn fresh() -> Option<Self> {
+        let db = TestDb::create().await?;
+        Some(PgHarness {
+            store: Arc::new(db.open().await),
+            db,
         })
-    });
-    conformance::reopen_keeps_everything(store, again).await;
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl conformance::StorageAccess for PgHarness {
+    fn tamper(&self) -> Box<dyn AuditTamper> {
+        Box::new(PgTamper(self.db.url.clone()))
+    }
+
+    async fn reopen(&self) -> Arc<dyn Store> {
+        Arc::new(PgStore::open(&self.db.url).await.unwrap())
+    }
+}
+
+/// One test per suite function, each on its own database.
+mod suite {
+    mayfly_store::conformance_suite!(super::PgHarness);
 }
 
 // --- fixtures for the replica tests ---------------------------------------------------------

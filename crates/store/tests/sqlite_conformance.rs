@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use mayfly_core::model::{LeaseSelector, LeaseState, RevocationReason};
 use mayfly_core::store::{Store, StoreError};
-use mayfly_store::conformance::{self, AuditTamper, Reopen};
+use mayfly_store::conformance::{self, AuditTamper};
 use mayfly_store::{Durability, SqliteStore};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
@@ -95,120 +95,74 @@ impl AuditTamper for SqliteTamper {
     }
 }
 
-/// One test per (suite function, durability) pair, so a failure names both.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod fsync {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let f = fresh(Durability::Fsync).await;
-                    conformance::$name(f.store.clone()).await;
-                }
-            )*
+/// A store on a fresh file in durability mode `CRASH_SAFE` (or fsync).
+struct FileHarness<const CRASH_SAFE: bool> {
+    fresh: Fresh,
+}
+
+impl<const CRASH_SAFE: bool> FileHarness<CRASH_SAFE> {
+    fn durability() -> Durability {
+        if CRASH_SAFE {
+            Durability::CrashSafe
+        } else {
+            Durability::Fsync
         }
-        mod crash_safe {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let f = fresh(Durability::CrashSafe).await;
-                    conformance::$name(f.store.clone()).await;
-                }
-            )*
-        }
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store: Arc<dyn Store> = Arc::new(
-                        SqliteStore::open("sqlite::memory:", Durability::Fsync).await.unwrap(),
-                    );
-                    conformance::$name(store).await;
-                }
-            )*
-        }
-    };
+    }
 }
 
-suite!(
-    target_secrets,
-    root_rotations,
-    write_ahead_leases,
-    recorded_usernames_per_target,
-    revocation_queue,
-    identity_crud_and_conflict,
-    target_crud_and_conflict,
-    record_grant_is_atomic,
-    no_live_lease_for_disabled_identity,
-    list_filters_and_order,
-    revoke_each_selector_exactly_once,
-    revoke_external_and_creating,
-    revoke_many,
-    kill_switch,
-    renew_caps_and_rejects,
-    expiry_order_limit_and_next,
-    append_audit_and_read_back,
-    concurrent_writers,
-    signing_key_rotation,
-    operator_tokens,
-    stats_count,
-);
-
-async fn tampering(durability: Durability) {
-    let f = fresh(durability).await;
-    conformance::audit_tampering_detected(f.store.clone(), &SqliteTamper(f.path.clone())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_tampering_detected_fsync() {
-    tampering(Durability::Fsync).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_tampering_detected_crash_safe() {
-    tampering(Durability::CrashSafe).await;
-}
-
-async fn refiling(durability: Durability) {
-    let f = fresh(durability).await;
-    conformance::audit_refiling_detected(f.store.clone(), &SqliteTamper(f.path.clone())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_refiling_detected_fsync() {
-    refiling(Durability::Fsync).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_refiling_detected_crash_safe() {
-    refiling(Durability::CrashSafe).await;
-}
-
-async fn reopen(durability: Durability) {
-    let f = fresh(durability).await;
-    let url = format!("sqlite:{}", f.path.display());
-    let again: Reopen = Box::new(move |old| {
-        Box::pin(async move {
-            drop(old);
-            let store: Arc<dyn Store> =
-                Arc::new(SqliteStore::open(&url, durability).await.unwrap());
-            store
+#[async_trait::async_trait]
+impl<const CRASH_SAFE: bool> conformance::Harness for FileHarness<CRASH_SAFE> {
+    async fn fresh() -> Option<Self> {
+        Some(FileHarness {
+            fresh: fresh(Self::durability()).await,
         })
-    });
-    conformance::reopen_keeps_everything(f.store.clone(), again).await;
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.fresh.store.clone()
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reopen_keeps_everything_fsync() {
-    reopen(Durability::Fsync).await;
+#[async_trait::async_trait]
+impl<const CRASH_SAFE: bool> conformance::StorageAccess for FileHarness<CRASH_SAFE> {
+    fn tamper(&self) -> Box<dyn AuditTamper> {
+        Box::new(SqliteTamper(self.fresh.path.clone()))
+    }
+
+    async fn reopen(&self) -> Arc<dyn Store> {
+        let url = format!("sqlite:{}", self.fresh.path.display());
+        Arc::new(SqliteStore::open(&url, Self::durability()).await.unwrap())
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reopen_keeps_everything_crash_safe() {
-    reopen(Durability::CrashSafe).await;
+/// `sqlite::memory:`: the database lives and dies with its store.
+struct MemoryHarness(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl conformance::Harness for MemoryHarness {
+    async fn fresh() -> Option<Self> {
+        let store = SqliteStore::open("sqlite::memory:", Durability::Fsync)
+            .await
+            .unwrap();
+        Some(MemoryHarness(Arc::new(store)))
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+}
+
+/// One test per (suite function, mode), so a failure names both.
+mod fsync {
+    mayfly_store::conformance_suite!(super::FileHarness<false>);
+}
+
+mod crash_safe {
+    mayfly_store::conformance_suite!(super::FileHarness<true>);
+}
+
+mod memory {
+    mayfly_store::conformance_suite!(super::MemoryHarness, without_storage_access);
 }
 
 // --- SQLite-specific ---------------------------------------------------------------------------

@@ -11,33 +11,30 @@
 //! according to the server's own configuration (`synchronous_commit`, replication).
 
 mod error;
-mod rows;
 mod sql;
 mod writer;
 
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use mayfly_core::audit::{AuditDraft, AuditEvent, ChainVerifier, StoredColumns, VerifyReport};
-use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
+use mayfly_core::audit::{AuditEvent, ChainVerifier, StoredColumns, VerifyReport};
+use mayfly_core::model::{Grant, Identity, Lease, Target};
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation, RevokeOutcome,
-    SigningKeyRecord, Store, StoreError, StoreStats,
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation,
+    SigningKeyRecord, StoreError, StoreStats,
 };
-use mayfly_core::{from_unix_ms, to_unix_ms, OffsetDateTime, Uuid};
+use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Row};
-use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::task::JoinHandle;
 
 use self::error::{corrupt, map_sqlx, migrate_error, redact};
-use self::rows::{
+use self::writer::PgWriter;
+use crate::engine::{self, EngineStore, Placement, Reads};
+use crate::rows::{
     grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
     signing_key_from_row, target_from_row,
 };
-use self::writer::{Msg, Op, Output, Writer};
 
 /// Default and maximum page size of the `list_*` calls (as in SQLite).
 const DEFAULT_LIMIT: u32 = 100;
@@ -51,18 +48,13 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Writes queued beyond this wait for room: back-pressure instead of unbounded memory.
 const WRITE_QUEUE: usize = 4096;
 
-/// The PostgreSQL implementation of [`Store`].
-pub struct PgStore {
-    writer_tx: mpsc::Sender<Msg>,
-    writer_task: Mutex<Option<JoinHandle<()>>>,
-    pool: PgPool,
-}
+/// The PostgreSQL implementation of [`Store`](mayfly_core::store::Store): the engine's writer over a PostgreSQL
+/// [`Backend`](crate::engine::Backend) plus [`PgReads`].
+pub type PgStore = EngineStore<PgReads>;
 
-impl fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the URL or options: they may carry the password.
-        f.debug_struct("PgStore").finish_non_exhaustive()
-    }
+/// The read side of the PostgreSQL backend: the replica's connection pool.
+pub struct PgReads {
+    pool: PgPool,
 }
 
 /// The password in a `postgres://user:password@host/db` URL, to keep it out of errors.
@@ -80,7 +72,7 @@ fn url_password(url: &str) -> Option<String> {
     Some(password.to_string())
 }
 
-impl PgStore {
+impl EngineStore<PgReads> {
     /// Connects to `postgres://…` with [`DEFAULT_POOL_SIZE`] connections and applies the
     /// schema migrations. Safe to call from many replicas at once: the migrator holds a
     /// PostgreSQL advisory lock while it works. Errors never contain the URL's password.
@@ -116,70 +108,17 @@ impl PgStore {
                 .await
                 .map_err(migrate_error)?;
         }
-        let (writer_tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let task = tokio::spawn(Writer::new(pool.clone()).run(rx));
-        Ok(PgStore {
-            writer_tx,
-            writer_task: Mutex::new(Some(task)),
-            pool,
+        let writer = engine::spawn(PgWriter::new(pool.clone()), WRITE_QUEUE, Placement::Task)?;
+        Ok(EngineStore {
+            writer,
+            reads: PgReads { pool },
         })
-    }
-
-    /// Finishes queued writes, stops the writer and closes every connection. Later calls
-    /// fail with `Unavailable`.
-    pub async fn close(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.writer_tx.send(Msg::Shutdown(ack)).await.is_ok() {
-            let _ = done.await;
-        }
-        if let Some(task) = self.writer_task.lock().await.take() {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "the PostgreSQL writer task ended abnormally");
-            }
-        }
-        self.pool.close().await;
     }
 
     /// The pool, for [`crate::migrate`].
     pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.reads.pool
     }
-
-    async fn submit(&self, op: Op) -> Result<Output, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer_tx
-            .send(Msg::Job(Box::new(op), reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
-        answer.await.map_err(|_| {
-            StoreError::Unavailable("the store's writer stopped before answering".into())
-        })?
-    }
-
-    async fn submit_unit(&self, op: Op) -> Result<(), StoreError> {
-        match self.submit(op).await? {
-            Output::Unit => Ok(()),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn submit_lease(&self, op: Op) -> Result<Lease, StoreError> {
-        match self.submit(op).await? {
-            Output::Lease(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn submit_outcome(&self, op: Op) -> Result<RevokeOutcome, StoreError> {
-        match self.submit(op).await? {
-            Output::Outcome(o) => Ok(o),
-            _ => Err(unexpected()),
-        }
-    }
-}
-
-fn unexpected() -> StoreError {
-    StoreError::Backend("the store's writer returned a reply of the wrong kind".into())
 }
 
 fn limit(l: Option<u32>) -> i64 {
@@ -193,27 +132,17 @@ fn text_column(row: &sqlx::postgres::PgRow, i: usize) -> Result<Option<&[u8]>, S
 }
 
 #[async_trait::async_trait]
-impl Store for PgStore {
+impl Reads for PgReads {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer_tx.is_closed() {
-            return Err(StoreError::Unavailable(
-                "the store's writer has stopped".into(),
-            ));
-        }
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map(|_| ())
             .map_err(map_sqlx)
-    }
-
-    async fn create_identity(
-        &self,
-        identity: &Identity,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CreateIdentity(Box::new(identity.clone()), event))
-            .await
     }
 
     async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
@@ -237,100 +166,12 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn enable_identity(&self, id: &str, event: AuditDraft) -> Result<Identity, StoreError> {
-        match self
-            .submit(Op::EnableIdentity(id.to_string(), event))
-            .await?
-        {
-            Output::Identity(i) => Ok(i),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn disable_identity(
-        &self,
-        id: &str,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        self.submit_outcome(Op::DisableIdentity {
-            id: id.to_string(),
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn create_target(
-        &self,
-        target: &Target,
-        admin_sealed: Option<&[u8]>,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CreateTarget(
-            Box::new(target.clone()),
-            admin_sealed.map(<[u8]>::to_vec),
-            event,
-        ))
-        .await
-    }
-
     async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         sqlx::query_scalar(sql::GET_TARGET_SECRET)
             .bind(name)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_sqlx)
-    }
-
-    async fn set_target_secret(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::SetTargetSecret {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
-    }
-
-    async fn begin_root_rotation(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.submit_unit(Op::BeginRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-        })
-        .await
-    }
-
-    async fn commit_root_rotation(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CommitRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
-    }
-
-    async fn abandon_root_rotation(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::AbandonRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
     }
 
     async fn pending_root_rotations(&self) -> Result<Vec<PendingRootRotation>, StoreError> {
@@ -367,20 +208,6 @@ impl Store for PgStore {
             .iter()
             .map(target_from_row)
             .collect()
-    }
-
-    async fn record_grant(
-        &self,
-        grant: &Grant,
-        lease: Option<&Lease>,
-        events: Vec<AuditDraft>,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::RecordGrant(
-            Box::new(grant.clone()),
-            lease.map(|l| Box::new(l.clone())),
-            events,
-        ))
-        .await
     }
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
@@ -447,144 +274,12 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn renew_lease(
-        &self,
-        id: Uuid,
-        requested_expiry: OffsetDateTime,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Lease, StoreError> {
-        self.submit_lease(Op::RenewLease {
-            id,
-            requested: requested_expiry,
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn revoke(
-        &self,
-        selector: &LeaseSelector,
-        reason: RevocationReason,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        self.submit_outcome(Op::Revoke {
-            selector: selector.clone(),
-            reason,
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn expire_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Lease>, StoreError> {
-        match self.submit(Op::ExpireDue { now, limit }).await? {
-            Output::Leases(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
     async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(sql::NEXT_EXPIRY)
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx)?;
         Ok(ms.map(from_unix_ms))
-    }
-
-    async fn activate_lease(
-        &self,
-        id: Uuid,
-        provider_state: &serde_json::Value,
-        event: AuditDraft,
-    ) -> Result<Lease, StoreError> {
-        self.submit_lease(Op::ActivateLease {
-            id,
-            provider_state: provider_state.clone(),
-            event,
-        })
-        .await
-    }
-
-    async fn abandon_lease(
-        &self,
-        id: Uuid,
-        cleaned: bool,
-        error: &str,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Lease, StoreError> {
-        self.submit_lease(Op::AbandonLease {
-            id,
-            cleaned,
-            error: error.to_string(),
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn claim_revocations(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-        claim_for: time::Duration,
-    ) -> Result<Vec<Lease>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // One autocommit statement, outside the write batches: a claim appends no audit,
-        // and SKIP LOCKED lets concurrent claimers (other replicas) take disjoint sets
-        // without waiting for each other or for the chain head.
-        let rows = sqlx::query(sql::CLAIM_REVOCATIONS)
-            .bind(to_unix_ms(now))
-            .bind(to_unix_ms(now + claim_for))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        rows.iter()
-            .map(|r| lease_from_row(r).map(|l| l.lease))
-            .collect()
-    }
-
-    async fn complete_revocation(
-        &self,
-        id: Uuid,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Lease>, StoreError> {
-        match self
-            .submit(Op::CompleteRevocation {
-                id,
-                actor: actor.to_string(),
-                now,
-            })
-            .await?
-        {
-            Output::MaybeLease(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn revocation_failed(
-        &self,
-        id: Uuid,
-        error: &str,
-        next_attempt: OffsetDateTime,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::RevocationFailed {
-            id,
-            error: error.to_string(),
-            next_attempt,
-            actor: actor.to_string(),
-            now,
-        })
-        .await
     }
 
     async fn live_provider_states(
@@ -616,13 +311,6 @@ impl Store for PgStore {
             .await
             .map_err(map_sqlx)?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.submit_unit(Op::AppendAudit(events)).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
@@ -690,20 +378,6 @@ impl Store for PgStore {
         Ok(verifier.finish(head))
     }
 
-    async fn add_signing_key(
-        &self,
-        key: &SigningKeyRecord,
-        retire_active: Option<OffsetDateTime>,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::AddSigningKey(
-            Box::new(key.clone()),
-            retire_active,
-            event,
-        ))
-        .await
-    }
-
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         sqlx::query(sql::LIST_SIGNING_KEYS)
             .fetch_all(&self.pool)
@@ -712,10 +386,6 @@ impl Store for PgStore {
             .iter()
             .map(signing_key_from_row)
             .collect()
-    }
-
-    async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {
-        writer::add_operator_token(&self.pool, token).await
     }
 
     async fn find_operator_token(

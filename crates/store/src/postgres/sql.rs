@@ -6,7 +6,7 @@
 //! twice; work queues (`expire_due`, `claim_revocations`) pick their rows with
 //! `FOR UPDATE SKIP LOCKED`, so concurrent replicas take disjoint batches.
 
-/// Lease columns, read by name by [`super::rows::lease_from_row`].
+/// Lease columns, read by name by [`crate::rows::lease_from_row`].
 macro_rules! lease_cols {
     () => {
         "id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
@@ -67,7 +67,6 @@ pub(crate) const ENABLE_IDENTITY: &str = concat!(
 );
 pub(crate) const DISABLE_IDENTITY: &str =
     "UPDATE identities SET enabled = FALSE WHERE id = $1 RETURNING owner";
-pub(crate) const IDENTITY_ENABLED: &str = "SELECT enabled FROM identities WHERE id = $1";
 /// Which of the identities in `$1` are disabled.
 pub(crate) const DISABLED_AMONG: &str =
     "SELECT id FROM identities WHERE NOT enabled AND id = ANY($1::text[])";
@@ -97,12 +96,8 @@ pub(crate) const END_ROOT_ROTATION: &str =
 pub(crate) const LIST_ROOT_ROTATIONS: &str =
     "SELECT target, sealed, started_at FROM target_rotations ORDER BY target";
 
-pub(crate) const INSERT_GRANT: &str = "INSERT INTO grants \
-     (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
-      context, state, revocation_reason, decision, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 pub(crate) const GET_GRANT: &str = concat!("SELECT ", grant_cols!(), " FROM grants WHERE id = $1");
-/// Multi-row form of [`INSERT_GRANT`]: one array per column.
+/// Inserts grants, one array per column.
 pub(crate) const INSERT_GRANTS_UNNEST: &str = "INSERT INTO grants \
      (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
       context, state, revocation_reason, decision, created_at, updated_at) \
@@ -110,12 +105,7 @@ pub(crate) const INSERT_GRANTS_UNNEST: &str = "INSERT INTO grants \
        $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], \
        $12::text[], $13::text[], $14::bigint[], $15::bigint[])";
 
-pub(crate) const INSERT_LEASE: &str = "INSERT INTO leases \
-     (id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
-      max_expires_at, state, revocation_reason, external, provider_state, revoke_attempts, \
-      last_error, next_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
-/// Multi-row form of [`INSERT_LEASE`].
+/// Inserts leases, one array per column.
 pub(crate) const INSERT_LEASES_UNNEST: &str = "INSERT INTO leases \
      (id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
       max_expires_at, state, revocation_reason, external, provider_state, revoke_attempts, \

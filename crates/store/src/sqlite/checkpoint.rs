@@ -15,9 +15,8 @@
 use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
-use tokio::sync::mpsc::WeakSender;
 
-use super::writer::Msg;
+use crate::engine::WriterWatch;
 
 /// How often the background checkpoint runs: at thousands of grants per second the WAL
 /// grows by about a MiB in this time.
@@ -28,14 +27,13 @@ pub(crate) const WRITER_BACKSTOP_PAGES: &str = "8192";
 
 /// Runs until the store's writer is gone (every strong sender dropped), then closes its
 /// connection, which lets SQLite checkpoint one last time if it is the last one open.
-pub(crate) async fn run(mut conn: SqliteConnection, writer: WeakSender<Msg>) {
+pub(crate) async fn run(mut conn: SqliteConnection, writer: WriterWatch) {
     let mut ticks = tokio::time::interval(INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match writer.upgrade() {
-            Some(tx) if !tx.is_closed() => {}
-            _ => break,
+        if !writer.is_running() {
+            break;
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut conn)

@@ -17,7 +17,7 @@ const SQLITE_LOCKED: i64 = 6;
 const SQLITE_READONLY: i64 = 8;
 
 /// Maps an error with no better context. Call sites that know which record a unique
-/// violation is about use [`conflict_or`] instead, so the caller learns what clashed.
+/// violation is about use [`conflict_or_rusqlite`] instead, so the caller learns what clashed.
 pub(crate) fn map_sqlx(err: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match err {
@@ -77,13 +77,53 @@ pub(crate) fn migrate_error(err: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
+/// [`map_sqlx`] for the writer's own (rusqlite) connection: the same classification.
+pub(crate) fn map_rusqlite(err: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match err {
+        rusqlite::Error::SqliteFailure(e, msg) => {
+            let msg = msg.unwrap_or_else(|| e.to_string());
+            match e.code {
+                C::ConstraintViolation if is_unique(&e) => StoreError::Conflict {
+                    what: "record",
+                    id: msg,
+                },
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::CannotOpen
+                | C::ReadOnly => StoreError::Unavailable(msg),
+                C::DatabaseCorrupt | C::NotADatabase => StoreError::Corrupt(msg),
+                _ => StoreError::Backend(msg),
+            }
+        }
+        e @ (rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::IntegralValueOutOfRange(..)) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+fn is_unique(e: &rusqlite::ffi::Error) -> bool {
+    matches!(
+        e.extended_code,
+        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
 /// Maps a unique violation to `Conflict { what, id }` and anything else as usual.
-pub(crate) fn conflict_or(err: sqlx::Error, what: &'static str, id: &str) -> StoreError {
+pub(crate) fn conflict_or_rusqlite(
+    err: rusqlite::Error,
+    what: &'static str,
+    id: &str,
+) -> StoreError {
     match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+        rusqlite::Error::SqliteFailure(e, _) if is_unique(e) => StoreError::Conflict {
             what,
             id: id.to_string(),
         },
-        _ => map_sqlx(err),
+        _ => map_rusqlite(err),
     }
 }

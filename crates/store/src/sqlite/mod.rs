@@ -6,7 +6,6 @@
 mod checkpoint;
 mod error;
 mod registry;
-mod rows;
 pub(crate) mod sql;
 mod verify;
 mod writer;
@@ -17,24 +16,24 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::audit::{AuditDraft, AuditEvent, VerifyReport};
-use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
+use mayfly_core::audit::{AuditEvent, VerifyReport};
+use mayfly_core::model::{Grant, Identity, Lease, Target};
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation, RevokeOutcome,
-    SigningKeyRecord, Store, StoreError, StoreStats,
+    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation,
+    SigningKeyRecord, StoreError, StoreStats,
 };
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot, Mutex};
 
 use self::error::{corrupt, map_sqlx, migrate_error};
 use self::registry::Registry;
-use self::rows::{
+use self::writer::SqliteWriter;
+use crate::engine::{self, EngineStore, Placement, Reads};
+use crate::rows::{
     grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
     signing_key_from_row, target_from_row,
 };
-use self::writer::{Msg, Op, Output, Writer, WriterConn};
 
 /// Default and maximum page size of the `list_*` calls.
 const DEFAULT_LIMIT: u32 = 100;
@@ -71,6 +70,14 @@ impl Durability {
         match self {
             Durability::Fsync => SqliteSynchronous::Full,
             Durability::CrashSafe => SqliteSynchronous::Normal,
+        }
+    }
+
+    /// The `PRAGMA synchronous` value of [`Durability::synchronous`].
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            Durability::Fsync => "FULL",
+            Durability::CrashSafe => "NORMAL",
         }
     }
 }
@@ -129,32 +136,29 @@ fn parse_location(url_or_path: &str) -> Result<Location, StoreError> {
     Ok(Location::File(PathBuf::from(rest)))
 }
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite implementation of [`Store`](mayfly_core::store::Store): the engine's writer over [`SqliteWriter`] plus
+/// [`SqliteReads`].
 ///
-/// Dropping it stops the writer once queued writes are done; [`SqliteStore::close`] also
+/// Dropping it stops the writer once queued writes are done; [`EngineStore::close`] also
 /// waits for that.
-pub struct SqliteStore {
-    writer_tx: mpsc::Sender<Msg>,
-    /// Resolves (with an error, if it panicked) once the writer thread has finished.
-    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+pub type SqliteStore = EngineStore<SqliteReads>;
+
+/// The read side of the SQLite backend: a small pool of read-only connections and the
+/// in-memory registry of identities and targets.
+pub struct SqliteReads {
     read: SqlitePool,
     registry: Arc<Registry>,
     durability: Durability,
+    /// The directory of an in-memory store, removed when the store is dropped.
+    _temporary: Option<tempfile::TempDir>,
 }
 
-impl fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("durability", &self.durability)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SqliteStore {
+impl EngineStore<SqliteReads> {
     /// Opens (creating if missing, with its parent directory) and migrates the database.
     ///
     /// Accepts `sqlite:///abs/path.db`, `sqlite://rel/path.db`, `sqlite:path.db`, a bare
-    /// path, or `sqlite::memory:` (one connection shared by reads and writes; for tests).
+    /// path, or `sqlite::memory:` (a database in a temporary directory removed with the
+    /// store; for tests).
     /// Must be called inside a Tokio runtime: it spawns the writer task.
     pub async fn open(
         url_or_path: &str,
@@ -169,165 +173,76 @@ impl SqliteStore {
             // text and elapsed time only, never bound values, so no secret can appear.
             .log_statements(tracing::log::LevelFilter::Debug)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-        let (writer_conn, read, checkpointer) = match parse_location(url_or_path)? {
+        // An in-memory store is a database in a private temporary directory that goes
+        // away with the store: the same code path (and the same WAL concurrency) as a
+        // file, with nothing left behind.
+        let (path, temporary) = match parse_location(url_or_path)? {
             Location::Memory => {
-                let opts = SqliteConnectOptions::from_str("sqlite::memory:")
-                    .map_err(map_sqlx)?
-                    .foreign_keys(true)
-                    .busy_timeout(BUSY_TIMEOUT);
-                // An in-memory database lives inside one connection, so reads and writes
-                // take turns on it; it must never be closed for idleness.
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_with(opts)
-                    .await
-                    .map_err(map_sqlx)?;
-                {
-                    let mut conn = pool.acquire().await.map_err(map_sqlx)?;
-                    sqlx::migrate!()
-                        .run_direct(&mut *conn)
-                        .await
-                        .map_err(migrate_error)?;
-                }
-                // Nothing to checkpoint: an in-memory database has no WAL.
-                (WriterConn::Shared(pool.clone()), pool, None)
+                let dir = tempfile::Builder::new()
+                    .prefix("mayfly-memory-")
+                    .tempdir()
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("creating a temporary directory: {e}"))
+                    })?;
+                (dir.path().join("mayfly.db"), Some(dir))
             }
-            Location::File(path) => {
-                create_parent(&path)?;
-                private_database(&path)?;
-                let opts = base.filename(&path).create_if_missing(true);
-                // The writer gets a 64 MiB page cache (bulk revocations touch hundreds of
-                // thousands of index pages; the 2 MiB default spills mid-transaction) and
-                // in-memory temp tables for the `IN (json_each …)` lookups.
-                let mut conn = opts
-                    .clone()
-                    .pragma("cache_size", "-65536")
-                    .pragma("temp_store", "MEMORY")
-                    .pragma("wal_autocheckpoint", checkpoint::WRITER_BACKSTOP_PAGES)
-                    .connect()
-                    .await
-                    .map_err(|e| open_error(&path, e))?;
-                // `run_direct` rather than `run`: the latter's `Acquire` bound makes this future
-                // not `Send`, and servers open the store inside spawned tasks.
-                sqlx::migrate!()
-                    .run_direct(&mut conn)
-                    .await
-                    .map_err(migrate_error)?;
-                // Readers cannot write even by mistake: every write must pass the writer,
-                // which owns the audit chain head.
-                let read = SqlitePoolOptions::new()
-                    .max_connections(READ_POOL_SIZE)
-                    .connect_with(
-                        opts.clone()
-                            .create_if_missing(false)
-                            .pragma("query_only", "ON"),
-                    )
-                    .await
-                    .map_err(|e| open_error(&path, e))?;
-                let checkpointer = opts
-                    .clone()
-                    .create_if_missing(false)
-                    .connect()
-                    .await
-                    .map_err(|e| open_error(&path, e))?;
-                (WriterConn::Owned(conn), read, Some(checkpointer))
-            }
+            Location::File(path) => (path, None),
         };
-        let registry = Arc::new(Registry::default());
-        let writer = Writer::new(writer_conn, Arc::clone(&registry)).await?;
-        let (writer_tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let writer_done = spawn_writer_thread(writer, rx)?;
-        if let Some(conn) = checkpointer {
-            tokio::spawn(checkpoint::run(conn, writer_tx.downgrade()));
+        create_parent(&path)?;
+        private_database(&path)?;
+        let opts = base.filename(&path).create_if_missing(true);
+        {
+            let mut conn = opts
+                .clone()
+                .connect()
+                .await
+                .map_err(|e| open_error(&path, e))?;
+            // `run_direct` rather than `run`: the latter's `Acquire` bound makes this future
+            // not `Send`, and servers open the store inside spawned tasks.
+            sqlx::migrate!()
+                .run_direct(&mut conn)
+                .await
+                .map_err(migrate_error)?;
+            conn.close().await.map_err(|e| open_error(&path, e))?;
         }
-        Ok(SqliteStore {
-            writer_tx,
-            writer_done: Mutex::new(Some(writer_done)),
-            read,
-            registry,
-            durability,
+        // Readers cannot write even by mistake: every write must pass the writer, which
+        // owns the audit chain head.
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_POOL_SIZE)
+            .connect_with(
+                opts.clone()
+                    .create_if_missing(false)
+                    .pragma("query_only", "ON"),
+            )
+            .await
+            .map_err(|e| open_error(&path, e))?;
+        let checkpointer = opts
+            .clone()
+            .create_if_missing(false)
+            .connect()
+            .await
+            .map_err(|e| open_error(&path, e))?;
+        let registry = Arc::new(Registry::default());
+        let writer = engine::spawn(
+            SqliteWriter::open(&path, durability, BUSY_TIMEOUT, Arc::clone(&registry))?,
+            WRITE_QUEUE,
+            Placement::Thread("mayfly-sqlite-writer"),
+        )?;
+        tokio::spawn(checkpoint::run(checkpointer, writer.watch()));
+        Ok(EngineStore {
+            writer,
+            reads: SqliteReads {
+                read,
+                registry,
+                durability,
+                _temporary: temporary,
+            },
         })
     }
 
     pub fn durability(&self) -> Durability {
-        self.durability
+        self.reads.durability
     }
-
-    /// Finishes queued writes, stops the writer and closes every connection. Later calls
-    /// fail with `Unavailable`.
-    pub async fn close(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.writer_tx.send(Msg::Shutdown(ack)).await.is_ok() {
-            let _ = done.await;
-        }
-        if let Some(done) = self.writer_done.lock().await.take() {
-            if done.await.is_err() {
-                tracing::error!("the SQLite writer thread ended abnormally");
-            }
-        }
-        self.read.close().await;
-    }
-
-    async fn submit(&self, op: Op) -> Result<Output, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer_tx
-            .send(Msg::Job(Box::new(op), reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
-        answer.await.map_err(|_| {
-            StoreError::Unavailable("the store's writer stopped before answering".into())
-        })?
-    }
-
-    async fn submit_unit(&self, op: Op) -> Result<(), StoreError> {
-        match self.submit(op).await? {
-            Output::Unit => Ok(()),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn submit_lease(&self, op: Op) -> Result<Lease, StoreError> {
-        match self.submit(op).await? {
-            Output::Lease(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn submit_outcome(&self, op: Op) -> Result<RevokeOutcome, StoreError> {
-        match self.submit(op).await? {
-            Output::Outcome(o) => Ok(o),
-            _ => Err(unexpected()),
-        }
-    }
-}
-
-/// Runs the writer on a thread of its own, with its own single-threaded runtime.
-///
-/// On the shared runtime every statement's reply from SQLite's thread waited in the run
-/// queue behind HTTP handlers before the writer could send the next one; with about ten
-/// statements per group commit that queueing, not SQLite, set the commit rate. Here the
-/// writer wakes as soon as SQLite answers.
-fn spawn_writer_thread(
-    writer: Writer,
-    rx: mpsc::Receiver<Msg>,
-) -> Result<oneshot::Receiver<()>, StoreError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("mayfly-sqlite-writer-blocking")
-        .build()
-        .map_err(|e| StoreError::Backend(format!("starting the SQLite writer runtime: {e}")))?;
-    let (done_tx, done) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("mayfly-sqlite-writer".into())
-        .spawn(move || {
-            runtime.block_on(writer.run(rx));
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| StoreError::Backend(format!("starting the SQLite writer thread: {e}")))?;
-    Ok(done)
 }
 
 /// Verifies the chain in one read transaction: the head and the rows come from the same
@@ -348,10 +263,6 @@ async fn verify_on(conn: &mut SqliteConnection) -> Result<VerifyReport, StoreErr
     let report = verify::verify(&mut tx, head).await?;
     tx.rollback().await.map_err(map_sqlx)?;
     Ok(report)
-}
-
-fn unexpected() -> StoreError {
-    StoreError::Backend("the store's writer returned a reply of the wrong kind".into())
 }
 
 /// Creates the directories up to the database, owner-only like the database itself.
@@ -435,27 +346,17 @@ fn limit(l: Option<u32>) -> i64 {
 }
 
 #[async_trait::async_trait]
-impl Store for SqliteStore {
+impl Reads for SqliteReads {
+    async fn close(&self) {
+        self.read.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer_tx.is_closed() {
-            return Err(StoreError::Unavailable(
-                "the store's writer has stopped".into(),
-            ));
-        }
         sqlx::query("SELECT 1")
             .execute(&self.read)
             .await
             .map(|_| ())
             .map_err(map_sqlx)
-    }
-
-    async fn create_identity(
-        &self,
-        identity: &Identity,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CreateIdentity(Box::new(identity.clone()), event))
-            .await
     }
 
     async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
@@ -487,152 +388,12 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn enable_identity(&self, id: &str, event: AuditDraft) -> Result<Identity, StoreError> {
-        match self
-            .submit(Op::EnableIdentity(id.to_string(), event))
-            .await?
-        {
-            Output::Identity(i) => Ok(i),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn disable_identity(
-        &self,
-        id: &str,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        self.submit_outcome(Op::DisableIdentity {
-            id: id.to_string(),
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn create_target(
-        &self,
-        target: &Target,
-        admin_sealed: Option<&[u8]>,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CreateTarget(
-            Box::new(target.clone()),
-            admin_sealed.map(<[u8]>::to_vec),
-            event,
-        ))
-        .await
-    }
-
     async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         sqlx::query_scalar(sql::GET_TARGET_SECRET)
             .bind(name)
             .fetch_optional(&self.read)
             .await
             .map_err(map_sqlx)
-    }
-
-    async fn set_target_secret(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::SetTargetSecret {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
-    }
-
-    async fn activate_lease(
-        &self,
-        id: Uuid,
-        provider_state: &serde_json::Value,
-        event: AuditDraft,
-    ) -> Result<Lease, StoreError> {
-        self.submit_lease(Op::ActivateLease {
-            id,
-            provider_state: provider_state.clone(),
-            event,
-        })
-        .await
-    }
-
-    async fn abandon_lease(
-        &self,
-        id: Uuid,
-        cleaned: bool,
-        error: &str,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Lease, StoreError> {
-        self.submit_lease(Op::AbandonLease {
-            id,
-            cleaned,
-            error: error.to_string(),
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn claim_revocations(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-        claim_for: time::Duration,
-    ) -> Result<Vec<Lease>, StoreError> {
-        match self
-            .submit(Op::ClaimRevocations {
-                now,
-                limit,
-                until: now + claim_for,
-            })
-            .await?
-        {
-            Output::Leases(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn complete_revocation(
-        &self,
-        id: Uuid,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Lease>, StoreError> {
-        match self
-            .submit(Op::CompleteRevocation {
-                id,
-                actor: actor.to_string(),
-                now,
-            })
-            .await?
-        {
-            Output::MaybeLease(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn revocation_failed(
-        &self,
-        id: Uuid,
-        error: &str,
-        next_attempt: OffsetDateTime,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::RevocationFailed {
-            id,
-            error: error.to_string(),
-            next_attempt,
-            actor: actor.to_string(),
-            now,
-        })
-        .await
     }
 
     async fn live_provider_states(
@@ -667,42 +428,6 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx)?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn begin_root_rotation(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.submit_unit(Op::BeginRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-        })
-        .await
-    }
-
-    async fn commit_root_rotation(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::CommitRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
-    }
-
-    async fn abandon_root_rotation(
-        &self,
-        name: &str,
-        sealed: &[u8],
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::AbandonRootRotation {
-            name: name.to_string(),
-            sealed: sealed.to_vec(),
-            event,
-        })
-        .await
     }
 
     async fn pending_root_rotations(&self) -> Result<Vec<PendingRootRotation>, StoreError> {
@@ -747,20 +472,6 @@ impl Store for SqliteStore {
             .iter()
             .map(target_from_row)
             .collect()
-    }
-
-    async fn record_grant(
-        &self,
-        grant: &Grant,
-        lease: Option<&Lease>,
-        events: Vec<AuditDraft>,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::RecordGrant(
-            Box::new(grant.clone()),
-            lease.map(|l| Box::new(l.clone())),
-            events,
-        ))
-        .await
     }
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
@@ -827,63 +538,12 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn renew_lease(
-        &self,
-        id: Uuid,
-        requested_expiry: OffsetDateTime,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<Lease, StoreError> {
-        match self
-            .submit(Op::RenewLease {
-                id,
-                requested: requested_expiry,
-                actor: actor.to_string(),
-                now,
-            })
-            .await?
-        {
-            Output::Lease(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn revoke(
-        &self,
-        selector: &LeaseSelector,
-        reason: RevocationReason,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        self.submit_outcome(Op::Revoke {
-            selector: selector.clone(),
-            reason,
-            actor: actor.to_string(),
-            now,
-        })
-        .await
-    }
-
-    async fn expire_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Lease>, StoreError> {
-        match self.submit(Op::ExpireDue { now, limit }).await? {
-            Output::Leases(l) => Ok(l),
-            _ => Err(unexpected()),
-        }
-    }
-
     async fn next_expiry(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let ms: Option<i64> = sqlx::query_scalar(sql::NEXT_EXPIRY)
             .fetch_one(&self.read)
             .await
             .map_err(map_sqlx)?;
         Ok(ms.map(from_unix_ms))
-    }
-
-    async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.submit_unit(Op::AppendAudit(events)).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
@@ -931,20 +591,6 @@ impl Store for SqliteStore {
         report
     }
 
-    async fn add_signing_key(
-        &self,
-        key: &SigningKeyRecord,
-        retire_active: Option<OffsetDateTime>,
-        event: AuditDraft,
-    ) -> Result<(), StoreError> {
-        self.submit_unit(Op::AddSigningKey(
-            Box::new(key.clone()),
-            retire_active,
-            event,
-        ))
-        .await
-    }
-
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         sqlx::query(sql::LIST_SIGNING_KEYS)
             .fetch_all(&self.read)
@@ -953,10 +599,6 @@ impl Store for SqliteStore {
             .iter()
             .map(signing_key_from_row)
             .collect()
-    }
-
-    async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {
-        self.submit_unit(Op::AddOperatorToken(token.clone())).await
     }
 
     async fn find_operator_token(

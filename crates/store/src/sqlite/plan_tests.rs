@@ -19,7 +19,7 @@ async fn plan(store: &SqliteStore, sql: &str, params: usize) -> Vec<String> {
     for _ in 0..params {
         q = q.bind(None::<String>);
     }
-    q.fetch_all(&store.read)
+    q.fetch_all(&store.reads.read)
         .await
         .unwrap_or_else(|e| panic!("explaining {sql}: {e}"))
         .iter()
@@ -250,22 +250,24 @@ async fn durability_sets_synchronous_and_wal() {
     for (durability, expected) in [(Durability::Fsync, 2i64), (Durability::CrashSafe, 1)] {
         let (_dir, store) = open_temp(durability).await;
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&store.read)
+            .fetch_one(&store.reads.read)
             .await
             .unwrap();
         assert_eq!(sync, expected, "{durability}");
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&store.read)
+            .fetch_one(&store.reads.read)
             .await
             .unwrap();
         assert_eq!(mode, "wal");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&store.read)
+            .fetch_one(&store.reads.read)
             .await
             .unwrap();
         assert_eq!(fk, 1);
         // Reads cannot write, so nothing can bypass the writer's chain head.
-        let err = sqlx::query("DELETE FROM audit").execute(&store.read).await;
+        let err = sqlx::query("DELETE FROM audit")
+            .execute(&store.reads.read)
+            .await;
         assert!(err.is_err());
         assert_eq!(store.durability(), durability);
         store.close().await;

@@ -34,12 +34,7 @@ pub(crate) struct Registry {
     targets: RwLock<HashMap<String, Target>>,
 }
 
-/// A name whose record the writer changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Changed {
-    Identity(String),
-    Target(String),
-}
+pub(crate) use crate::engine::Changed;
 
 impl Registry {
     pub(crate) fn identity(&self, id: &str) -> Result<Identity, Generation> {

@@ -1,7 +1,7 @@
 //! The SQL of every request path, as constants, so the query-plan test checks exactly the
 //! text the store runs.
 
-/// Lease columns, in the order [`super::rows::lease_from_row`] reads them by name.
+/// Lease columns, in the order [`crate::rows::lease_from_row`] reads them by name.
 macro_rules! lease_cols {
     () => {
         "id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
@@ -80,7 +80,6 @@ pub(crate) const ENABLE_IDENTITY: &str = concat!(
 );
 pub(crate) const DISABLE_IDENTITY: &str =
     "UPDATE identities SET enabled = 0 WHERE id = ?1 RETURNING owner";
-pub(crate) const IDENTITY_ENABLED: &str = "SELECT enabled FROM identities WHERE id = ?1";
 
 pub(crate) const INSERT_TARGET: &str = "INSERT INTO targets \
      (name, kind, actions, default_ttl_s, max_ttl_s, allow, settings, created_at) \
@@ -90,19 +89,10 @@ pub(crate) const GET_TARGET: &str = "SELECT name, kind, actions, default_ttl_s, 
 pub(crate) const LIST_TARGETS: &str = "SELECT name, kind, actions, default_ttl_s, max_ttl_s, \
      allow, settings, created_at FROM targets ORDER BY name";
 
-pub(crate) const INSERT_GRANT: &str = "INSERT INTO grants \
-     (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
-      context, state, revocation_reason, decision, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 pub(crate) const GET_GRANT: &str = concat!("SELECT ", grant_cols!(), " FROM grants WHERE id = ?1");
 
-pub(crate) const INSERT_LEASE: &str = "INSERT INTO leases \
-     (id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
-      max_expires_at, state, revocation_reason, external, provider_state, revoke_attempts, \
-      last_error, next_attempt_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
-/// Multi-row forms of the two inserts above for a run of `record_grant` calls in one
-/// batch: `?1` is a JSON array of rows, each an array of the columns in order.
+/// Insert grants and leases (one or a run of `record_grant` calls in one batch): `?1` is a
+/// JSON array of rows, each an array of the columns in order.
 pub(crate) const INSERT_GRANTS_JSON: &str = "INSERT INTO grants \
      (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
       context, state, revocation_reason, decision, created_at, updated_at) \

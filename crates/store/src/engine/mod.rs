@@ -1,0 +1,218 @@
+//! The store engine: every audited write of every backend, written once.
+//!
+//! This module owns the write protocol. All mutations of a store go through one writer
+//! task ([`writer::Writer`]) that commits in groups: whatever queued while the previous
+//! commit was flushing joins the next one, so one commit (one fsync) acknowledges many
+//! calls. The engine dispatches each operation ([`ops::Op`]), runs it inside its own
+//! savepoint, seals the audit events it appends onto the chain head in commit order
+//! ([`chain`]), and inserts the rows and the new head before the commit.
+//!
+//! A backend supplies only what differs between databases, through [`Backend`]: how a
+//! batch begins (SQLite `BEGIN IMMEDIATE`; PostgreSQL a transaction that locks the chain
+//! head row, which serialises every replica's audited writes), its SQL text, its type
+//! encodings and its connection I/O. Each method is one statement or one short exchange
+//! and holds no policy: checks such as "a renewal never passes the cap" live here.
+//!
+//! **When one operation fails.** An operation's own error (`NotFound`, `Conflict`,
+//! `Rejected`, `Corrupt`, `Backend`) rolls back only its savepoint; the rest of its group
+//! commits, so one bad call cannot fail its neighbours. `Unavailable` is different: it
+//! means the connection itself can no longer be trusted, so the whole batch is rolled
+//! back and every caller in it is told `Unavailable` (nothing was written; retry).
+
+mod chain;
+pub(crate) mod ops;
+mod store;
+mod writer;
+
+use mayfly_core::model::{
+    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+};
+use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
+use mayfly_core::{OffsetDateTime, Uuid};
+
+#[cfg(test)]
+pub(crate) use chain::seal_next;
+pub(crate) use chain::{Head, SealedRow};
+pub use store::{EngineStore, Reads};
+pub(crate) use writer::{spawn, Placement, WriterWatch};
+
+/// A lease row as the engine reads it back: the lease, plus the owner denormalised onto it
+/// (audit events name the owner; the domain `Lease` does not carry it).
+#[derive(Debug)]
+pub(crate) struct LeaseRow {
+    pub(crate) lease: Lease,
+    pub(crate) owner: String,
+}
+
+/// What audit events of a revocation need from each lease it ended.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    pub(crate) id: Uuid,
+    pub(crate) grant_id: Uuid,
+    pub(crate) identity: String,
+    pub(crate) owner: String,
+    pub(crate) target: String,
+    pub(crate) task: String,
+    /// `Revoking` for an external credential, `Revoked` for a self-contained one.
+    pub(crate) state: LeaseState,
+}
+
+/// The end state issued grants move to when their leases end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrantEnd {
+    Revoked,
+    Expired,
+}
+
+/// A single grant's move out of `pending` once its write-ahead lease is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrantMove {
+    Issued,
+    Failed,
+}
+
+/// A name whose identity or target record a committed batch changed (for caches).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Changed {
+    Identity(String),
+    Target(String),
+}
+
+/// One database's side of the write protocol. Methods run inside the batch transaction
+/// [`Backend::begin`] opened; they map database errors to [`StoreError`] (unique
+/// violations to `Conflict` naming the record, lost connections to `Unavailable`).
+#[async_trait::async_trait]
+pub(crate) trait Backend: Send + 'static {
+    /// Audit rows encoded for one insert statement. Built on the sealing thread, so bulk
+    /// revocations encode while the database works.
+    type AuditRows: Send + 'static;
+    /// Most audit rows per insert statement.
+    const AUDIT_CHUNK: usize;
+
+    /// Opens the batch transaction, taking whatever serialises audited writes, and returns
+    /// the chain head as committed.
+    async fn begin(&mut self) -> Result<Head, StoreError>;
+    async fn commit(&mut self) -> Result<(), StoreError>;
+    /// Best effort: after a failed commit the transaction may already be gone.
+    async fn rollback(&mut self);
+    async fn savepoint(&mut self) -> Result<(), StoreError>;
+    async fn release_savepoint(&mut self) -> Result<(), StoreError>;
+    async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+    /// Called after a commit, before any caller hears back.
+    fn committed(&mut self, _changed: &[Changed]) {}
+
+    // --- identities and targets ------------------------------------------------------
+    async fn insert_identity(&mut self, identity: &Identity) -> Result<(), StoreError>;
+    /// Enables the identity; `None` if there is none.
+    async fn enable_identity(&mut self, id: &str) -> Result<Option<Identity>, StoreError>;
+    /// Disables the identity and returns its owner; `None` if there is none.
+    async fn disable_identity(&mut self, id: &str) -> Result<Option<String>, StoreError>;
+    /// Which of `ids` are disabled.
+    async fn disabled_among(&mut self, ids: &[&str]) -> Result<Vec<String>, StoreError>;
+    async fn insert_target(&mut self, target: &Target) -> Result<(), StoreError>;
+    async fn target_exists(&mut self, name: &str) -> Result<bool, StoreError>;
+    async fn put_target_secret(
+        &mut self,
+        name: &str,
+        sealed: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Records the rotation unless one of the target is recorded; whether it was recorded.
+    async fn begin_root_rotation(
+        &mut self,
+        name: &str,
+        sealed: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Removes the rotation of `name` that recorded `sealed`; whether there was one.
+    async fn end_root_rotation(&mut self, name: &str, sealed: &[u8]) -> Result<bool, StoreError>;
+
+    // --- grants and leases ------------------------------------------------------------
+    /// Inserts the grants and their leases (the lease's owner is its grant's; a `revoking`
+    /// lease is due for its first attempt at `now`). One call may insert many: the engine
+    /// groups consecutive `record_grant` calls.
+    async fn insert_grants(
+        &mut self,
+        items: &[(&Grant, Option<&Lease>)],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// The lease, locked against concurrent change until the batch ends where the
+    /// database needs that to be said.
+    async fn lease_for_update(&mut self, id: Uuid) -> Result<Option<LeaseRow>, StoreError>;
+    async fn set_lease_expiry(&mut self, id: Uuid, to: OffsetDateTime) -> Result<(), StoreError>;
+    /// `creating` → `active` with the final provider state; `None` if not `creating`.
+    async fn activate_lease(
+        &mut self,
+        id: Uuid,
+        provider_state: &serde_json::Value,
+    ) -> Result<Option<LeaseRow>, StoreError>;
+    /// `creating` → `revoked` (`cleaned`) or `revoking`; `None` if not `creating`.
+    async fn abandon_lease(
+        &mut self,
+        id: Uuid,
+        cleaned: bool,
+        error: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<LeaseRow>, StoreError>;
+    async fn move_grant(
+        &mut self,
+        id: Uuid,
+        to: GrantMove,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Moves the `issued` grants among `ids` to `to`.
+    async fn end_grants(
+        &mut self,
+        ids: &[Uuid],
+        to: GrantEnd,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Ends every live lease the selector matches: self-contained ones `revoked`, external
+    /// ones `revoking` (due now). Set-based: 100,000 leases are one or two statements.
+    async fn end_leases(
+        &mut self,
+        selector: &LeaseSelector,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Ended>, StoreError>;
+    /// Ends up to `limit` active leases due at `now` (the TTL), in any order.
+    async fn expire_due(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LeaseRow>, StoreError>;
+    async fn claim_revocations(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Lease>, StoreError>;
+    /// `revoking` → `revoked`/`expired`; `None` if not `revoking`.
+    async fn complete_revocation(&mut self, id: Uuid) -> Result<Option<LeaseRow>, StoreError>;
+    /// Counts a failed attempt and schedules the next; `None` if not `revoking`.
+    async fn revocation_failed(
+        &mut self,
+        id: Uuid,
+        error: &str,
+        next_attempt: OffsetDateTime,
+    ) -> Result<Option<LeaseRow>, StoreError>;
+
+    // --- keys and operator tokens -------------------------------------------------------
+    async fn retire_active_key(
+        &mut self,
+        retired_at: OffsetDateTime,
+        publish_until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// `Conflict` naming the active key when another one is active.
+    async fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    async fn insert_operator_token(
+        &mut self,
+        token: &OperatorTokenRecord,
+    ) -> Result<(), StoreError>;
+
+    // --- audit --------------------------------------------------------------------------
+    fn encode_audit(rows: Vec<SealedRow>) -> Result<Self::AuditRows, StoreError>;
+    async fn insert_audit(&mut self, rows: Self::AuditRows) -> Result<(), StoreError>;
+    async fn set_audit_head(&mut self, head: &Head) -> Result<(), StoreError>;
+}
