@@ -112,6 +112,13 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Whether credentials exist outside Mayfly and revocation must reach the target.
     fn external(&self) -> bool;
+    /// For external kinds: the key of [`Provider::plan`]'s object that names what will
+    /// exist on the target (`username` for database users). The broker records the plan
+    /// under it before issuing, checks that [`Provider::issue`] created exactly the planned
+    /// name, and reconciliation asks the store which names its leases recorded under it.
+    fn live_key(&self) -> Option<&'static str> {
+        None
+    }
     /// Checks a target definition (and its admin secret, if any) before it is stored.
     fn validate_target(
         &self,

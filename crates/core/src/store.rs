@@ -295,15 +295,17 @@ pub trait Store: Send + Sync {
         target: &str,
     ) -> Result<Vec<serde_json::Value>, StoreError>;
 
-    /// Which of `usernames` the leases of `target` recorded in their provider state (the
-    /// write-ahead plan's `{"username": …}`), each mapped to whether one of those leases is
-    /// still live (creating, active, revoking). Names no lease of `target` recorded are
-    /// absent: reconciliation must never touch them. Reads the target's lease history, so
-    /// it is for reconciliation, not for request paths.
-    async fn recorded_usernames(
+    /// Which of `names` the leases of `target` recorded under `key` in their provider state
+    /// (the write-ahead plan's `{key: name}`; `key` is the provider's live key, e.g.
+    /// `username`, and must be `[a-z_]`, 1–32 characters), each mapped to whether one of
+    /// those leases is still live (creating, active, revoking). Names no lease of `target`
+    /// recorded are absent: reconciliation must never touch them. Reads the target's lease
+    /// history, so it is for reconciliation, not for request paths.
+    async fn recorded_names(
         &self,
         target: &str,
-        usernames: &[String],
+        key: &str,
+        names: &[String],
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError>;
 
     // --- audit --------------------------------------------------------------------------

@@ -234,8 +234,9 @@ impl Store for TokenStore {
     async fn live_provider_states(&self, _: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         unused()
     }
-    async fn recorded_usernames(
+    async fn recorded_names(
         &self,
+        _: &str,
         _: &str,
         _: &[String],
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {

@@ -1,5 +1,7 @@
-//! What the database providers share: the target settings schema, statement templates,
-//! username generation and password generation.
+//! What the SQL database providers share: the target settings schema and statement
+//! templates. The engine-neutral parts (write-ahead plan, usernames, passwords,
+//! reconciliation's choice) are in [`crate::plan`]; the template syntax in
+//! [`crate::template`].
 //!
 //! Nothing here talks to a database; [`crate::conn`] owns connections and error mapping.
 //!
@@ -36,18 +38,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mayfly_core::model::Target;
-use mayfly_core::provider::{Ledger, ProviderError, ReconcileReport, Recorded};
-use mayfly_core::secret::{random_bytes, SecretString};
+use mayfly_core::provider::ProviderError;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-/// Random characters in a username's `{{rand}}`: 36^10 ≈ 2^51, so two leases of the same
-/// identity never collide in practice (a collision fails `CREATE`, it never shares a user).
-pub const RAND_LEN: usize = 10;
-pub const DEFAULT_USERNAME_TEMPLATE: &str = "mayfly_{{identity}}_{{rand}}";
-pub const DEFAULT_PASSWORD_LENGTH: usize = 32;
-pub const MIN_PASSWORD_LENGTH: usize = 16;
-pub const MAX_PASSWORD_LENGTH: usize = 128;
+use crate::plan::{
+    NameRules, UsernameTemplate, DEFAULT_PASSWORD_LENGTH, DEFAULT_USERNAME_TEMPLATE,
+    MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH,
+};
+use crate::template::{Template, Var};
+
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 pub const MAX_TIMEOUT_SECONDS: u64 = 600;
 
@@ -70,6 +70,27 @@ pub struct EngineSpec {
     /// take the verifier as a hash (MariaDB: `PASSWORD`, `USING`); empty where any
     /// password literal accepts a verifier (PostgreSQL).
     pub verifier_after: &'static [&'static str],
+}
+
+impl EngineSpec {
+    /// The engine's rules for account names.
+    pub const fn names(&self) -> NameRules {
+        NameRules {
+            kind: self.kind,
+            max_len: self.max_username,
+            reserved_prefixes: self.reserved_prefixes,
+        }
+    }
+}
+
+/// The write-ahead plan for a lease on `request`'s target: the username from the
+/// target's own template (see [`crate::plan::plan_username`]).
+pub fn plan_for(
+    spec: &EngineSpec,
+    request: &mayfly_core::provider::IssueRequest<'_>,
+) -> Result<serde_json::Value, ProviderError> {
+    let config = Config::from_target(spec, request.target.target)?;
+    crate::plan::plan_username(&config.username, request)
 }
 
 /// The settings as written in the target definition.
@@ -227,7 +248,7 @@ impl Config {
                 .username_template
                 .as_deref()
                 .unwrap_or(DEFAULT_USERNAME_TEMPLATE),
-            spec,
+            &spec.names(),
         )?;
         let password_length = settings.password_length.unwrap_or(DEFAULT_PASSWORD_LENGTH);
         if !(MIN_PASSWORD_LENGTH..=MAX_PASSWORD_LENGTH).contains(&password_length) {
@@ -285,338 +306,6 @@ fn to_owned(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// A placeholder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Var {
-    Name,
-    Password,
-    Expiration,
-    Identity,
-    Action,
-    Rand,
-    Host,
-}
-
-impl Var {
-    fn parse(s: &str) -> Option<Var> {
-        Some(match s {
-            "name" => Var::Name,
-            "password" => Var::Password,
-            "expiration" => Var::Expiration,
-            "identity" => Var::Identity,
-            "action" => Var::Action,
-            "rand" => Var::Rand,
-            "host" => Var::Host,
-            _ => return None,
-        })
-    }
-    fn as_str(self) -> &'static str {
-        match self {
-            Var::Name => "name",
-            Var::Password => "password",
-            Var::Expiration => "expiration",
-            Var::Identity => "identity",
-            Var::Action => "action",
-            Var::Rand => "rand",
-            Var::Host => "host",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Piece {
-    Lit(String),
-    Var(Var),
-}
-
-/// A text with `{{placeholder}}`s, parsed once so rendering cannot fail.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Template {
-    pieces: Vec<Piece>,
-}
-
-/// Values substituted into a template; each must already be validated by its producer.
-#[derive(Default)]
-pub struct Values<'a> {
-    pub name: &'a str,
-    pub password: Option<&'a SecretString>,
-    pub expiration: &'a str,
-    pub identity: &'a str,
-    pub action: &'a str,
-    pub rand: &'a str,
-    pub host: &'a str,
-}
-
-impl Template {
-    pub fn parse(text: &str, allowed: &[Var]) -> Result<Template, String> {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                pieces.push(Piece::Lit(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| "unclosed {{ placeholder".to_string())?;
-            let name = after[..end].trim();
-            let var =
-                Var::parse(name).ok_or_else(|| format!("unknown placeholder {{{{{name}}}}}"))?;
-            if !allowed.contains(&var) {
-                return Err(format!(
-                    "placeholder {{{{{name}}}}} is not available here (allowed: {})",
-                    allowed
-                        .iter()
-                        .map(|v| format!("{{{{{}}}}}", v.as_str()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            pieces.push(Piece::Var(var));
-            rest = &after[end + 2..];
-        }
-        if rest.contains("}}") {
-            return Err("stray }} without {{".into());
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Lit(rest.to_string()));
-        }
-        Ok(Template { pieces })
-    }
-
-    pub fn uses(&self, var: Var) -> bool {
-        self.pieces.contains(&Piece::Var(var))
-    }
-
-    /// Whether every `{{password}}` is a quoted literal right after one of `keywords`
-    /// (case-insensitive, any whitespace in between): `PASSWORD '{{password}}'`.
-    pub fn password_after(&self, keywords: &[&str]) -> bool {
-        self.pieces.iter().enumerate().all(|(i, p)| {
-            if *p != Piece::Var(Var::Password) {
-                return true;
-            }
-            let before = match i.checked_sub(1).and_then(|j| self.pieces.get(j)) {
-                Some(Piece::Lit(s)) => s.as_str(),
-                _ => return false,
-            };
-            let after_quoted =
-                matches!(self.pieces.get(i + 1), Some(Piece::Lit(s)) if s.starts_with('\''));
-            let Some(head) = before.strip_suffix('\'') else {
-                return false;
-            };
-            let head = head.trim_end().to_ascii_uppercase();
-            after_quoted
-                && keywords.iter().any(|k| {
-                    head.strip_suffix(&k.to_ascii_uppercase())
-                        .is_some_and(|rest| rest.is_empty() || rest.ends_with(char::is_whitespace))
-                })
-        })
-    }
-
-    /// Renders into a [`SecretString`]: a statement may carry the password, so it is
-    /// zeroized on drop like any other secret and never printed.
-    pub fn render(&self, v: &Values<'_>) -> SecretString {
-        let mut out = String::new();
-        for p in &self.pieces {
-            match p {
-                Piece::Lit(s) => out.push_str(s),
-                Piece::Var(Var::Name) => out.push_str(v.name),
-                Piece::Var(Var::Password) => {
-                    if let Some(p) = v.password {
-                        out.push_str(p.expose())
-                    }
-                }
-                Piece::Var(Var::Expiration) => out.push_str(v.expiration),
-                Piece::Var(Var::Identity) => out.push_str(v.identity),
-                Piece::Var(Var::Action) => out.push_str(v.action),
-                Piece::Var(Var::Rand) => out.push_str(v.rand),
-                Piece::Var(Var::Host) => out.push_str(v.host),
-            }
-        }
-        SecretString::new(out)
-    }
-}
-
-/// The username template: literals restricted to `[a-z0-9_]`, `{{rand}}` required (it is
-/// what makes names unique), and a non-empty literal prefix that reconciliation uses to
-/// recognise Mayfly's users.
-#[derive(Clone, Debug)]
-pub struct UsernameTemplate {
-    template: Template,
-    prefix: String,
-    max_len: usize,
-}
-
-impl UsernameTemplate {
-    pub fn parse(text: &str, spec: &EngineSpec) -> Result<UsernameTemplate, ProviderError> {
-        let template = Template::parse(text, &[Var::Identity, Var::Action, Var::Rand])
-            .map_err(|e| bad(format!("username_template: {e}")))?;
-        if !template.uses(Var::Rand) {
-            return Err(bad(
-                "username_template must contain {{rand}} so concurrent leases get distinct users",
-            ));
-        }
-        let mut fixed = 0;
-        for p in &template.pieces {
-            match p {
-                Piece::Lit(s) => {
-                    if !s.chars().all(is_name_char) {
-                        return Err(bad(
-                            "username_template may only contain a-z, 0-9 and _ outside placeholders",
-                        ));
-                    }
-                    fixed += s.len();
-                }
-                Piece::Var(Var::Rand) => fixed += RAND_LEN,
-                Piece::Var(_) => {}
-            }
-        }
-        let prefix = match template.pieces.first() {
-            Some(Piece::Lit(s)) => s.clone(),
-            _ => String::new(),
-        };
-        if prefix.is_empty() {
-            return Err(bad(
-                "username_template must start with a fixed prefix (e.g. mayfly_) so leftover users can be recognised",
-            ));
-        }
-        if let Some(r) = spec
-            .reserved_prefixes
-            .iter()
-            .find(|r| prefix.starts_with(*r))
-        {
-            return Err(bad(format!(
-                "username_template must not start with {r:?} (reserved by {})",
-                spec.kind
-            )));
-        }
-        if fixed > spec.max_username {
-            return Err(bad(format!(
-                "username_template's fixed part is {fixed} characters; {} allows {}",
-                spec.kind, spec.max_username
-            )));
-        }
-        Ok(UsernameTemplate {
-            template,
-            prefix,
-            max_len: spec.max_username,
-        })
-    }
-
-    /// The fixed text every generated name starts with.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// A fresh name: identity and action reduced to `[a-z0-9_]` and shortened (identity
-    /// first) until the name fits the engine's limit; `{{rand}}` is never shortened.
-    pub fn generate(&self, identity: &str, action: &str) -> Result<String, ProviderError> {
-        let rand = random_chars(RAND_LEN, LOWER_ALNUM)?;
-        Ok(self.render_with(identity, action, &rand))
-    }
-
-    fn render_with(&self, identity: &str, action: &str, rand: &str) -> String {
-        let mut identity = sanitize(identity);
-        let mut action = sanitize(action);
-        let count = |v: Var| {
-            self.template
-                .pieces
-                .iter()
-                .filter(|p| **p == Piece::Var(v))
-                .count()
-        };
-        let (ni, na) = (count(Var::Identity), count(Var::Action));
-        let fixed: usize = self
-            .template
-            .pieces
-            .iter()
-            .map(|p| match p {
-                Piece::Lit(s) => s.len(),
-                Piece::Var(Var::Rand) => RAND_LEN,
-                Piece::Var(_) => 0,
-            })
-            .sum();
-        let budget = self.max_len.saturating_sub(fixed);
-        while ni * identity.len() + na * action.len() > budget {
-            if ni > 0 && !identity.is_empty() {
-                identity.pop();
-            } else if na > 0 && !action.is_empty() {
-                action.pop();
-            } else {
-                break;
-            }
-        }
-        self.template
-            .render(&Values {
-                identity: &identity,
-                action: &action,
-                rand,
-                ..Values::default()
-            })
-            .expose()
-            .to_string()
-    }
-
-    /// Whether `name` could have come from this template: right prefix, charset, length.
-    /// Checked on every name read back from lease state before it reaches SQL.
-    pub fn accepts(&self, name: &str) -> bool {
-        name.starts_with(&self.prefix) && valid_username(name, self.max_len)
-    }
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
-}
-
-/// `[a-z0-9_]+`, at most `max` bytes.
-pub fn valid_username(name: &str, max: usize) -> bool {
-    !name.is_empty() && name.len() <= max && name.chars().all(is_name_char)
-}
-
-/// Reduces free text (an identity id such as `billing-deployer.v2`) to `[a-z0-9_]`.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if is_name_char(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-/// `len` characters drawn uniformly from `alphabet` with the OS CSPRNG. Bytes at or above
-/// the largest multiple of the alphabet size are rejected, so there is no modulo bias.
-fn random_chars(len: usize, alphabet: &[u8]) -> Result<String, ProviderError> {
-    let n = alphabet.len();
-    let limit = 256 - (256 % n);
-    let mut out = String::with_capacity(len);
-    while out.len() < len {
-        let buf = random_bytes::<64>()
-            .map_err(|_| ProviderError::Failed("the system random generator failed".into()))?;
-        for b in buf {
-            if (b as usize) < limit {
-                out.push(char::from(alphabet[b as usize % n]));
-                if out.len() == len {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A new password: letters and digits only, so it needs no quoting in SQL or URLs
-/// (32 characters carry about 190 bits).
-pub fn generate_password(len: usize) -> Result<SecretString, ProviderError> {
-    random_chars(len, ALNUM).map(SecretString::new)
-}
-
 /// The expiry as placed in `{{expiration}}` and `VALID UNTIL`: RFC 3339 in UTC, whole seconds.
 pub fn format_expiration(t: OffsetDateTime) -> Result<String, ProviderError> {
     let t = t
@@ -627,93 +316,15 @@ pub fn format_expiration(t: OffsetDateTime) -> Result<String, ProviderError> {
         .map_err(|e| ProviderError::Failed(format!("expiry: {e}")))
 }
 
-/// The write-ahead plan shared by the database providers: the username the credential
-/// will have, chosen before anything exists on the target.
-pub fn plan_username(
-    spec: &EngineSpec,
-    request: &mayfly_core::provider::IssueRequest<'_>,
-) -> Result<serde_json::Value, ProviderError> {
-    let config = Config::from_target(spec, request.target.target)?;
-    let name = config
-        .username
-        .generate(&request.identity.id, &request.grant.action)?;
-    Ok(serde_json::json!({ "username": name }))
-}
-
-/// The username recorded by `plan` (and so in the lease's provider state).
-///
-/// `Fresh` (issuing) also requires the current template's prefix. `Existing` (renew,
-/// revoke) only requires Mayfly's username shape: the template may have changed since the
-/// lease was issued, and a revocation that can never succeed would keep a user alive.
-/// The shape check is what keeps the name safe in SQL either way.
-pub fn username_from_state(
-    state: &serde_json::Value,
-    template: &UsernameTemplate,
-    when: StateUse,
-) -> Result<String, ProviderError> {
-    let name = state
-        .get("username")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| ProviderError::Failed("lease state names no username".into()))?;
-    let ok = match when {
-        StateUse::Fresh => template.accepts(name),
-        StateUse::Existing => valid_username(name, template.max_len),
-    };
-    if !ok {
-        return Err(ProviderError::Failed(format!(
-            "lease state username {name:?} is not a username this target's template makes"
-        )));
-    }
-    Ok(name.to_string())
-}
-
-/// See [`username_from_state`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StateUse {
-    Fresh,
-    Existing,
-}
-
-/// A prefixed account found on a target by reconciliation.
-#[derive(Debug)]
-pub struct Candidate {
-    pub name: String,
-    /// Whether the target itself marks the account as Mayfly's for this target
-    /// (PostgreSQL: the role comment). `true` on engines with no place for a marker, where
-    /// the store's record is the only proof.
-    pub marked: bool,
-}
-
-/// The candidates reconciliation removes: recorded by this target's leases, every such
-/// lease ended, and marked. Each candidate is counted in `report.found`; those Mayfly
-/// cannot prove it made for this target are listed in `report.unknown` and left alone.
-pub async fn removable(
-    ledger: &dyn Ledger,
-    candidates: Vec<Candidate>,
-    report: &mut ReconcileReport,
-) -> Result<Vec<String>, ProviderError> {
-    let names: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
-    let recorded = if names.is_empty() {
-        BTreeMap::new()
-    } else {
-        ledger.recorded(&names).await?
-    };
-    let mut remove = Vec::new();
-    for c in candidates {
-        report.found += 1;
-        match recorded.get(&c.name) {
-            Some(Recorded::Live) => {}
-            Some(Recorded::Ended) if c.marked => remove.push(c.name),
-            _ => report.unknown.push(c.name),
-        }
-    }
-    Ok(remove)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use mayfly_core::provider::{Ledger, ReconcileReport, Recorded};
+    use mayfly_core::secret::SecretString;
+
     use super::*;
+    use crate::plan::*;
+    use crate::template::Values;
 
     const SPEC: EngineSpec = EngineSpec {
         kind: "postgres",
@@ -827,7 +438,7 @@ mod tests {
 
     #[test]
     fn usernames_fit_and_are_recognised() {
-        let u = UsernameTemplate::parse(DEFAULT_USERNAME_TEMPLATE, &SPEC).unwrap();
+        let u = UsernameTemplate::parse(DEFAULT_USERNAME_TEMPLATE, &SPEC.names()).unwrap();
         let name = u.render_with(
             "Billing-Deployer.v2-with-a-very-long-name",
             "read",
@@ -849,7 +460,8 @@ mod tests {
         assert!(username_from_state(&state("other_abc"), &u, StateUse::Existing).is_ok());
         assert!(username_from_state(&state("x\"y"), &u, StateUse::Existing).is_err());
         assert!(username_from_state(&serde_json::Value::Null, &u, StateUse::Existing).is_err());
-        let a = UsernameTemplate::parse("mf_{{action}}_{{identity}}_{{rand}}", &SPEC).unwrap();
+        let a =
+            UsernameTemplate::parse("mf_{{action}}_{{identity}}_{{rand}}", &SPEC.names()).unwrap();
         let n = a.render_with("identity-that-is-long", "read", "0123456789");
         assert_eq!(n.len(), 30);
         assert!(n.starts_with("mf_read_identi"), "{n}");

@@ -354,7 +354,7 @@ fn encode_path(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::common::Var;
+    use crate::template::Var;
 
     const SPEC: EngineSpec = EngineSpec {
         kind: "postgres",

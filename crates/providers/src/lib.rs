@@ -3,9 +3,11 @@
 //! - [`postgres`]: the `postgres` kind, one PostgreSQL role per lease.
 //! - [`mariadb`]: the `mariadb` kind, one MariaDB user per lease.
 //!
-//! What the two share (target settings, statement templates, usernames, passwords) lives
-//! in [`common`]; admin connections and secret-free error mapping in [`conn`]; the
-//! password verifiers sent in place of passwords in [`verifier`].
+//! What any account-per-lease provider needs (the write-ahead plan, usernames, passwords,
+//! reconciliation's choice) is in [`plan`], free of SQL; what the two SQL providers share
+//! (target settings, statements) in [`common`], with the template syntax in [`template`];
+//! admin connections and secret-free error mapping in [`conn`]; the password verifiers
+//! sent in place of passwords in [`verifier`].
 //! The server registers [`builtin`].
 
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use mayfly_core::provider::Provider;
 pub mod common;
 pub mod conn;
 pub mod mariadb;
+pub mod plan;
 pub mod postgres;
+pub mod template;
 pub mod verifier;
 
 pub use mariadb::MariaDbProvider;

@@ -44,11 +44,12 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError};
 use sqlx::{ConnectOptions, Connection, Executor};
 use time::OffsetDateTime;
 
-use crate::common::{
-    format_expiration, generate_password, removable, sanitize, username_from_state, Candidate,
-    Config, EngineSpec, StateUse, Template, Values, Var,
-};
+use crate::common::{format_expiration, Config, EngineSpec};
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
+use crate::plan::{
+    generate_password, removable, sanitize, username_from_state, Candidate, StateUse,
+};
+use crate::template::{Template, Values, Var};
 use crate::verifier;
 
 pub const SPEC: EngineSpec = EngineSpec {
@@ -548,6 +549,10 @@ impl Provider for MariaDbProvider {
         true
     }
 
+    fn live_key(&self) -> Option<&'static str> {
+        Some(crate::plan::LIVE_KEY)
+    }
+
     fn validate_target(
         &self,
         target: &Target,
@@ -557,7 +562,7 @@ impl Provider for MariaDbProvider {
     }
 
     fn plan(&self, request: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
-        crate::common::plan_username(&SPEC, request)
+        crate::common::plan_for(&SPEC, request)
     }
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {

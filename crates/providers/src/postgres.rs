@@ -41,11 +41,12 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor};
 use time::OffsetDateTime;
 
-use crate::common::{
-    format_expiration, generate_password, removable, sanitize, username_from_state, Candidate,
-    Config, EngineSpec, StateUse, Template, Values, Var,
-};
+use crate::common::{format_expiration, Config, EngineSpec};
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
+use crate::plan::{
+    generate_password, removable, sanitize, username_from_state, Candidate, StateUse,
+};
+use crate::template::{Template, Values, Var};
 use crate::verifier;
 
 pub const SPEC: EngineSpec = EngineSpec {
@@ -564,6 +565,10 @@ impl Provider for PostgresProvider {
         true
     }
 
+    fn live_key(&self) -> Option<&'static str> {
+        Some(crate::plan::LIVE_KEY)
+    }
+
     fn validate_target(
         &self,
         target: &Target,
@@ -573,7 +578,7 @@ impl Provider for PostgresProvider {
     }
 
     fn plan(&self, request: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
-        crate::common::plan_username(&SPEC, request)
+        crate::common::plan_for(&SPEC, request)
     }
 
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {

@@ -1,7 +1,9 @@
 //! The layer every credential provider call goes through: a deadline (the target's own
 //! `timeout_seconds`, else the configured `provider_timeout`), a tracing span and error
 //! metrics, so no provider can hang a request or the revocation worker, and each
-//! provider stays free of those concerns. Also where a target's admin secret is unsealed,
+//! provider stays free of those concerns. It also holds providers to their word: what
+//! `issue` created must be what `plan` named (the write-ahead lease records only the
+//! plan, so anything else would be an orphan on the target). Also where a target's admin secret is unsealed,
 //! where the store answers reconciliation's question ([`StoreLedger`]), and root rotation's
 //! protocol ([`rotate_root`], [`resolve_root_rotations`]).
 //!
@@ -104,6 +106,9 @@ impl Provider for Guarded {
     fn external(&self) -> bool {
         self.inner.external()
     }
+    fn live_key(&self) -> Option<&'static str> {
+        self.inner.live_key()
+    }
     fn validate_target(
         &self,
         target: &Target,
@@ -115,8 +120,45 @@ impl Provider for Guarded {
         self.inner.plan(request)
     }
     async fn issue(&self, request: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
-        let target = request.target.target;
-        self.run("issue", target, self.inner.issue(request)).await
+        let access = request.target;
+        let planned = request.plan.clone();
+        // What a lease for the credential would be, should it have to be removed here.
+        let mut made = Lease {
+            id: request.lease_id,
+            grant_id: request.grant.id,
+            kind: self.inner.kind().to_string(),
+            identity: request.identity.id.clone(),
+            target: access.target.name.clone(),
+            task: request.grant.task.clone(),
+            issued_at: request.issued_at,
+            expires_at: request.expires_at,
+            max_expires_at: request.expires_at,
+            state: mayfly_core::model::LeaseState::Creating,
+            revocation_reason: None,
+            external: self.inner.external(),
+            provider_state: serde_json::Value::Null,
+            revoke_attempts: 0,
+            last_error: None,
+        };
+        let issued = self
+            .run("issue", access.target, self.inner.issue(request))
+            .await?;
+        let Err(broken) = check_answer(self.inner.live_key(), &planned, &issued.provider_state)
+        else {
+            return Ok(issued);
+        };
+        // Remove what was made, by its own name: the revocation the broker queues for the
+        // failed issuance knows only the planned one.
+        self.metrics.provider_error(self.inner.kind(), "issue");
+        tracing::error!(kind = self.inner.kind(), error = %broken, "provider issued something other than it planned; removing it");
+        made.provider_state = issued.provider_state;
+        if let Err(e) = self
+            .run("revoke", access.target, self.inner.revoke(&made, access))
+            .await
+        {
+            tracing::error!(kind = self.inner.kind(), error = %e, state = %made.provider_state, "removing the unplanned credential failed; remove it by hand");
+        }
+        Err(broken)
     }
     async fn renew(
         &self,
@@ -194,14 +236,17 @@ const LEDGER_BATCH: usize = 1000;
 pub struct StoreLedger<'a> {
     store: &'a dyn Store,
     target: &'a str,
+    /// The provider's live key, under which its plans recorded the names.
+    key: &'static str,
     failure: Mutex<Option<StoreError>>,
 }
 
 impl<'a> StoreLedger<'a> {
-    pub fn new(store: &'a dyn Store, target: &'a str) -> Self {
+    pub fn new(store: &'a dyn Store, target: &'a str, key: &'static str) -> Self {
         StoreLedger {
             store,
             target,
+            key,
             failure: Mutex::new(None),
         }
     }
@@ -223,7 +268,11 @@ impl Ledger for StoreLedger<'_> {
     ) -> Result<BTreeMap<String, Recorded>, ProviderError> {
         let mut out = BTreeMap::new();
         for chunk in names.chunks(LEDGER_BATCH) {
-            match self.store.recorded_usernames(self.target, chunk).await {
+            match self
+                .store
+                .recorded_names(self.target, self.key, chunk)
+                .await
+            {
                 Ok(found) => out.extend(found.into_iter().map(|(name, live)| {
                     (
                         name,
@@ -243,6 +292,29 @@ impl Ledger for StoreLedger<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// `Ok` when the provider state `issue` returned names, under the provider's live key,
+/// exactly what `plan` named; providers without a live key (self-contained credentials)
+/// have nothing on a target to check.
+fn check_answer(
+    live_key: Option<&str>,
+    planned: &serde_json::Value,
+    issued: &serde_json::Value,
+) -> Result<(), ProviderError> {
+    let Some(key) = live_key else {
+        return Ok(());
+    };
+    match (planned.get(key), issued.get(key)) {
+        (Some(p), Some(i)) if p == i && !p.is_null() => Ok(()),
+        (None, _) => Err(ProviderError::Failed(format!(
+            "the provider's plan names no {key}; the write-ahead lease could not record it"
+        ))),
+        (Some(p), i) => Err(ProviderError::Failed(format!(
+            "the provider planned {key} {p} but issued {}",
+            i.map_or_else(|| "none".to_string(), ToString::to_string)
+        ))),
     }
 }
 
@@ -506,5 +578,149 @@ async fn resolve_one(
     match rotation.apply("completed_after_interruption").await {
         Ok(committed) => committed.map(|()| Settled::Committed),
         Err(_) => rotation.settle(may_abandon).await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use mayfly_core::duration::Ttl;
+    use mayfly_core::model::{GrantState, Identity, IdentityKind};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn answers_must_name_what_was_planned() {
+        let plan = json!({"username": "mf_a"});
+        assert!(check_answer(Some("username"), &plan, &json!({"username": "mf_a"})).is_ok());
+        assert!(check_answer(Some("username"), &plan, &json!({"username": "mf_b"})).is_err());
+        assert!(check_answer(Some("username"), &plan, &json!({})).is_err());
+        assert!(check_answer(Some("username"), &json!(null), &json!({"username": "x"})).is_err());
+        // Self-contained kinds plan nothing on a target.
+        assert!(check_answer(None, &json!(null), &json!({"anything": 1})).is_ok());
+    }
+
+    /// Issues under a name of its own instead of the planned one, and records revocations.
+    struct Wayward {
+        revoked: StdMutex<Vec<serde_json::Value>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for Wayward {
+        fn kind(&self) -> &'static str {
+            "wayward"
+        }
+        fn external(&self) -> bool {
+            true
+        }
+        fn live_key(&self) -> Option<&'static str> {
+            Some("username")
+        }
+        fn validate_target(
+            &self,
+            _: &Target,
+            _: Option<&SecretString>,
+        ) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        fn plan(&self, _: &IssueRequest<'_>) -> Result<serde_json::Value, ProviderError> {
+            Ok(json!({"username": "planned"}))
+        }
+        async fn issue(&self, _: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+            Ok(IssuedCredential {
+                secrets: Default::default(),
+                public: Default::default(),
+                provider_state: json!({"username": "improvised"}),
+            })
+        }
+        async fn renew(
+            &self,
+            _: &Lease,
+            _: &Grant,
+            _: TargetAccess<'_>,
+            _: OffsetDateTime,
+        ) -> Result<Option<IssuedCredential>, ProviderError> {
+            Ok(None)
+        }
+        async fn revoke(&self, lease: &Lease, _: TargetAccess<'_>) -> Result<(), ProviderError> {
+            self.revoked
+                .lock()
+                .unwrap()
+                .push(lease.provider_state.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unplanned_credential_is_removed_and_the_issue_fails() {
+        let wayward = Arc::new(Wayward {
+            revoked: StdMutex::new(Vec::new()),
+        });
+        let guarded = Guarded::new(
+            wayward.clone(),
+            Duration::from_secs(5),
+            Arc::new(Metrics::new()),
+        );
+        let now = mayfly_core::now();
+        let target = Target {
+            name: "db".into(),
+            kind: "wayward".into(),
+            actions: vec!["read".into()],
+            default_ttl: Ttl::from_secs(60),
+            max_ttl: Ttl::from_secs(600),
+            allow: vec!["*".into()],
+            settings: json!({}),
+            created_at: now,
+        };
+        let identity = Identity {
+            id: "svc".into(),
+            kind: IdentityKind::Service,
+            owner: "team".into(),
+            purpose: "tests".into(),
+            expires_at: None,
+            labels: Default::default(),
+            enabled: true,
+            created_at: now,
+        };
+        let grant = Grant {
+            id: uuid::Uuid::new_v4(),
+            identity: "svc".into(),
+            owner: "team".into(),
+            target: "db".into(),
+            action: "read".into(),
+            purpose: "p".into(),
+            task: "t".into(),
+            requested_ttl: Ttl::from_secs(60),
+            granted_ttl: Some(Ttl::from_secs(60)),
+            context: json!({}),
+            state: GrantState::Approved,
+            revocation_reason: None,
+            decision: json!({}),
+            created_at: now,
+            updated_at: now,
+        };
+        let plan = json!({"username": "planned"});
+        let request = IssueRequest {
+            grant: &grant,
+            identity: &identity,
+            target: TargetAccess {
+                target: &target,
+                admin: None,
+            },
+            lease_id: uuid::Uuid::new_v4(),
+            issued_at: now,
+            expires_at: now + time::Duration::minutes(1),
+            plan: &plan,
+        };
+        let err = guarded.issue(request).await.unwrap_err();
+        assert!(err.to_string().contains("improvised"), "{err}");
+        assert_eq!(
+            *wayward.revoked.lock().unwrap(),
+            vec![json!({"username": "improvised"})],
+            "what was made is removed by its own name"
+        );
     }
 }

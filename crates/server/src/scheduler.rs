@@ -319,7 +319,9 @@ pub async fn reconcile_target(
 ) -> Result<ReconcileReport, crate::error::ApiError> {
     let provider = crate::broker::provider_for(state, &target.kind)?;
     let admin = crate::broker::admin_secret(state, &target.name).await?;
-    let ledger = crate::providers::StoreLedger::new(state.store.as_ref(), &target.name);
+    // A kind without a live key plans nothing on the target, so nothing can be recorded.
+    let key = provider.live_key().unwrap_or("username");
+    let ledger = crate::providers::StoreLedger::new(state.store.as_ref(), &target.name, key);
     let result = provider
         .reconcile(
             TargetAccess {

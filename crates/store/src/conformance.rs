@@ -2323,7 +2323,10 @@ pub async fn recorded_usernames_per_target(store: Arc<dyn Store>) {
     ]
     .map(String::from)
     .to_vec();
-    let here = store.recorded_usernames("billing-api", &ask).await.unwrap();
+    let here = store
+        .recorded_names("billing-api", "username", &ask)
+        .await
+        .unwrap();
     assert_eq!(
         here.into_iter().collect::<Vec<_>>(),
         [
@@ -2332,7 +2335,10 @@ pub async fn recorded_usernames_per_target(store: Arc<dyn Store>) {
             ("mf_twice".to_string(), true),
         ]
     );
-    let other = store.recorded_usernames("other-db", &ask).await.unwrap();
+    let other = store
+        .recorded_names("other-db", "username", &ask)
+        .await
+        .unwrap();
     assert_eq!(
         other.into_iter().collect::<Vec<_>>(),
         [
@@ -2341,12 +2347,12 @@ pub async fn recorded_usernames_per_target(store: Arc<dyn Store>) {
         ]
     );
     assert!(store
-        .recorded_usernames("billing-api", &[])
+        .recorded_names("billing-api", "username", &[])
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .recorded_usernames("no-such-target", &ask)
+        .recorded_names("no-such-target", "username", &ask)
         .await
         .unwrap()
         .is_empty());
@@ -2356,10 +2362,27 @@ pub async fn recorded_usernames_per_target(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let here = store
-        .recorded_usernames("billing-api", &["mf_live".to_string()])
+        .recorded_names("billing-api", "username", &["mf_live".to_string()])
         .await
         .unwrap();
     assert_eq!(here.get("mf_live"), Some(&false));
+
+    // The key is the provider's: another key finds nothing recorded under it, and a key
+    // that is not a plain name is refused rather than spliced into a JSON path.
+    let by_other_key = store
+        .recorded_names("billing-api", "user", &["mf_live".to_string()])
+        .await
+        .unwrap();
+    assert!(by_other_key.is_empty(), "{by_other_key:?}");
+    for bad in ["", "user.name", "a'b", "$", "Username"] {
+        let err = store
+            .recorded_names("billing-api", bad, &["mf_live".to_string()])
+            .await;
+        assert!(
+            matches!(err, Err(StoreError::Backend(_))),
+            "{bad:?}: {err:?}"
+        );
+    }
 }
 
 /// The revocation queue: claimed work is invisible to other workers until its claim runs

@@ -22,6 +22,9 @@
 mod chain;
 pub(crate) mod ops;
 mod store;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
 mod writer;
 
 use mayfly_core::model::{

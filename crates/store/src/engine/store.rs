@@ -38,10 +38,12 @@ pub trait Reads: Send + Sync + 'static {
         &self,
         target: &str,
     ) -> Result<Vec<serde_json::Value>, StoreError>;
-    async fn recorded_usernames(
+    /// `key` is checked already: `[a-z_]`, 1–32 characters.
+    async fn recorded_names(
         &self,
         target: &str,
-        usernames: &[String],
+        key: &str,
+        names: &[String],
     ) -> Result<BTreeMap<String, bool>, StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
     async fn verify_audit(&self) -> Result<VerifyReport, StoreError>;
@@ -420,12 +422,24 @@ impl<R: Reads> Store for EngineStore<R> {
         self.reads.live_provider_states(target).await
     }
 
-    async fn recorded_usernames(
+    async fn recorded_names(
         &self,
         target: &str,
-        usernames: &[String],
+        key: &str,
+        names: &[String],
     ) -> Result<BTreeMap<String, bool>, StoreError> {
-        self.reads.recorded_usernames(target, usernames).await
+        // The key becomes part of a JSON path; only plain names can be one.
+        let plain = (1..=32).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !plain {
+            return Err(StoreError::Backend(format!(
+                "provider state key {key:?} is not a plain name ([a-z_], 1-32 characters)"
+            )));
+        }
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.reads.recorded_names(target, key, names).await
     }
 
     async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {

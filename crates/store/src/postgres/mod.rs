@@ -296,17 +296,16 @@ impl Reads for PgReads {
             .collect()
     }
 
-    async fn recorded_usernames(
+    async fn recorded_names(
         &self,
         target: &str,
-        usernames: &[String],
+        key: &str,
+        names: &[String],
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
-        if usernames.is_empty() {
-            return Ok(Default::default());
-        }
-        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_USERNAMES)
+        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_NAMES)
             .bind(target)
-            .bind(usernames)
+            .bind(names)
+            .bind(key)
             .fetch_all(&self.pool)
             .await
             .map_err(map_sqlx)?;

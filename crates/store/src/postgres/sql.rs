@@ -231,9 +231,9 @@ pub(crate) const LIVE_PROVIDER_STATES: &str = "SELECT provider_state FROM leases
 /// Reconciliation: which of the names in `$2` leases of target `$1` recorded, and whether
 /// one of those leases is live. Walks the target's leases (its history included): run by
 /// reconciliation only, never on a request path.
-pub(crate) const RECORDED_USERNAMES: &str = "SELECT provider_state::jsonb ->> 'username', \
+pub(crate) const RECORDED_NAMES: &str = "SELECT provider_state::jsonb ->> $3, \
      bool_or(state IN ('creating', 'active', 'revoking')) \
-     FROM leases WHERE target = $1 AND provider_state::jsonb ->> 'username' = ANY($2) \
+     FROM leases WHERE target = $1 AND provider_state::jsonb ->> $3 = ANY($2) \
      GROUP BY 1";
 
 /// Filterable lists are built from fixed fragments; values are always bound, never

@@ -410,20 +410,19 @@ impl Reads for SqliteReads {
             .collect()
     }
 
-    async fn recorded_usernames(
+    async fn recorded_names(
         &self,
         target: &str,
-        usernames: &[String],
+        key: &str,
+        names: &[String],
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
-        if usernames.is_empty() {
-            return Ok(Default::default());
-        }
         // One bound JSON array instead of a parameter per name: the SQL text is a constant.
-        let names = serde_json::to_string(usernames)
-            .map_err(|e| StoreError::Backend(format!("encoding usernames: {e}")))?;
-        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_USERNAMES)
+        let names = serde_json::to_string(names)
+            .map_err(|e| StoreError::Backend(format!("encoding names: {e}")))?;
+        let rows: Vec<(String, bool)> = sqlx::query_as(sql::RECORDED_NAMES)
             .bind(target)
             .bind(names)
+            .bind(format!("$.{key}"))
             .fetch_all(&self.read)
             .await
             .map_err(map_sqlx)?;

@@ -74,7 +74,7 @@ async fn request_paths_use_indexes() {
         ("complete revocation", sql::COMPLETE_REVOCATION, 1),
         ("revocation failed", sql::REVOCATION_FAILED, 3),
         ("live provider states", sql::LIVE_PROVIDER_STATES, 1),
-        ("recorded usernames", sql::RECORDED_USERNAMES, 2),
+        ("recorded names", sql::RECORDED_NAMES, 3),
         ("issue grant", sql::ISSUE_GRANT, 2),
         ("fail grant", sql::FAIL_GRANT, 2),
         ("target secret", sql::GET_TARGET_SECRET, 1),

@@ -389,8 +389,8 @@ pub(crate) const LIVE_PROVIDER_STATES: &str = "SELECT provider_state FROM leases
 /// Reconciliation: which of the names in the JSON array `?2` leases of target `?1`
 /// recorded, and whether one of those leases is live. Walks the target's leases (its
 /// history included): run by reconciliation only, never on a request path.
-pub(crate) const RECORDED_USERNAMES: &str = "SELECT json_extract(provider_state, '$.username'), \
+pub(crate) const RECORDED_NAMES: &str = "SELECT json_extract(provider_state, ?3), \
      MAX(state IN ('creating', 'active', 'revoking')) \
      FROM leases INDEXED BY leases_target_live \
-     WHERE target = ?1 AND json_extract(provider_state, '$.username') IN (SELECT value FROM json_each(?2)) \
+     WHERE target = ?1 AND json_extract(provider_state, ?3) IN (SELECT value FROM json_each(?2)) \
      GROUP BY 1";
