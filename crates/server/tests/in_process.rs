@@ -1,0 +1,164 @@
+//! The HTTP API driven in-process through the router (no process, no socket): what needs
+//! neither a real listener nor the CLI is tested here, in milliseconds. The black-box
+//! suites in `crates/cli/tests` keep what needs the real binary (flags, signals, crashes).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use mayfly_server::{app, Config, Server};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// A broker's router on an in-memory store, and its bootstrap operator token.
+struct InProcess {
+    router: Router,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start() -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            store: Some("sqlite::memory:".into()),
+            ..Config::default()
+        };
+        let (server, bootstrap) = Server::prepare(config, None).await.unwrap();
+        InProcess {
+            router: app(server.state()),
+            token: bootstrap
+                .operator_token
+                .expect("a first start prints a token")
+                .expose()
+                .to_string(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        let body = match body {
+            Some(b) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, content_type, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, String, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+}
+
+#[tokio::test]
+async fn a_token_grant_is_issued_seen_and_revoked() {
+    let broker = InProcess::start().await;
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, _, body) = broker
+        .post(
+            "/v1/identities",
+            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = broker
+        .post(
+            "/v1/targets",
+            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (status, _, issued) = broker
+        .post(
+            "/v1/grants",
+            json!({"identity": "ci", "target": "api", "action": "read", "purpose": "deploy", "task": "t-1", "ttl": "10m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert_eq!(issued["grant"]["state"], "issued");
+    assert_eq!(issued["lease"]["state"], "active");
+    let lease = issued["lease"]["id"].as_str().unwrap().to_string();
+
+    let (status, _, seen) = broker
+        .call(Method::GET, &format!("/v1/leases/{lease}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["task"], "t-1");
+
+    let (status, _, outcome) = broker.post("/v1/revoke", json!({"task": "t-1"})).await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    let (_, _, after) = broker
+        .call(Method::GET, &format!("/v1/leases/{lease}"), None)
+        .await;
+    assert_eq!(after["state"], "revoked");
+
+    // Every step is in one intact chain.
+    let (status, _, report) = broker.call(Method::GET, "/v1/audit/verify", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["first_break"], Value::Null, "{report}");
+}
+
+#[tokio::test]
+async fn bad_input_is_problem_json_naming_the_field() {
+    let broker = InProcess::start().await;
+    let (status, content_type, problem) = broker
+        .post(
+            "/v1/identities",
+            json!({"id": "Not Valid!", "kind": "pipeline", "owner": "team", "purpose": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(content_type, "application/problem+json");
+    assert!(
+        problem.to_string().contains("id"),
+        "the problem names the field: {problem}"
+    );
+    // Nothing was half-written.
+    let (_, _, identities) = broker.call(Method::GET, "/v1/identities", None).await;
+    assert_eq!(identities, json!([]));
+}
+
+#[tokio::test]
+async fn health_and_metrics_answer_without_a_socket() {
+    let broker = InProcess::start().await;
+    let (status, _, _) = broker.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, content_type, _) = broker.call(Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("application/openmetrics-text")
+            || content_type.starts_with("text/plain"),
+        "{content_type}"
+    );
+}
