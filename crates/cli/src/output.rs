@@ -32,6 +32,23 @@ pub fn list(format: Format, items: &[Value], columns: &[(&str, &str)]) {
     }
 }
 
+/// A typed value as the API writes it in JSON (`null` if it cannot be written).
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// A typed field as a table cell: the cell its JSON form would make.
+pub fn field<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    cell(Some(&json(v)))
+}
+
+/// A timestamp as the API writes it (RFC 3339; the model's `time::serde::rfc3339`).
+pub fn time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into())
+}
+
+/// A JSON value as a table cell: `-` for nothing, strings unquoted, lists comma-joined.
 pub fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".into(),
