@@ -6,12 +6,13 @@ use std::io::IsTerminal;
 
 use anyhow::bail;
 use mayfly_core::duration::Ttl;
+use mayfly_core::model::Grant;
 use mayfly_server::api::grants::{GrantRequest, GrantResponse};
 use serde_json::Value;
 
 use super::{key_values, query, ClientArgs};
 use crate::client::Answer;
-use crate::output::{self, Format};
+use crate::output::{self, Column, Format};
 
 #[derive(clap::Args)]
 pub struct RequestArgs {
@@ -53,15 +54,15 @@ pub struct GrantsArgs {
     limit: u32,
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("ID", "/id"),
-    ("IDENTITY", "/identity"),
-    ("TARGET", "/target"),
-    ("ACTION", "/action"),
-    ("TASK", "/task"),
-    ("STATE", "/state"),
-    ("TTL", "/granted_ttl"),
-    ("CREATED", "/created_at"),
+const COLUMNS: &[Column<Grant>] = &[
+    ("ID", |g| output::field(&g.id)),
+    ("IDENTITY", |g| g.identity.clone()),
+    ("TARGET", |g| g.target.clone()),
+    ("ACTION", |g| g.action.clone()),
+    ("TASK", |g| g.task.clone()),
+    ("STATE", |g| output::field(&g.state)),
+    ("TTL", |g| output::field(&g.granted_ttl)),
+    ("CREATED", |g| output::time(g.created_at)),
 ];
 
 impl RequestArgs {
@@ -151,7 +152,7 @@ pub async fn list(args: GrantsArgs) -> anyhow::Result<()> {
         ("state", args.state),
         ("limit", Some(args.limit.to_string())),
     ]);
-    let items: Vec<Value> = client.get("/v1/grants", &q).await?;
+    let items: Vec<Answer<Grant>> = client.get("/v1/grants", &q).await?;
     output::list(out, &items, COLUMNS);
     Ok(())
 }

@@ -2,12 +2,13 @@
 
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
+use mayfly_core::model::Identity;
 use mayfly_server::api::identities::{CreateIdentity, DisableResponse};
 use serde_json::Value;
 
 use super::{api_enum, key_values, Group};
 use crate::client::Answer;
-use crate::output::{self, Format};
+use crate::output::{self, Column, Format};
 
 #[derive(Subcommand)]
 pub enum IdentityCmd {
@@ -44,13 +45,13 @@ pub enum IdentityCmd {
     Whoami,
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("ID", "/id"),
-    ("KIND", "/kind"),
-    ("OWNER", "/owner"),
-    ("ENABLED", "/enabled"),
-    ("EXPIRES", "/expires_at"),
-    ("PURPOSE", "/purpose"),
+const COLUMNS: &[Column<Identity>] = &[
+    ("ID", |i| i.id.clone()),
+    ("KIND", |i| output::field(&i.kind)),
+    ("OWNER", |i| i.owner.clone()),
+    ("ENABLED", |i| i.enabled.to_string()),
+    ("EXPIRES", |i| i.expires_at.map_or("-".into(), output::time)),
+    ("PURPOSE", |i| i.purpose.clone()),
 ];
 
 pub async fn run(group: Group<IdentityCmd>) -> anyhow::Result<()> {
@@ -76,7 +77,7 @@ pub async fn run(group: Group<IdentityCmd>) -> anyhow::Result<()> {
             output::object(out, &v);
         }
         IdentityCmd::List => {
-            let items: Vec<Value> = client.get("/v1/identities", &[]).await?;
+            let items: Vec<Answer<Identity>> = client.get("/v1/identities", &[]).await?;
             output::list(out, &items, COLUMNS);
         }
         IdentityCmd::Show { id } => output::object(

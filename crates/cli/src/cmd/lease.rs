@@ -1,11 +1,13 @@
 //! `mayfly leases` (issued credentials) and `mayfly renew`.
 
 use mayfly_core::duration::Ttl;
+use mayfly_core::model::Lease;
 use mayfly_server::api::leases::RenewRequest;
 use serde_json::Value;
 
 use super::{query, ClientArgs};
-use crate::output;
+use crate::client::Answer;
+use crate::output::{self, Column};
 
 // `mayfly leases`; its help is the doc comment on `Command::Leases`.
 #[derive(clap::Args)]
@@ -35,15 +37,15 @@ pub struct RenewArgs {
     ttl: Option<Ttl>,
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("ID", "/id"),
-    ("IDENTITY", "/identity"),
-    ("TARGET", "/target"),
-    ("TASK", "/task"),
-    ("STATE", "/state"),
-    ("EXPIRES", "/expires_at"),
-    ("REASON", "/revocation_reason"),
-    ("ERROR", "/last_error"),
+const COLUMNS: &[Column<Lease>] = &[
+    ("ID", |l| output::field(&l.id)),
+    ("IDENTITY", |l| l.identity.clone()),
+    ("TARGET", |l| l.target.clone()),
+    ("TASK", |l| l.task.clone()),
+    ("STATE", |l| output::field(&l.state)),
+    ("EXPIRES", |l| output::time(l.expires_at)),
+    ("REASON", |l| output::field(&l.revocation_reason)),
+    ("ERROR", |l| output::field(&l.last_error)),
 ];
 
 pub async fn list(args: LeasesArgs) -> anyhow::Result<()> {
@@ -55,7 +57,7 @@ pub async fn list(args: LeasesArgs) -> anyhow::Result<()> {
         ("state", args.state),
         ("limit", Some(args.limit.to_string())),
     ]);
-    let items: Vec<Value> = client.get("/v1/leases", &q).await?;
+    let items: Vec<Answer<Lease>> = client.get("/v1/leases", &q).await?;
     output::list(out, &items, COLUMNS);
     Ok(())
 }

@@ -4,11 +4,12 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
 use mayfly_core::secret::SecretString;
-use mayfly_server::api::targets::CreateTarget;
+use mayfly_server::api::targets::{CreateTarget, TargetView};
 use serde_json::Value;
 
 use super::Group;
-use crate::output;
+use crate::client::Answer;
+use crate::output::{self, Column};
 
 // Parsed once per process; boxing the large variant would only add noise.
 #[allow(clippy::large_enum_variant)]
@@ -59,13 +60,32 @@ pub enum TargetCmd {
     },
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("NAME", "/name"),
-    ("KIND", "/kind"),
-    ("ACTIONS", "/actions"),
-    ("DEFAULT TTL", "/default_ttl"),
-    ("MAX TTL", "/max_ttl"),
-    ("ALLOW", "/allow"),
+// Operators list whole targets, workloads summaries (which have no allow list).
+const COLUMNS: &[Column<TargetView>] = &[
+    ("NAME", |t| match t {
+        TargetView::Full(t) => t.name.clone(),
+        TargetView::Summary(t) => t.name.clone(),
+    }),
+    ("KIND", |t| match t {
+        TargetView::Full(t) => t.kind.clone(),
+        TargetView::Summary(t) => t.kind.clone(),
+    }),
+    ("ACTIONS", |t| match t {
+        TargetView::Full(t) => output::field(&t.actions),
+        TargetView::Summary(t) => output::field(&t.actions),
+    }),
+    ("DEFAULT TTL", |t| match t {
+        TargetView::Full(t) => t.default_ttl.to_string(),
+        TargetView::Summary(t) => t.default_ttl.to_string(),
+    }),
+    ("MAX TTL", |t| match t {
+        TargetView::Full(t) => t.max_ttl.to_string(),
+        TargetView::Summary(t) => t.max_ttl.to_string(),
+    }),
+    ("ALLOW", |t| match t {
+        TargetView::Full(t) => output::field(&t.allow),
+        TargetView::Summary(_) => "-".into(),
+    }),
 ];
 
 pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
@@ -130,7 +150,7 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
             output::object(out, &client.post::<_, Value>("/v1/targets", &body).await?);
         }
         TargetCmd::List => {
-            let items: Vec<Value> = client.get("/v1/targets", &[]).await?;
+            let items: Vec<Answer<TargetView>> = client.get("/v1/targets", &[]).await?;
             output::list(out, &items, COLUMNS);
         }
         TargetCmd::Show { name } => output::object(

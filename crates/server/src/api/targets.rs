@@ -238,7 +238,7 @@ pub async fn create(
 
 /// A target as a workload sees it: what it needs to ask for access, nothing about how
 /// credentials are made or who else may have them (no allow list, settings or hosts).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TargetSummary {
     pub name: String,
     pub kind: String,
@@ -260,7 +260,7 @@ impl From<Target> for TargetSummary {
 }
 
 /// Operators see whole targets; workloads see summaries.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TargetView {
     Full(Target),
