@@ -53,3 +53,25 @@ pub async fn connect_or_skip<T, E: Display>(
     unavailable(suite, service, &why);
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens on port 1: a skip (`None`, with the line) normally, a failure
+    /// when services are required. Either way the answer is decided, never a hang.
+    #[tokio::test]
+    async fn an_unavailable_service_skips_or_fails_as_required() {
+        let attempt = tokio::spawn(connect_or_skip(
+            "testkit self-test",
+            "a server at 127.0.0.1:1",
+            tokio::net::TcpStream::connect("127.0.0.1:1"),
+        ))
+        .await;
+        if required() {
+            assert!(attempt.is_err_and(|e| e.is_panic()));
+        } else {
+            assert!(attempt.unwrap().is_none());
+        }
+    }
+}
