@@ -142,6 +142,16 @@ pub struct Answer<T> {
     pub typed: T,
 }
 
+impl<T> Answer<T> {
+    /// The same answer read another way (say, a view flattened for a table).
+    pub fn map<U: From<T>>(self) -> Answer<U> {
+        Answer {
+            raw: self.raw,
+            typed: self.typed.into(),
+        }
+    }
+}
+
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Answer<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Value::deserialize(d)?;

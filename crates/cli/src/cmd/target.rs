@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
 use mayfly_core::secret::SecretString;
-use mayfly_server::api::targets::{CreateTarget, TargetView};
+use mayfly_server::api::targets::{CreateTarget, TargetSummary, TargetView};
 use serde_json::Value;
 
 use super::Group;
@@ -60,32 +60,34 @@ pub enum TargetCmd {
     },
 }
 
-// Operators list whole targets, workloads summaries (which have no allow list).
-const COLUMNS: &[Column<TargetView>] = &[
-    ("NAME", |t| match t {
-        TargetView::Full(t) => t.name.clone(),
-        TargetView::Summary(t) => t.name.clone(),
-    }),
-    ("KIND", |t| match t {
-        TargetView::Full(t) => t.kind.clone(),
-        TargetView::Summary(t) => t.kind.clone(),
-    }),
-    ("ACTIONS", |t| match t {
-        TargetView::Full(t) => output::field(&t.actions),
-        TargetView::Summary(t) => output::field(&t.actions),
-    }),
-    ("DEFAULT TTL", |t| match t {
-        TargetView::Full(t) => t.default_ttl.to_string(),
-        TargetView::Summary(t) => t.default_ttl.to_string(),
-    }),
-    ("MAX TTL", |t| match t {
-        TargetView::Full(t) => t.max_ttl.to_string(),
-        TargetView::Summary(t) => t.max_ttl.to_string(),
-    }),
-    ("ALLOW", |t| match t {
-        TargetView::Full(t) => output::field(&t.allow),
-        TargetView::Summary(_) => "-".into(),
-    }),
+/// A listed target: operators see whole targets, workloads summaries (no allow list).
+struct Listed {
+    summary: TargetSummary,
+    allow: Option<Vec<String>>,
+}
+
+impl From<TargetView> for Listed {
+    fn from(view: TargetView) -> Self {
+        match view {
+            TargetView::Full(t) => Listed {
+                allow: Some(t.allow.clone()),
+                summary: t.into(),
+            },
+            TargetView::Summary(summary) => Listed {
+                summary,
+                allow: None,
+            },
+        }
+    }
+}
+
+const COLUMNS: &[Column<Listed>] = &[
+    ("NAME", |t| t.summary.name.clone()),
+    ("KIND", |t| t.summary.kind.clone()),
+    ("ACTIONS", |t| output::field(&t.summary.actions)),
+    ("DEFAULT TTL", |t| t.summary.default_ttl.to_string()),
+    ("MAX TTL", |t| t.summary.max_ttl.to_string()),
+    ("ALLOW", |t| output::field(&t.allow)),
 ];
 
 pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
@@ -151,6 +153,7 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
         }
         TargetCmd::List => {
             let items: Vec<Answer<TargetView>> = client.get("/v1/targets", &[]).await?;
+            let items: Vec<Answer<Listed>> = items.into_iter().map(Answer::map).collect();
             output::list(out, &items, COLUMNS);
         }
         TargetCmd::Show { name } => output::object(
@@ -173,4 +176,23 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A workload is answered summaries: listed with no allow list, as `-`.
+    #[test]
+    fn a_summary_lists_without_an_allow_list() {
+        let view: TargetView = serde_json::from_value(serde_json::json!({
+            "name": "api", "kind": "token", "actions": ["read", "write"],
+            "default_ttl": "15m", "max_ttl": "1h"
+        }))
+        .unwrap();
+        let row = Listed::from(view);
+        let cells: Vec<String> = COLUMNS.iter().map(|(_, cell)| cell(&row)).collect();
+        assert_eq!(cells, ["api", "token", "read,write", "15m", "1h", "-"]);
+    }
 }
