@@ -3,6 +3,7 @@
 use anyhow::{anyhow, bail, Context};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 pub struct Client {
@@ -33,8 +34,25 @@ impl Client {
         self.send(Method::GET, path, query, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> anyhow::Result<T> {
+    /// POSTs `body` (one of the API's request types) as JSON.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body).context("cannot encode the request")?;
         self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    /// POSTs to an action endpoint that takes no fields (an empty JSON object).
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(
+            Method::POST,
+            path,
+            &[],
+            Some(Value::Object(Default::default())),
+        )
+        .await
     }
 
     pub async fn post_form<T: DeserializeOwned>(
@@ -115,4 +133,29 @@ fn problem_line(status: StatusCode, text: &str) -> String {
 fn truncate(text: &str) -> String {
     let one_line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     one_line
+}
+
+/// An answer as the broker sent it beside its typed reading: `-o json` prints `raw`
+/// untouched (fields a newer broker adds included), tables pick fields from `typed`.
+pub struct Answer<T> {
+    pub raw: Value,
+    pub typed: T,
+}
+
+impl<T> Answer<T> {
+    /// The same answer read another way (say, a view flattened for a table).
+    pub fn map<U: From<T>>(self) -> Answer<U> {
+        Answer {
+            raw: self.raw,
+            typed: self.typed.into(),
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Answer<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Value::deserialize(d)?;
+        let typed = T::deserialize(&raw).map_err(serde::de::Error::custom)?;
+        Ok(Answer { raw, typed })
+    }
 }

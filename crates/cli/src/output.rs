@@ -2,29 +2,30 @@
 
 use serde_json::Value;
 
+use crate::client::Answer;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Json,
 }
 
-/// Prints rows as an aligned table, or the values as JSON lines.
-pub fn list(format: Format, items: &[Value], columns: &[(&str, &str)]) {
+/// A listing's column: its header, and its cell made from the typed item.
+pub type Column<T> = (&'static str, fn(&T) -> String);
+
+/// Prints a listing as an aligned table of `columns`, or as the broker's JSON documents,
+/// one a line.
+pub fn list<T>(format: Format, items: &[Answer<T>], columns: &[Column<T>]) {
     match format {
         Format::Json => {
             for item in items {
-                println!("{item}");
+                println!("{}", item.raw);
             }
         }
         Format::Table => {
             let rows: Vec<Vec<String>> = items
                 .iter()
-                .map(|item| {
-                    columns
-                        .iter()
-                        .map(|(_, pointer)| cell(item.pointer(pointer)))
-                        .collect()
-                })
+                .map(|item| columns.iter().map(|(_, cell)| cell(&item.typed)).collect())
                 .collect();
             let headers: Vec<String> = columns.iter().map(|(h, _)| h.to_string()).collect();
             print_table(&headers, &rows);
@@ -32,6 +33,23 @@ pub fn list(format: Format, items: &[Value], columns: &[(&str, &str)]) {
     }
 }
 
+/// A typed value as the API writes it in JSON (`null` if it cannot be written).
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// A typed field as a table cell: the cell its JSON form would make.
+pub fn field<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    cell(Some(&json(v)))
+}
+
+/// A timestamp as the API writes it (RFC 3339; the model's `time::serde::rfc3339`).
+pub fn time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into())
+}
+
+/// A JSON value as a table cell: `-` for nothing, strings unquoted, lists comma-joined.
 pub fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".into(),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Broker;
+use common::{Broker, BIN};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -13,7 +13,7 @@ const PROBLEM: &str = "application/problem+json";
 
 #[tokio::test]
 async fn discovery_advertises_only_what_is_served() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (status, doc, _) = broker
         .call(
             reqwest::Method::GET,
@@ -71,7 +71,7 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
 
 #[tokio::test]
 async fn the_openapi_document_declares_parameters_errors_and_security() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (status, doc, _) = broker
         .call(reqwest::Method::GET, "/openapi.json", None, None)
         .await;
@@ -147,7 +147,7 @@ async fn the_openapi_document_declares_parameters_errors_and_security() {
 
 #[tokio::test]
 async fn framework_errors_are_problems() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     // A method the path does not serve: 405 with Allow, as a problem.
     let resp = broker
         .http
@@ -194,7 +194,7 @@ async fn framework_errors_are_problems() {
 
 #[tokio::test]
 async fn store_up_is_measured_without_polling_healthz() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (status, metrics, _) = broker
         .call(reqwest::Method::GET, "/metrics", None, None)
         .await;

@@ -16,7 +16,7 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn cli_walkthrough_and_json_output() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let ok = |o: std::process::Output| {
         assert!(
             o.status.success(),
@@ -191,7 +191,7 @@ fn verify_offline(dir: &std::path::Path) -> (bool, String) {
 
 #[tokio::test]
 async fn tampering_with_the_audit_chain_is_detected() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["svc"]).await;
     for i in 0..5 {
@@ -217,6 +217,7 @@ async fn tampering_with_the_audit_chain_is_detected() {
 
     // The running broker reports it too, and the CLI exits non-zero with the entry named.
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token.clone()),
@@ -285,6 +286,7 @@ async fn tampering_with_the_audit_chain_is_detected() {
         "{report}"
     );
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token.clone()),
@@ -311,7 +313,7 @@ async fn tampering_with_the_audit_chain_is_detected() {
 
 #[tokio::test]
 async fn the_database_alone_does_not_unlock_stored_secrets() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (dir, _) = broker.kill();
     let key_file = std::fs::read_to_string(dir.join("master.key")).unwrap();
     #[cfg(unix)]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Broker;
+use common::{Broker, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -22,7 +22,7 @@ fn grant_body(overrides: Value) -> Value {
 
 #[tokio::test]
 async fn bad_grant_requests_are_rejected_precisely_and_store_nothing() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["svc"]).await;
     let audit_before = broker.audit("limit=10000").await.len();
@@ -209,7 +209,7 @@ async fn bad_grant_requests_are_rejected_precisely_and_store_nothing() {
 
 #[tokio::test]
 async fn other_endpoints_reject_bad_input_with_problems() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("svc", "team").await;
     let future = "2999-01-01T00:00:00Z";
     // (method, path, body, status, field)
@@ -336,6 +336,7 @@ async fn other_endpoints_reject_bad_input_with_problems() {
 #[tokio::test]
 async fn authentication_failures_are_401_problems_and_audited() {
     let broker = Broker::start_in(
+        BIN,
         &tempfile::tempdir().unwrap().keep(),
         common::Options {
             config: Some("[auth.failures]\naudit_interval = \"1s\"\n".into()),

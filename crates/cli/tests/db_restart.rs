@@ -56,10 +56,11 @@ fn nix_is_root() -> bool {
 impl Cluster {
     fn start() -> Option<Cluster> {
         let Some(bin) = pg_bin() else {
-            if common::services_required() {
-                panic!("database restart test: PostgreSQL server binaries (/usr/lib/postgresql/*/bin) are required");
-            }
-            eprintln!("SKIPPED: database restart under load — no PostgreSQL server binaries");
+            common::services::unavailable(
+                "database restart under load",
+                "PostgreSQL server binaries (/usr/lib/postgresql/*/bin)",
+                "none installed",
+            );
             return None;
         };
         let root = PathBuf::from(format!("/tmp/mayfly-pg-{}", common::suffix()));
@@ -226,16 +227,15 @@ async fn replicas_survive_a_database_restart_without_losing_acknowledged_grants(
 
     // Both replicas came back by themselves and agree on everything acknowledged.
     for broker in [&first, &second] {
-        let healthy = broker
-            .wait_for(Duration::from_secs(15), || async {
-                broker
-                    .http
-                    .get(broker.url("/healthz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            })
-            .await;
+        let healthy = common::eventually(Duration::from_secs(15), || async {
+            broker
+                .http
+                .get(broker.url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
         assert!(healthy, "a replica did not recover");
     }
     for id in &acked {

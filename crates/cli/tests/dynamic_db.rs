@@ -9,21 +9,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::{broker_crashing_at, PgFixture};
-use common::{postgres_superuser, Broker, Options};
+use common::pg::{broker_crashing_at, superuser_or_skip, PgFixture};
+use common::{eventually, eventually_every, Broker, Options, BIN};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 
 async fn wait_state(broker: &Broker, lease: &str, state: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        last = broker.get(&format!("/v1/leases/{lease}")).await;
+    eventually(Duration::from_secs(10), || async {
+        let last = broker.get(&format!("/v1/leases/{lease}")).await;
         if last["state"] == state {
-            return last;
+            Ok(last)
+        } else {
+            Err(last)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("lease {lease} never became {state}: {last}");
+    })
+    .await
+    .unwrap_or_else(|last| panic!("lease {lease} never became {state}: {last}"))
 }
 
 async fn request(broker: &Broker, action: &str, ttl: &str, task: &str) -> Value {
@@ -36,11 +37,11 @@ async fn request(broker: &Broker, action: &str, ttl: &str, task: &str) -> Value 
 
 #[tokio::test]
 async fn postgres_credentials_live_and_die_with_their_lease() {
-    let Some(mut su) = postgres_superuser("dynamic postgres credentials").await else {
+    let Some(mut su) = superuser_or_skip("dynamic postgres credentials").await else {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("etl", "team-data").await;
     let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
     assert_eq!(status, 201, "{target}");
@@ -145,14 +146,21 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
         )
         .await;
     let doomed_id = doomed["lease"]["id"].as_str().unwrap().to_string();
-    let mut pending = Value::Null;
-    for _ in 0..100 {
-        pending = broker.get(&format!("/v1/leases/{doomed_id}")).await;
-        if pending["revoke_attempts"].as_u64() >= Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Checked below whether or not the wait succeeded: the assertions say what was wrong.
+    let pending = eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let pending = broker.get(&format!("/v1/leases/{doomed_id}")).await;
+            if pending["revoke_attempts"].as_u64() >= Some(1) {
+                Ok(pending)
+            } else {
+                Err(pending)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|pending| pending);
     assert_eq!(pending["state"], "revoking", "{pending}");
     assert!(
         pending["last_error"]
@@ -236,11 +244,11 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
 /// (which keeps logging in, its lease active) are reported and kept.
 #[tokio::test]
 async fn reconcile_removes_only_what_mayfly_made_for_the_target() {
-    let Some(mut su) = postgres_superuser("dynamic postgres reconciliation").await else {
+    let Some(mut su) = superuser_or_skip("dynamic postgres reconciliation").await else {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("etl", "team-data").await;
     let (status, created) = broker.post("/v1/targets", f.target("pg")).await;
     assert_eq!(status, 201, "{created}");
@@ -362,7 +370,7 @@ async fn reconcile_removes_only_what_mayfly_made_for_the_target() {
 
 /// Kills the broker at `point` during a grant, restarts it, and checks nothing is left.
 async fn crash_leaves_no_orphan(point: &str) {
-    let Some(mut su) = postgres_superuser("dynamic postgres crash safety").await else {
+    let Some(mut su) = superuser_or_skip("dynamic postgres crash safety").await else {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
@@ -394,6 +402,7 @@ async fn crash_leaves_no_orphan(point: &str) {
     }
 
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token),
@@ -401,11 +410,10 @@ async fn crash_leaves_no_orphan(point: &str) {
         },
     );
     // Closed in the background right after start-up, so the broker serves meanwhile.
-    broker
-        .wait_for(Duration::from_secs(10), || async {
-            broker.get("/v1/leases?task=crash").await[0]["state"] == "revoked"
-        })
-        .await;
+    eventually(Duration::from_secs(10), || async {
+        broker.get("/v1/leases?task=crash").await[0]["state"] == "revoked"
+    })
+    .await;
     let leases = broker.get("/v1/leases?task=crash").await;
     let lease = &leases.as_array().unwrap()[0];
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, Options};
+use common::{eventually, Broker, Options, BIN};
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -26,7 +26,7 @@ async fn verify_with_jwks(broker: &Broker, token: &str, audience: &str) -> Value
 
 #[tokio::test]
 async fn token_grant_lifecycle() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let discovery = broker.get("/.well-known/openid-configuration").await;
     assert_eq!(discovery["issuer"], broker.addr);
     assert!(discovery["jwks_uri"]
@@ -167,7 +167,7 @@ async fn token_grant_lifecycle() {
 
 #[tokio::test]
 async fn policy_default_denies_and_records_the_decision() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("intruder", "nobody").await;
     broker.add_token_target("vault", &[]).await;
     let (status, body) = broker
@@ -193,7 +193,7 @@ async fn policy_default_denies_and_records_the_decision() {
 
 #[tokio::test]
 async fn bulk_revocation_and_kill_switch_report_counts() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("etl", "team-data").await;
     broker.add_identity("etl-2", "team-data").await;
     broker.add_identity("web", "team-web").await;
@@ -267,7 +267,7 @@ async fn bulk_revocation_and_kill_switch_report_counts() {
 
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_verifiable() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["svc"]).await;
     let before = broker.grant("svc", "api", "t1", "10m").await;
@@ -292,18 +292,17 @@ async fn key_rotation_keeps_old_tokens_verifiable() {
 
 #[tokio::test]
 async fn expiry_is_on_time_and_caught_up_after_restart() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("job", "team").await;
     broker.add_token_target("api", &["job"]).await;
 
     // While running: the scheduler ends the lease within a second of its expiry.
     let live = broker.grant("job", "api", "short", "1s").await;
     let live_id = live["lease"]["id"].as_str().unwrap().to_string();
-    let ended = broker
-        .wait_for(Duration::from_secs(5), || async {
-            broker.get(&format!("/v1/leases/{live_id}")).await["state"] == "expired"
-        })
-        .await;
+    let ended = eventually(Duration::from_secs(5), || async {
+        broker.get(&format!("/v1/leases/{live_id}")).await["state"] == "expired"
+    })
+    .await;
     assert!(ended, "lease not expired");
     let expired_event = broker
         .audit("task=short")
@@ -320,17 +319,17 @@ async fn expiry_is_on_time_and_caught_up_after_restart() {
     let (dir, token) = broker.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token),
             ..Options::default()
         },
     );
-    let caught_up = broker
-        .wait_for(Duration::from_secs(3), || async {
-            broker.get(&format!("/v1/leases/{down_id}")).await["state"] == "expired"
-        })
-        .await;
+    let caught_up = eventually(Duration::from_secs(3), || async {
+        broker.get(&format!("/v1/leases/{down_id}")).await["state"] == "expired"
+    })
+    .await;
     assert!(
         caught_up,
         "lease that expired while down was not ended after restart"
@@ -352,7 +351,7 @@ async fn expiry_is_on_time_and_caught_up_after_restart() {
 
 #[tokio::test]
 async fn health_metrics_and_openapi() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (status, health, _) = broker.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     broker.add_identity("m", "team").await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Broker, Options};
+use common::{Broker, Options, BIN};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -78,6 +78,7 @@ audit_interval = "1s"
         d = dir.display()
     );
     let mut broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config),

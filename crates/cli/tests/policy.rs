@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, Options};
+use common::{eventually_every, Broker, Options, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -32,19 +32,20 @@ fn request(identity: &str, action: &str, ttl: &str, context: Value) -> Value {
 }
 
 async fn wait_for_audit(broker: &Broker, kind: &str) -> Value {
-    for _ in 0..100 {
-        if let Some(e) = broker
-            .audit("limit=10000")
-            .await
-            .into_iter()
-            .rev()
-            .find(|e| e["kind"] == kind)
-        {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no {kind} event");
+    eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            broker
+                .audit("limit=10000")
+                .await
+                .into_iter()
+                .rev()
+                .find(|e| e["kind"] == kind)
+        },
+    )
+    .await
+    .unwrap_or_else(|| panic!("no {kind} event"))
 }
 
 #[tokio::test]
@@ -58,6 +59,7 @@ async fn cedar_decides_grants_and_hot_reloads() {
         policies.display()
     );
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config),

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Broker, Options, BIN};
+use common::{eventually_blocking, Broker, Options, BIN};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -33,29 +33,24 @@ fn refused_start(dir: &Path) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success());
-            let mut printed = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut printed)
-                .unwrap();
-            return printed;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mayfly serve started on {}, which it must refuse",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let Some(status) = eventually_blocking(Duration::from_secs(30), || child.try_wait().unwrap())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "mayfly serve started on {}, which it must refuse",
+            dir.display()
+        );
+    };
+    assert!(!status.success());
+    let mut printed = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    printed
 }
 
 #[test]
@@ -63,7 +58,7 @@ fn data_files_are_private_and_exposed_ones_are_refused() {
     let parent = tempfile::tempdir().unwrap();
     // Not there yet: the broker creates it.
     let dir = parent.path().join("data");
-    let broker = Broker::start_in(&dir, Options::default());
+    let broker = Broker::start_in(BIN, &dir, Options::default());
     assert_eq!(mode(&dir), 0o700, "data directory");
     for file in ["mayfly.db", "mayfly.db-wal", "mayfly.db-shm", "master.key"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
@@ -98,6 +93,7 @@ fn data_files_are_private_and_exposed_ones_are_refused() {
 
     // Put right, it starts again on the same files.
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token),

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{eventually_every, Broker};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -71,7 +71,7 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_one_truth_through_a_crash() {
-    let Some(mut admin) = common::postgres_superuser("replicas").await else {
+    let Some(mut admin) = common::pg::superuser_or_skip("replicas").await else {
         return;
     };
     let db = Database {
@@ -156,14 +156,15 @@ async fn three_replicas_one_truth_through_a_crash() {
 
     // Mid-load, SIGKILL the third replica (the grants it acknowledged still have to
     // expire, and only the survivors are left to do it).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().await.iter().filter(|a| a.by == 2).count() < 15 {
-        assert!(
-            Instant::now() < deadline,
-            "load did not reach the third replica"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        eventually_every(
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async { acked.lock().await.iter().filter(|a| a.by == 2).count() >= 15 }
+        )
+        .await,
+        "load did not reach the third replica"
+    );
     let killed_at = time::OffsetDateTime::now_utc();
     let pid = replicas[2].child.id();
     // SIGKILL: no shutdown hooks, in-flight requests are cut.
@@ -199,27 +200,26 @@ async fn three_replicas_one_truth_through_a_crash() {
 
     // Every lease expires (2 s TTL), each exactly once, whoever acknowledged it.
     let expected: HashSet<&str> = acked.iter().map(|a| a.lease.as_str()).collect();
-    let mut expired: HashMap<String, Vec<Value>> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        expired.clear();
-        for e in all_audit(survivor).await {
-            if e["kind"] == "lease.expired" {
-                let id = e["lease_id"].as_str().unwrap().to_string();
-                expired.entry(id).or_default().push(e);
+    let expired = eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let mut expired: HashMap<String, Vec<Value>> = HashMap::new();
+            for e in all_audit(survivor).await {
+                if e["kind"] == "lease.expired" {
+                    let id = e["lease_id"].as_str().unwrap().to_string();
+                    expired.entry(id).or_default().push(e);
+                }
             }
-        }
-        if expected.iter().all(|id| expired.contains_key(*id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} leases expired",
-            expired.len(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            if expected.iter().all(|id| expired.contains_key(*id)) {
+                Ok(expired)
+            } else {
+                Err(expired)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|expired| panic!("{} of {} leases expired", expired.len(), expected.len()));
     // Quiet for a while longer: no lease may be expired a second time.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut counts: HashMap<String, usize> = HashMap::new();

@@ -10,8 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::{broker_crashing_at, PgFixture};
-use common::{postgres_superuser, Broker, Options};
+use common::pg::{broker_crashing_at, superuser_or_skip, PgFixture};
+use common::{eventually, Broker, Options, BIN};
 use mayfly_core::store::Store;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
@@ -41,7 +41,7 @@ fn url_password(url: &str) -> String {
 }
 
 async fn crash_during_rotation(point: &str) {
-    let Some(mut su) = postgres_superuser("root rotation crash safety").await else {
+    let Some(mut su) = superuser_or_skip("root rotation crash safety").await else {
         return;
     };
     let f = PgFixture::create(&mut su, "rot").await;
@@ -69,6 +69,7 @@ async fn crash_during_rotation(point: &str) {
     assert_eq!(pending, 1, "the next secret was recorded before the change");
 
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token.clone()),
@@ -77,15 +78,14 @@ async fn crash_during_rotation(point: &str) {
     );
     // Settled in the background right after start-up.
     assert!(
-        broker
-            .wait_for(Duration::from_secs(20), || async {
-                broker
-                    .audit("limit=1000")
-                    .await
-                    .iter()
-                    .any(|e| e["kind"] == "target.root_rotated")
-            })
-            .await,
+        eventually(Duration::from_secs(20), || async {
+            broker
+                .audit("limit=1000")
+                .await
+                .iter()
+                .any(|e| e["kind"] == "target.root_rotated")
+        })
+        .await,
         "the interrupted rotation was not resolved after restart"
     );
     let resolved: Vec<Value> = broker
@@ -125,6 +125,7 @@ async fn crash_during_rotation(point: &str) {
 
     // Nothing is left to block the next rotation.
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token),
@@ -159,7 +160,7 @@ async fn crash_after_changing_the_password_loses_nothing() {
 /// audited); once the role may log in again a later sweep completes the rotation.
 #[tokio::test]
 async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
-    let Some(mut su) = postgres_superuser("root rotation with the target down").await else {
+    let Some(mut su) = superuser_or_skip("root rotation with the target down").await else {
         return;
     };
     let f = PgFixture::create(&mut su, "rot").await;
@@ -178,6 +179,7 @@ async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
         .await
         .unwrap();
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             token: Some(token),
@@ -201,7 +203,7 @@ async fn rotation_interrupted_while_the_target_refuses_is_settled_later() {
         .await
         .unwrap();
     assert!(
-        broker.wait_for(Duration::from_secs(30), rotated).await,
+        eventually(Duration::from_secs(30), rotated).await,
         "the sweep did not settle the rotation once the target was back"
     );
     let (status, grant) = broker

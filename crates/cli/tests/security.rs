@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::issuer::Issuer;
-use common::{Broker, Options};
+use common::{eventually, Broker, Options, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -24,6 +24,7 @@ async fn broker_with_workloads(extra: &str) -> (Broker, Issuer) {
     ];
     let config = format!("{}\n{extra}", issuer.config(&dir.join("jwks.json"), &rules));
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config),
@@ -131,6 +132,7 @@ async fn huge_inputs_make_small_audit_entries() {
 #[tokio::test]
 async fn repeated_authentication_failures_are_one_entry_with_a_count() {
     let broker = Broker::start_in(
+        BIN,
         &tempfile::tempdir().unwrap().keep(),
         Options {
             config: Some("[auth.failures]\nburst = 10000\naudit_interval = \"1s\"\n".into()),
@@ -157,11 +159,10 @@ async fn repeated_authentication_failures_are_one_entry_with_a_count() {
         (entries.len(), total)
     };
     assert!(
-        broker
-            .wait_for(Duration::from_secs(10), || async {
-                counted().await.1 == 200
-            })
-            .await,
+        eventually(Duration::from_secs(10), || async {
+            counted().await.1 == 200
+        })
+        .await,
         "every failure is counted: {:?}",
         counted().await
     );
@@ -180,6 +181,7 @@ async fn repeated_authentication_failures_are_one_entry_with_a_count() {
 #[tokio::test]
 async fn a_source_that_keeps_failing_is_told_to_wait() {
     let broker = Broker::start_in(
+        BIN,
         &tempfile::tempdir().unwrap().keep(),
         Options {
             config: Some("[auth.failures]\nburst = 3\nper_minute = 60\n".into()),
@@ -221,7 +223,7 @@ async fn a_source_that_keeps_failing_is_told_to_wait() {
 
 #[tokio::test]
 async fn a_lease_never_outlives_its_identity() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     let (status, body) = broker
         .post("/v1/identities", json!({"id": "short-lived", "kind": "service", "owner": "team", "purpose": "p", "expires_at": rfc3339_in(time::Duration::seconds(4))}))
         .await;
@@ -270,20 +272,18 @@ async fn a_lease_never_outlives_its_identity() {
         .as_str()
         .unwrap()
         .to_string();
-    let inactive = broker
-        .wait_for(Duration::from_secs(15), || async {
-            broker.introspect(&token).await["active"] == false
-        })
-        .await;
+    let inactive = eventually(Duration::from_secs(15), || async {
+        broker.introspect(&token).await["active"] == false
+    })
+    .await;
     assert!(
         inactive,
         "the token is still active after its identity expired"
     );
-    let expired = broker
-        .wait_for(Duration::from_secs(5), || async {
-            broker.get(&format!("/v1/leases/{lease_id}")).await["state"] == "expired"
-        })
-        .await;
+    let expired = eventually(Duration::from_secs(5), || async {
+        broker.get(&format!("/v1/leases/{lease_id}")).await["state"] == "expired"
+    })
+    .await;
     assert!(expired, "the lease outlived its identity");
 }
 
@@ -370,7 +370,7 @@ async fn workloads_see_only_summaries_of_targets_they_could_request() {
 
 #[tokio::test]
 async fn invisible_and_direction_changing_characters_are_refused() {
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("ci", "team").await;
     broker.add_token_target("api", &["ci"]).await;
     let base = json!({"identity": "ci", "target": "api", "action": "read", "purpose": "deploy", "task": "t-1", "ttl": "5m"});
@@ -405,7 +405,7 @@ async fn invisible_and_direction_changing_characters_are_refused() {
 /// a stable code; the database's name (admin-side detail) reaches operators only.
 #[tokio::test]
 async fn target_failures_are_502_without_admin_detail_for_workloads() {
-    if common::postgres_superuser("security: target failures")
+    if common::pg::superuser_or_skip("security: target failures")
         .await
         .is_none()
     {

@@ -4,13 +4,14 @@
 
 mod common;
 
-use common::{postgres_superuser, store_url, suffix, Broker, Options, BIN};
+use common::pg::superuser_or_skip;
+use common::{store_url, suffix, Broker, Options, BIN};
 use serde_json::Value;
 use sqlx::Executor;
 
 #[tokio::test]
 async fn sqlite_deployment_moves_to_postgres_intact() {
-    let Some(mut su) = postgres_superuser("store migrate").await else {
+    let Some(mut su) = superuser_or_skip("store migrate").await else {
         return;
     };
     let db = format!("mayfly_mig_{}", suffix());
@@ -19,7 +20,7 @@ async fn sqlite_deployment_moves_to_postgres_intact() {
         .unwrap();
     let pg_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
 
-    let broker = Broker::start();
+    let broker = Broker::start(BIN);
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["svc"]).await;
     let issued = broker.grant("svc", "api", "before-move", "30m").await;
@@ -68,6 +69,7 @@ async fn sqlite_deployment_moves_to_postgres_intact() {
     // grant, its lease, the signing key and the whole chain came along.
     let config = format!("store = \"{pg_url}\"\n");
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config),

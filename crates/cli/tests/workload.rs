@@ -7,7 +7,7 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use common::issuer::Issuer;
-use common::{Broker, Options};
+use common::{Broker, Options, BIN};
 use reqwest::Method;
 use serde_json::json;
 
@@ -41,6 +41,7 @@ async fn workload_with_oidc_jwt_gets_its_own_grant() {
     let jwks_path = dir.join("ci-jwks.json");
     std::fs::write(&jwks_path, issuer.jwks().to_string()).unwrap();
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config(&issuer, &jwks_path)),
@@ -178,6 +179,7 @@ spiffe_id_pattern = "spiffe://prod.acme/ns/payments/sa/*"
         bundle.display()
     );
     let broker = Broker::start_in(
+        BIN,
         &dir,
         Options {
             config: Some(config),

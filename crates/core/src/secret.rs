@@ -50,6 +50,20 @@ impl<'de> serde::Deserialize<'de> for SecretString {
     }
 }
 
+/// Writes a request's secret field as its text: the one way a secret goes out in JSON,
+/// for the request types a client sends (the CLI sending a target's admin URL). A field
+/// opts in with `#[serde(serialize_with = "mayfly_core::secret::expose_in_request")]`;
+/// there is still no `Serialize`, so a response or a log cannot carry one by accident.
+pub fn expose_in_request<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_some(secret.expose()),
+        None => s.serialize_none(),
+    }
+}
+
 /// Secret bytes (key material).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBytes(Zeroizing<Vec<u8>>);

@@ -15,7 +15,7 @@ use mayfly_core::policy::{Decision, Outcome, PolicyError, PolicyRequest};
 use mayfly_core::provider::{IssueRequest, IssuedCredential, ProviderError, TargetAccess};
 use mayfly_core::store::StoreError;
 use mayfly_core::{validate, CoreError, OffsetDateTime, Uuid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
@@ -61,7 +61,7 @@ impl BrokerError {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// The identity to grant to. Workloads may omit it (it is their own) and may not name

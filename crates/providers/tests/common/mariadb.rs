@@ -5,6 +5,7 @@ use std::sync::Arc;
 use mayfly_core::provider::Provider;
 use mayfly_core::secret::SecretString;
 use mayfly_providers::MariaDbProvider;
+use mayfly_testkit::mariadb::superuser;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Connection, Executor};
 use time::OffsetDateTime;
@@ -12,14 +13,6 @@ use time::OffsetDateTime;
 use super::{target, Engine, Fixture, Session};
 
 pub struct Maria;
-
-pub const SUPER_URL: &str = "mysql://root@127.0.0.1:3306/";
-
-async fn superuser() -> MySqlConnection {
-    MySqlConnection::connect(SUPER_URL)
-        .await
-        .expect("connect as root")
-}
 
 struct MariaSession(MySqlConnection);
 
@@ -43,7 +36,7 @@ impl Session for MariaSession {
 #[async_trait::async_trait]
 impl Engine for Maria {
     const NAME: &'static str = "mariadb";
-    const ADDR: &'static str = "127.0.0.1:3306";
+    const ADDR: &'static str = mayfly_testkit::mariadb::ADDR;
     const HAS_EXPIRY: bool = false;
 
     fn provider() -> Arc<dyn Provider> {

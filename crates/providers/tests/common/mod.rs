@@ -22,6 +22,7 @@ use mayfly_core::provider::{
     IssueRequest, IssuedCredential, Ledger, Provider, ProviderError, Recorded, TargetAccess,
 };
 use mayfly_core::secret::SecretString;
+use mayfly_testkit::{eventually_every, services};
 use time::OffsetDateTime;
 
 /// An isolated playground on one engine.
@@ -110,38 +111,16 @@ impl Ledger for MapLedger {
     }
 }
 
-pub fn require_services() -> bool {
-    std::env::var("MAYFLY_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-/// Sets up a fixture, or says why not: skipped (stderr line) when the service is down,
-/// failed when `MAYFLY_REQUIRE_SERVICES=1`.
+/// Sets up a fixture, or says why not: skipped (a `SKIPPED:` line) when the service is
+/// down, failed when `MAYFLY_REQUIRE_SERVICES=1`.
 pub async fn fixture<E: Engine>() -> Option<Guard<E>> {
-    let reachable = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect(E::ADDR)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !reachable {
-        if require_services() {
-            panic!(
-                "{} integration suite: {} unreachable and MAYFLY_REQUIRE_SERVICES=1",
-                E::NAME,
-                E::ADDR
-            );
-        }
-        eprintln!(
-            "SKIPPED: {} integration suite — {} unreachable",
-            E::NAME,
-            E::ADDR
-        );
-        return None;
-    }
-    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-    let fx = E::setup(&suffix).await;
+    services::connect_or_skip(
+        &format!("{} provider suite", E::NAME),
+        &format!("the {} server at {}", E::NAME, E::ADDR),
+        tokio::net::TcpStream::connect(E::ADDR),
+    )
+    .await?;
+    let fx = E::setup(&mayfly_testkit::suffix()).await;
     Some(Guard {
         fx,
         _engine: std::marker::PhantomData,
@@ -316,13 +295,12 @@ pub fn lease_for(fx: &Fixture, username: &str) -> Lease {
 /// Waits until a session's next query fails (a killed connection notices on its next use;
 /// MariaDB may take a moment to act on `KILL`).
 async fn session_ends(s: &mut Box<dyn Session>) -> bool {
-    for _ in 0..50 {
-        if s.select().await.is_err() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    eventually_every(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || s.select().await.is_err(),
+    )
+    .await
 }
 
 fn whole_seconds(t: OffsetDateTime) -> i64 {

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use mayfly_core::provider::Provider;
 use mayfly_core::secret::SecretString;
 use mayfly_providers::PostgresProvider;
+use mayfly_testkit::pg::{scram_matches, superuser};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, Row};
 use time::OffsetDateTime;
@@ -13,14 +14,6 @@ use time::OffsetDateTime;
 use super::{target, Engine, Fixture, Session};
 
 pub struct Pg;
-
-pub const SUPER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-async fn superuser() -> PgConnection {
-    PgConnection::connect(SUPER_URL)
-        .await
-        .expect("connect as postgres")
-}
 
 struct PgSession(PgConnection);
 
@@ -44,7 +37,7 @@ impl Session for PgSession {
 #[async_trait::async_trait]
 impl Engine for Pg {
     const NAME: &'static str = "postgres";
-    const ADDR: &'static str = "127.0.0.1:5432";
+    const ADDR: &'static str = mayfly_testkit::pg::ADDR;
     const HAS_EXPIRY: bool = true;
 
     fn provider() -> Arc<dyn Provider> {
@@ -244,31 +237,4 @@ impl Engine for Pg {
         );
         ours.expose() == stored
     }
-}
-
-/// Checks `password` against `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
-pub fn scram_matches(stored: &str, password: &str) -> bool {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let Some(rest) = stored.strip_prefix("SCRAM-SHA-256$") else {
-        return false;
-    };
-    let Some((iter_salt, keys)) = rest.split_once('$') else {
-        return false;
-    };
-    let (iter, salt) = iter_salt.split_once(':').unwrap();
-    let (stored_key, _server_key) = keys.split_once(':').unwrap();
-    let iter: u32 = iter.parse().unwrap();
-    let salt = b64.decode(salt).unwrap();
-    let mut salted = [0u8; 32];
-    ring::pbkdf2::derive(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        std::num::NonZeroU32::new(iter).unwrap(),
-        &salt,
-        password.as_bytes(),
-        &mut salted,
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salted);
-    let client_key = ring::hmac::sign(&key, b"Client Key");
-    let digest = ring::digest::digest(&ring::digest::SHA256, client_key.as_ref());
-    b64.encode(digest.as_ref()) == stored_key
 }

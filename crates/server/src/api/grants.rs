@@ -20,7 +20,7 @@ use crate::broker::{self, GrantOutcome};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GrantResponse {
     pub grant: Grant,
     pub lease: Option<Lease>,
@@ -38,7 +38,7 @@ pub fn credential_json(c: &IssuedCredential) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ExplainResponse {
     pub identity: String,
     pub target: String,
@@ -208,14 +208,14 @@ pub async fn show(
     Ok(Json(load_grant(&state, &caller, id).await?))
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Defaults to `task_complete` for workloads and `admin` for operators.
     pub reason: Option<RevocationReason>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RevokeResponse {
     pub revoked: RevokeOutcome,
     /// How many leases ended, in all.
@@ -281,7 +281,7 @@ pub async fn revoke(
     }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRevokeRequest {
     pub task: Option<String>,

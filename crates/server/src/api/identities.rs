@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateIdentity {
     /// Stable name: `[a-z0-9][a-z0-9._-]*`, at most 64 characters.
@@ -34,7 +34,7 @@ pub struct CreateIdentity {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DisableResponse {
     pub identity: Identity,
     /// Leases the kill switch ended.

@@ -59,7 +59,7 @@ pub async fn show(
     Ok(Json(load(&state, &caller, id).await?))
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// New lifetime from now; defaults to the grant's TTL. Capped at the lease's maximum.

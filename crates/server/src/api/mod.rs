@@ -1,4 +1,7 @@
 //! HTTP API under `/v1`, OAuth endpoints, discovery, health and metrics.
+//!
+//! The request and response types the `mayfly` CLI uses derive both serde directions: the
+//! CLI sends and reads the very structs the handlers take and return.
 
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::providers::{admin_secret, secret_context};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTarget {
     pub name: String,
@@ -39,7 +39,7 @@ pub struct CreateTarget {
     pub settings: serde_json::Value,
     /// Admin connection URL with its password, for external kinds (`postgres`, `mariadb`).
     /// Stored sealed under the master key; never returned, logged or audited.
-    #[serde(default)]
+    #[serde(default, serialize_with = "mayfly_core::secret::expose_in_request")]
     #[schema(value_type = Option<String>)]
     pub admin: Option<SecretString>,
 }
@@ -238,7 +238,7 @@ pub async fn create(
 
 /// A target as a workload sees it: what it needs to ask for access, nothing about how
 /// credentials are made or who else may have them (no allow list, settings or hosts).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TargetSummary {
     pub name: String,
     pub kind: String,
@@ -260,7 +260,7 @@ impl From<Target> for TargetSummary {
 }
 
 /// Operators see whole targets; workloads see summaries.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TargetView {
     Full(Target),

@@ -1,9 +1,37 @@
-//! A PostgreSQL target of a test's own on the local server: a database, schema `app` with
-//! one table, and a dedicated admin role that owns them, all dropped at the end.
+//! The local PostgreSQL (127.0.0.1:5432, superuser `postgres` over trust auth): its
+//! superuser connection, a target of a test's own on it (a database, schema `app` with one
+//! table, and a dedicated admin role that owns them, all dropped at the end), and the
+//! check of a stored SCRAM verifier.
+
+use std::path::Path;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
+
+use crate::broker::{Broker, Options};
+use crate::services::connect_or_skip;
+
+pub const ADDR: &str = "127.0.0.1:5432";
+pub const SUPERUSER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A superuser connection for `suite`, or `None` after the `SKIPPED:` line when PostgreSQL
+/// is unreachable (a failure under `MAYFLY_REQUIRE_SERVICES=1`).
+pub async fn superuser_or_skip(suite: &str) -> Option<PgConnection> {
+    connect_or_skip(
+        suite,
+        "PostgreSQL at 127.0.0.1:5432",
+        PgConnection::connect(SUPERUSER_URL),
+    )
+    .await
+}
+
+/// A superuser connection, for suites that checked the server is there.
+pub async fn superuser() -> PgConnection {
+    PgConnection::connect(SUPERUSER_URL)
+        .await
+        .expect("connect to PostgreSQL as postgres")
+}
 
 pub struct PgFixture {
     pub db: String,
@@ -17,7 +45,7 @@ impl PgFixture {
     /// Creates the database, schema, table and admin role; `tag` keeps names readable
     /// per suite (`dyn`, `rot`, …).
     pub async fn create(su: &mut PgConnection, tag: &str) -> PgFixture {
-        let s = super::suffix();
+        let s = crate::suffix();
         let f = PgFixture {
             db: format!("mayfly_{tag}_{s}"),
             admin: format!("mayfly_admin_{tag}_{s}"),
@@ -119,31 +147,40 @@ impl PgFixture {
 /// on the same data directory to abort (`MAYFLY_CRASH_AT`) at `point`: the set-up of
 /// every crash test. Returns the crashing broker (its `dir` is the data directory) and the
 /// operator token.
-pub async fn broker_crashing_at(f: &PgFixture, point: &str) -> (super::Broker, String) {
-    let broker = super::Broker::start();
+pub async fn broker_crashing_at(
+    bin: impl AsRef<Path>,
+    f: &PgFixture,
+    point: &str,
+) -> (Broker, String) {
+    let bin = bin.as_ref();
+    let broker = Broker::start(bin);
     broker.add_identity("etl", "team-data").await;
     assert_eq!(broker.post("/v1/targets", f.target("pg")).await.0, 201);
     let (dir, token) = broker.kill();
-    let crashing = super::Broker::start_in(
+    let crashing = Broker::start_in(
+        bin,
         &dir,
-        super::Options {
+        Options {
             token: Some(token.clone()),
             env: vec![("MAYFLY_CRASH_AT", point.to_string())],
-            ..super::Options::default()
+            ..Options::default()
         },
     );
     (crashing, token)
 }
 
-/// Whether `password` matches a PostgreSQL `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
+/// Whether `password` matches a PostgreSQL `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`
+/// verifier (loopback is `trust` on the test server, so a login proves nothing).
 pub fn scram_matches(stored: &str, password: &str) -> bool {
     let b64 = base64::engine::general_purpose::STANDARD;
     let Some(rest) = stored.strip_prefix("SCRAM-SHA-256$") else {
         return false;
     };
-    let (iter_salt, keys) = rest.split_once('$').unwrap();
+    let Some((iter_salt, keys)) = rest.split_once('$') else {
+        return false;
+    };
     let (iter, salt) = iter_salt.split_once(':').unwrap();
-    let (stored_key, _) = keys.split_once(':').unwrap();
+    let (stored_key, _server_key) = keys.split_once(':').unwrap();
     let mut salted = [0u8; 32];
     ring::pbkdf2::derive(
         ring::pbkdf2::PBKDF2_HMAC_SHA256,

@@ -1,0 +1,198 @@
+//! `mayfly target`: the things access is granted to, their reconciliation and root rotation.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use mayfly_core::duration::Ttl;
+use mayfly_core::secret::SecretString;
+use mayfly_server::api::targets::{CreateTarget, TargetSummary, TargetView};
+use serde_json::Value;
+
+use super::Group;
+use crate::client::Answer;
+use crate::output::{self, Column};
+
+// Parsed once per process; boxing the large variant would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum TargetCmd {
+    Add {
+        name: String,
+        #[arg(long, default_value = "token")]
+        kind: String,
+        /// Allowed action (repeatable).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        #[arg(long, default_value = "15m")]
+        default_ttl: Ttl,
+        #[arg(long, default_value = "1h")]
+        max_ttl: Ttl,
+        /// Identity, `owner:<team>` or `*` allowed to request (repeatable). Default: nobody.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Token audience (token targets); default the target name.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Provider settings as a JSON object (e.g. the grant statements of a database target).
+        #[arg(long, conflicts_with = "settings_file")]
+        settings: Option<String>,
+        /// Provider settings from a JSON file.
+        #[arg(long)]
+        settings_file: Option<std::path::PathBuf>,
+        /// Read the admin connection URL (with its password) from this environment variable.
+        /// Secrets are never taken as flag values: those show up in `ps`.
+        #[arg(long, conflicts_with = "admin_url_file")]
+        admin_url_env: Option<String>,
+        /// Read the admin connection URL from this file.
+        #[arg(long)]
+        admin_url_file: Option<std::path::PathBuf>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Drop users on the target that carry Mayfly's prefix but belong to no live lease.
+    Reconcile {
+        name: String,
+    },
+    /// Replace the target's admin password with a random one only Mayfly knows.
+    RotateRoot {
+        name: String,
+    },
+}
+
+/// A listed target: operators see whole targets, workloads summaries (no allow list).
+struct Listed {
+    summary: TargetSummary,
+    allow: Option<Vec<String>>,
+}
+
+impl From<TargetView> for Listed {
+    fn from(view: TargetView) -> Self {
+        match view {
+            TargetView::Full(t) => Listed {
+                allow: Some(t.allow.clone()),
+                summary: t.into(),
+            },
+            TargetView::Summary(summary) => Listed {
+                summary,
+                allow: None,
+            },
+        }
+    }
+}
+
+const COLUMNS: &[Column<Listed>] = &[
+    ("NAME", |t| t.summary.name.clone()),
+    ("KIND", |t| t.summary.kind.clone()),
+    ("ACTIONS", |t| output::field(&t.summary.actions)),
+    ("DEFAULT TTL", |t| t.summary.default_ttl.to_string()),
+    ("MAX TTL", |t| t.summary.max_ttl.to_string()),
+    ("ALLOW", |t| output::field(&t.allow)),
+];
+
+pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
+    let (client, out) = group.client.connect()?;
+    match group.cmd {
+        TargetCmd::Add {
+            name,
+            kind,
+            actions,
+            default_ttl,
+            max_ttl,
+            allow,
+            audience,
+            settings,
+            settings_file,
+            admin_url_env,
+            admin_url_file,
+        } => {
+            let text = match (settings, settings_file) {
+                (Some(s), _) => Some(s),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let mut settings = match text {
+                Some(t) => match serde_json::from_str::<Value>(&t)
+                    .context("settings must be a JSON object")?
+                {
+                    Value::Object(m) => m,
+                    _ => bail!("settings must be a JSON object"),
+                },
+                None => serde_json::Map::new(),
+            };
+            if let Some(a) = audience {
+                settings.insert("audience".into(), Value::String(a));
+            }
+            let admin = match (admin_url_env, admin_url_file) {
+                (Some(var), _) => Some(
+                    std::env::var(&var)
+                        .with_context(|| format!("environment variable {var} is not set"))?,
+                ),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            let body = CreateTarget {
+                name,
+                kind,
+                actions,
+                default_ttl,
+                max_ttl,
+                allow,
+                settings: Value::Object(settings),
+                admin: admin.map(SecretString::new),
+            };
+            output::object(out, &client.post::<_, Value>("/v1/targets", &body).await?);
+        }
+        TargetCmd::List => {
+            let items: Vec<Answer<TargetView>> = client.get("/v1/targets", &[]).await?;
+            let items: Vec<Answer<Listed>> = items.into_iter().map(Answer::map).collect();
+            output::list(out, &items, COLUMNS);
+        }
+        TargetCmd::Show { name } => output::object(
+            out,
+            &client
+                .get::<Value>(&format!("/v1/targets/{name}"), &[])
+                .await?,
+        ),
+        TargetCmd::Reconcile { name } => output::object(
+            out,
+            &client
+                .post_empty::<Value>(&format!("/v1/targets/{name}/reconcile"))
+                .await?,
+        ),
+        TargetCmd::RotateRoot { name } => output::object(
+            out,
+            &client
+                .post_empty::<Value>(&format!("/v1/targets/{name}/rotate-root"))
+                .await?,
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A workload is answered summaries: listed with no allow list, as `-`.
+    #[test]
+    fn a_summary_lists_without_an_allow_list() {
+        let view: TargetView = serde_json::from_value(serde_json::json!({
+            "name": "api", "kind": "token", "actions": ["read", "write"],
+            "default_ttl": "15m", "max_ttl": "1h"
+        }))
+        .unwrap();
+        let row = Listed::from(view);
+        let cells: Vec<String> = COLUMNS.iter().map(|(_, cell)| cell(&row)).collect();
+        assert_eq!(cells, ["api", "token", "read,write", "15m", "1h", "-"]);
+    }
+}
