@@ -26,6 +26,12 @@ use cmd::store::StoreCmd;
 use cmd::target::TargetCmd;
 use cmd::Group;
 
+/// The broker keeps no large state in memory, but bursts (a 100,000-lease kill switch, a
+/// run of bulk grants) allocate hundreds of MiB for moments; glibc's per-thread arenas
+/// kept them resident afterwards. mimalloc returns freed pages to the OS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mayfly",

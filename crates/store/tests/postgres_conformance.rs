@@ -2,8 +2,8 @@
 //! auth, user `postgres`), plus checks specific to many replicas sharing one database.
 //!
 //! Every test gets its own freshly created database (`mayfly_t_<random>`), dropped by a
-//! guard afterwards. When PostgreSQL is unreachable the tests print a SKIPPED line and
-//! pass, unless `MAYFLY_REQUIRE_SERVICES=1` (as in CI), where they fail.
+//! guard afterwards. When PostgreSQL is unreachable the tests print the testkit's SKIPPED
+//! line and pass, unless `MAYFLY_REQUIRE_SERVICES=1` (as in CI), where they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{HashMap, HashSet};
@@ -37,6 +37,19 @@ async fn admin() -> Option<PgConnection> {
     }
 }
 
+/// An admin connection, or `None` after the testkit's `SKIPPED:` line (a failure under
+/// `MAYFLY_REQUIRE_SERVICES=1`).
+async fn admin_or_skip() -> Option<PgConnection> {
+    let opts: PgConnectOptions = ADMIN_URL.parse().unwrap();
+    let opts = opts.log_statements(tracing::log::LevelFilter::Off);
+    mayfly_testkit::services::connect_or_skip(
+        "postgres store conformance",
+        "PostgreSQL at 127.0.0.1:5432",
+        opts.connect(),
+    )
+    .await
+}
+
 /// A fresh database, dropped (with any connections still open) when this goes away.
 struct TestDb {
     name: String,
@@ -47,13 +60,7 @@ impl TestDb {
     /// `None` (after printing the SKIPPED line) when PostgreSQL is unreachable and
     /// services are not required.
     async fn create() -> Option<TestDb> {
-        let Some(mut c) = admin().await else {
-            if std::env::var("MAYFLY_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("PostgreSQL at 127.0.0.1:5432 is unreachable and MAYFLY_REQUIRE_SERVICES=1");
-            }
-            eprintln!("SKIPPED: postgres store conformance — 127.0.0.1:5432 unreachable");
-            return None;
-        };
+        let mut c = admin_or_skip().await?;
         let name = format!("mayfly_t_{}", Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut c)
