@@ -8,13 +8,16 @@
 //! (target settings, statements) in [`common`], with the template syntax in [`template`];
 //! admin connections and secret-free error mapping in [`conn`]; the password verifiers
 //! sent in place of passwords in [`verifier`].
-//! The server registers [`builtin`].
+//! The server registers [`builtin`]. Every provider proves itself with the one-call
+//! conformance suite (`conformance` feature, [`provider_suite!`]).
 
 use std::sync::Arc;
 
 use mayfly_core::provider::Provider;
 
 pub mod common;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod conn;
 pub mod mariadb;
 pub mod plan;

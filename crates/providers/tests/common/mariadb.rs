@@ -10,7 +10,7 @@ use sqlx::mysql::MySqlConnection;
 use sqlx::{Connection, Executor};
 use time::OffsetDateTime;
 
-use super::{target, Engine, Fixture, Session};
+use mayfly_providers::conformance::{target, Engine, Fixture, Session};
 
 pub struct Maria;
 

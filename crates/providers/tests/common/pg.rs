@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, Row};
 use time::OffsetDateTime;
 
-use super::{target, Engine, Fixture, Session};
+use mayfly_providers::conformance::{target, Engine, Fixture, Session};
 
 pub struct Pg;
 
