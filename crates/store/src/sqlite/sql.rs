@@ -91,23 +91,18 @@ pub(crate) const LIST_TARGETS: &str = "SELECT name, kind, actions, default_ttl_s
 
 pub(crate) const GET_GRANT: &str = concat!("SELECT ", grant_cols!(), " FROM grants WHERE id = ?1");
 
-/// Insert grants and leases (one or a run of `record_grant` calls in one batch): `?1` is a
-/// JSON array of rows, each an array of the columns in order.
-pub(crate) const INSERT_GRANTS_JSON: &str = "INSERT INTO grants \
+/// One grant, one lease: the writer binds each row of a run to these prepared statements
+/// (on its own connection a statement costs no hand-off, and a single-row insert needs no
+/// statement journal or JSON encoding).
+pub(crate) const INSERT_GRANT: &str = "INSERT INTO grants \
      (id, identity, owner, target, action, purpose, task, requested_ttl_s, granted_ttl_s, \
       context, state, revocation_reason, decision, created_at, updated_at) \
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
-            value ->> 12, value ->> 13, value ->> 14 \
-     FROM json_each(?1)";
-pub(crate) const INSERT_LEASES_JSON: &str = "INSERT INTO leases \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+pub(crate) const INSERT_LEASE: &str = "INSERT INTO leases \
      (id, grant_id, kind, identity, owner, target, task, issued_at, expires_at, \
       max_expires_at, state, revocation_reason, external, provider_state, revoke_attempts, \
       last_error, next_attempt_at) \
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
-            value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16 \
-     FROM json_each(?1)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 /// Which of the identities in the JSON array `?1` are disabled.
 pub(crate) const DISABLED_AMONG: &str = "SELECT json_group_array(id) FROM identities \
      WHERE enabled = 0 AND id IN (SELECT value FROM json_each(?1))";

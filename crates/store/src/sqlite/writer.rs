@@ -127,58 +127,6 @@ fn revoke_sql(selector: &LeaseSelector) -> (sql::RevokeSql, String) {
     }
 }
 
-/// A grant as one row of [`sql::INSERT_GRANTS_JSON`], columns in order.
-fn grant_json(g: &Grant) -> Result<serde_json::Value, StoreError> {
-    Ok(serde_json::json!([
-        g.id.to_string(),
-        g.identity,
-        g.owner,
-        g.target,
-        g.action,
-        g.purpose,
-        g.task,
-        ttl_secs(g.requested_ttl),
-        g.granted_ttl.map(ttl_secs),
-        to_json("context", &g.context)?,
-        g.state.as_str(),
-        g.revocation_reason.map(|r| r.as_str()),
-        to_json("decision", &g.decision)?,
-        to_unix_ms(g.created_at),
-        to_unix_ms(g.updated_at),
-    ]))
-}
-
-/// A lease as one row of [`sql::INSERT_LEASES_JSON`]; the owner comes from its grant.
-fn lease_json(g: &Grant, l: &Lease, now_ms: i64) -> Result<serde_json::Value, StoreError> {
-    Ok(serde_json::json!([
-        l.id.to_string(),
-        l.grant_id.to_string(),
-        l.kind,
-        l.identity,
-        g.owner,
-        l.target,
-        l.task,
-        to_unix_ms(l.issued_at),
-        to_unix_ms(l.expires_at),
-        to_unix_ms(l.max_expires_at),
-        l.state.as_str(),
-        l.revocation_reason.map(|r| r.as_str()),
-        i64::from(l.external),
-        to_json("provider_state", &l.provider_state)?,
-        i64::from(l.revoke_attempts),
-        l.last_error,
-        (l.state == LeaseState::Revoking).then_some(now_ms),
-    ]))
-}
-
-/// The id a unique violation of a multi-row insert is reported under.
-fn conflict_id(ids: &[String]) -> String {
-    match ids {
-        [one] => one.clone(),
-        _ => format!("one of {}", ids.len()),
-    }
-}
-
 #[async_trait::async_trait]
 impl Backend for SqliteWriter {
     /// The rows as one JSON array of `[seq, at_ms, kind, identity, task, grant_id, body,
@@ -339,28 +287,56 @@ impl Backend for SqliteWriter {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let now_ms = to_unix_ms(now);
-        let mut grants = Vec::with_capacity(items.len());
-        let mut grant_ids = Vec::with_capacity(items.len());
-        let mut leases = Vec::new();
-        let mut lease_ids = Vec::new();
         for (g, l) in items {
-            grants.push(grant_json(g)?);
-            grant_ids.push(g.id.to_string());
-            if let Some(l) = l {
-                leases.push(lease_json(g, l, now_ms)?);
-                lease_ids.push(l.id.to_string());
-            }
-        }
-        let insert = |statement: &str, rows: String| {
+            let (context, decision) = (to_json("context", &g.context)?, to_json("decision", &g.decision)?);
             self.conn
-                .prepare_cached(statement)
-                .and_then(|mut s| s.execute([rows]))
-        };
-        insert(sql::INSERT_GRANTS_JSON, to_json("grants", &grants)?)
-            .map_err(|e| conflict_or_rusqlite(e, "grant", &conflict_id(&grant_ids)))?;
-        if !leases.is_empty() {
-            insert(sql::INSERT_LEASES_JSON, to_json("leases", &leases)?)
-                .map_err(|e| conflict_or_rusqlite(e, "lease", &conflict_id(&lease_ids)))?;
+                .prepare_cached(sql::INSERT_GRANT)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        g.id.to_string(),
+                        g.identity,
+                        g.owner,
+                        g.target,
+                        g.action,
+                        g.purpose,
+                        g.task,
+                        ttl_secs(g.requested_ttl),
+                        g.granted_ttl.map(ttl_secs),
+                        context,
+                        g.state.as_str(),
+                        g.revocation_reason.map(|r| r.as_str()),
+                        decision,
+                        to_unix_ms(g.created_at),
+                        to_unix_ms(g.updated_at),
+                    ])
+                })
+                .map_err(|e| conflict_or_rusqlite(e, "grant", &g.id.to_string()))?;
+            let Some(l) = l else { continue };
+            let state = to_json("provider_state", &l.provider_state)?;
+            self.conn
+                .prepare_cached(sql::INSERT_LEASE)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        l.id.to_string(),
+                        l.grant_id.to_string(),
+                        l.kind,
+                        l.identity,
+                        g.owner,
+                        l.target,
+                        l.task,
+                        to_unix_ms(l.issued_at),
+                        to_unix_ms(l.expires_at),
+                        to_unix_ms(l.max_expires_at),
+                        l.state.as_str(),
+                        l.revocation_reason.map(|r| r.as_str()),
+                        l.external,
+                        state,
+                        i64::from(l.revoke_attempts),
+                        l.last_error,
+                        (l.state == LeaseState::Revoking).then_some(now_ms),
+                    ])
+                })
+                .map_err(|e| conflict_or_rusqlite(e, "lease", &l.id.to_string()))?;
         }
         Ok(())
     }
