@@ -19,7 +19,9 @@ use mayfly_core::seal::MasterKey;
 use mayfly_core::secret::SecretString;
 use mayfly_core::store::{OperatorTokenRecord, Store};
 use mayfly_identity::oidc::{OidcAuthenticator, OidcIssuerConfig};
-use mayfly_identity::operator::{generate_operator_token, OperatorTokenAuthenticator};
+use mayfly_identity::operator::{
+    generate_operator_token, hash_operator_token, OperatorTokenAuthenticator,
+};
 use mayfly_identity::AuthChain;
 use serde::Deserialize;
 
@@ -237,9 +239,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8740)),
             // The user's data directory (e.g. ~/.local/share/mayfly), so a zero-config start
             // keeps its state in one place whatever the working directory.
+            // Empty when the platform has none (no HOME): `prepare` then refuses to start
+            // rather than keep state in whatever the working directory happens to be.
             data_dir: dirs::data_dir()
                 .map(|d| d.join("mayfly"))
-                .unwrap_or_else(|| PathBuf::from("mayfly-data")),
+                .unwrap_or_default(),
             store: None,
             durability: Durability::default(),
             issuer: None,
@@ -283,7 +287,9 @@ pub enum StartError {
 /// What first start created, for the CLI to tell the operator once.
 #[derive(Debug, Default)]
 pub struct Bootstrap {
-    /// The first operator token; shown once, stored only as a hash.
+    /// The first operator token, not yet recorded: show it, then
+    /// [`Server::record_bootstrap_token`]. A start that dies in between recorded nothing,
+    /// so the next start makes (and shows) a new one: no token is ever stored unseen.
     pub operator_token: Option<SecretString>,
     /// Set when a master key was generated; it must be backed up.
     pub master_key_created: Option<PathBuf>,
@@ -388,6 +394,76 @@ fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// What can be checked of a configuration without writing anything: the authenticators,
+/// TLS and the policy set, built (files read, settings validated) before the data
+/// directory, master key or store is touched.
+struct Checked {
+    svid: Option<mayfly_identity::JwtSvidAuthenticator>,
+    oidc: Option<OidcAuthenticator>,
+    x509: Option<mayfly_identity::X509SvidVerifier>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    policy: Option<mayfly_policy::ReloadingEngine>,
+}
+
+impl Checked {
+    fn from_config(config: &Config) -> Result<Checked, StartError> {
+        let spiffe = &config.auth.spiffe;
+        let svid = if spiffe.iter().any(|d| d.jwt_bundle_file.is_some()) {
+            Some(
+                mayfly_identity::JwtSvidAuthenticator::new(spiffe.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let oidc = if config.auth.oidc.is_empty() {
+            None
+        } else {
+            Some(
+                OidcAuthenticator::new(config.auth.oidc.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        };
+        let x509 = if spiffe.iter().any(|d| d.x509_bundle_file.is_some()) {
+            if config.tls.is_none() {
+                return Err(StartError::Config(
+                    "auth.spiffe x509_bundle_file needs [tls]: X.509-SVIDs are client certificates"
+                        .into(),
+                ));
+            }
+            Some(
+                mayfly_identity::X509SvidVerifier::new(spiffe.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let tls = match &config.tls {
+            Some(t) => Some(tls::server_config(t, x509.as_ref())?),
+            None => None,
+        };
+        let policy = match &config.policy.dir {
+            Some(dir) => {
+                let engine = load_policy(&config.policy, dir)?;
+                let policies = engine.current().policy_count();
+                tracing::info!(dir = %dir.display(), policies, "Cedar policies loaded");
+                Some(engine)
+            }
+            None => None,
+        };
+        if let Some(url) = &config.store {
+            mayfly_store::backend_of(url)?;
+        }
+        Ok(Checked {
+            svid,
+            oidc,
+            x509,
+            tls,
+            policy,
+        })
+    }
+}
+
 impl Server {
     /// Opens the store, loads or creates the master key, signing key and first operator
     /// token, and wires the adapters.
@@ -396,6 +472,15 @@ impl Server {
         master_key_env: Option<SecretString>,
     ) -> Result<(Server, Bootstrap), StartError> {
         let mut bootstrap = Bootstrap::default();
+        // Everything that can be wrong with the configuration is found before anything is
+        // written: a first start that fails must leave no master key, database or token
+        // behind (a token row nobody saw would lock the operator out for good).
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(StartError::Config(
+                "no data directory: the platform has none (HOME is not set); set --data-dir or MAYFLY_DATA_DIR".into(),
+            ));
+        }
+        let checked = Checked::from_config(&config)?;
         // Owner-only, like everything in it: the database and, by default, the master key.
         let mut data_dir = std::fs::DirBuilder::new();
         data_dir.recursive(true);
@@ -423,30 +508,23 @@ impl Server {
         );
 
         if store.count_operator_tokens().await? == 0 {
-            let (token, sha256) =
+            let (token, _) =
                 generate_operator_token().map_err(|e| StartError::Config(e.to_string()))?;
-            store
-                .add_operator_token(&OperatorTokenRecord {
-                    name: "bootstrap".into(),
-                    token_sha256: sha256,
-                    created_at: mayfly_core::now(),
-                })
-                .await?;
             bootstrap.operator_token = Some(token);
         }
 
+        let Checked {
+            svid,
+            oidc,
+            x509,
+            tls,
+            policy,
+        } = checked;
         let mut authenticators: Vec<Arc<dyn Authenticator>> =
             vec![Arc::new(OperatorTokenAuthenticator::new(store.clone()))];
         // JWT-SVIDs first: they claim only tokens whose subject is a SPIFFE ID, whereas the
         // OIDC authenticator rejects any JWT from an issuer it does not know.
-        if config
-            .auth
-            .spiffe
-            .iter()
-            .any(|d| d.jwt_bundle_file.is_some())
-        {
-            let svid = mayfly_identity::JwtSvidAuthenticator::new(config.auth.spiffe.clone())
-                .map_err(|e| StartError::Config(e.to_string()))?;
+        if let Some(svid) = svid {
             for (domain, result) in svid.load_bundles() {
                 match result {
                     Ok(keys) => tracing::info!(%domain, keys, "loaded SPIFFE JWT bundle"),
@@ -457,9 +535,7 @@ impl Server {
             }
             authenticators.push(Arc::new(svid));
         }
-        if !config.auth.oidc.is_empty() {
-            let oidc = OidcAuthenticator::new(config.auth.oidc.clone())
-                .map_err(|e| StartError::Config(e.to_string()))?;
+        if let Some(oidc) = oidc {
             // Load issuer keys now so the first workload does not wait, and so a wrong
             // URL shows up in the start-up log rather than as a 401 later.
             for (issuer, result) in oidc.prefetch().await {
@@ -472,34 +548,13 @@ impl Server {
             }
             authenticators.push(Arc::new(oidc));
         }
-
-        let x509 = if config
-            .auth
-            .spiffe
-            .iter()
-            .any(|d| d.x509_bundle_file.is_some())
-        {
-            if config.tls.is_none() {
-                return Err(StartError::Config(
-                    "auth.spiffe x509_bundle_file needs [tls]: X.509-SVIDs are client certificates"
-                        .into(),
-                ));
-            }
-            let verifier = mayfly_identity::X509SvidVerifier::new(config.auth.spiffe.clone())
-                .map_err(|e| StartError::Config(e.to_string()))?;
+        if let Some(verifier) = &x509 {
             for (domain, result) in verifier.load_bundles() {
                 if let Err(e) = result {
                     tracing::warn!(%domain, error = %e, "cannot load SPIFFE X.509 bundle yet; retrying on use");
                 }
             }
-            Some(verifier)
-        } else {
-            None
-        };
-        let tls = match &config.tls {
-            Some(t) => Some(tls::server_config(t, x509.as_ref())?),
-            None => None,
-        };
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer = config
             .issuer
@@ -520,12 +575,10 @@ impl Server {
                 metrics.clone(),
             )));
         }
-        let (policy, cedar): (Arc<dyn PolicyEngine>, _) = match &config.policy.dir {
-            Some(dir) => {
-                let engine = Arc::new(load_policy(&config.policy, dir)?);
-                let policies = engine.current().policy_count();
-                tracing::info!(dir = %dir.display(), policies, "Cedar policies loaded");
-                (engine.clone(), Some(engine))
+        let (policy, cedar): (Arc<dyn PolicyEngine>, _) = match policy {
+            Some(engine) => {
+                let engine = Arc::new(engine);
+                (engine.clone() as Arc<dyn PolicyEngine>, Some(engine))
             }
             None => (Arc::new(TargetAllowList), None),
         };
@@ -577,6 +630,22 @@ impl Server {
 
     pub fn state(&self) -> AppState {
         self.state.clone()
+    }
+
+    /// Records the first operator token [`Server::prepare`] made, once it has been shown.
+    /// `Ok(false)` when another replica starting at the same moment recorded its own first:
+    /// this token then does not work and the other one does.
+    pub async fn record_bootstrap_token(&self, token: &SecretString) -> Result<bool, StartError> {
+        let record = OperatorTokenRecord {
+            name: "bootstrap".into(),
+            token_sha256: hash_operator_token(token.expose()),
+            created_at: mayfly_core::now(),
+        };
+        match self.state.store.add_operator_token(&record).await {
+            Ok(()) => Ok(true),
+            Err(mayfly_core::store::StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Binds an address. Bind before [`Server::prepare`] and put the bound address in the

@@ -26,13 +26,13 @@ impl InProcess {
             ..Config::default()
         };
         let (server, bootstrap) = Server::prepare(config, None).await.unwrap();
+        let token = bootstrap
+            .operator_token
+            .expect("a first start makes a token");
+        assert!(server.record_bootstrap_token(&token).await.unwrap());
         InProcess {
             router: app(server.state()),
-            token: bootstrap
-                .operator_token
-                .expect("a first start prints a token")
-                .expose()
-                .to_string(),
+            token: token.expose().to_string(),
             _dir: dir,
         }
     }
@@ -161,4 +161,19 @@ async fn health_and_metrics_answer_without_a_socket() {
             || content_type.starts_with("text/plain"),
         "{content_type}"
     );
+}
+
+/// Without a data directory (a platform with none and no `--data-dir`) the broker refuses
+/// to start instead of keeping state in the working directory, and writes nothing.
+#[tokio::test]
+async fn no_data_directory_is_a_configuration_error() {
+    let config = Config {
+        data_dir: std::path::PathBuf::new(),
+        ..Config::default()
+    };
+    let err = match Server::prepare(config, None).await {
+        Ok(_) => panic!("a broker without a data directory must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--data-dir"), "{err}");
 }

@@ -16,7 +16,10 @@ pub fn load_config(matches: &ArgMatches) -> anyhow::Result<Config> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
-            parse_file(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+            let mut file =
+                parse_file(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+            anchor_paths(&mut file, path.parent().unwrap_or(std::path::Path::new("")));
+            file
         }
         None => Config::default(),
     };
@@ -33,6 +36,25 @@ pub fn load_config(matches: &ArgMatches) -> anyhow::Result<Config> {
     }
     config.update_from_arg_matches(&explicit)?;
     Ok(config)
+}
+
+/// One rule for where state lives: a relative path *in the file* is relative to the
+/// file's directory, so `mayfly serve --config /etc/mayfly/mayfly.toml` finds the same data
+/// whatever directory it is started from. (Relative paths given as flags or variables are
+/// relative to the working directory, as for any command.)
+fn anchor_paths(config: &mut Config, file_dir: &std::path::Path) {
+    let anchor = |p: &mut std::path::PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = file_dir.join(&*p);
+        }
+    };
+    anchor(&mut config.data_dir);
+    if let Some(p) = &mut config.master_key_file {
+        anchor(p);
+    }
+    if let Some(p) = &mut config.policy.dir {
+        anchor(p);
+    }
 }
 
 /// A `mayfly.toml`; an unknown key is an error, not a silently ignored typo.
@@ -64,7 +86,12 @@ pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     let master_key = std::env::var("MAYFLY_MASTER_KEY")
         .ok()
         .map(SecretString::new);
+    // Absolute, so the line below says exactly where the state is.
+    if let Ok(absolute) = std::path::absolute(&config.data_dir) {
+        config.data_dir = absolute;
+    }
     let (server, bootstrap) = Server::prepare(config.clone(), master_key).await?;
+    eprintln!("mayfly: data dir {}", config.data_dir.display());
 
     if let Some(path) = &bootstrap.master_key_created {
         eprintln!(
@@ -77,8 +104,12 @@ pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
             "mayfly: first start: created an operator token. It is shown only this once and stored only as a hash:\n\n    export MAYFLY_TOKEN={}\n",
             token.expose()
         );
+        // Recorded only now that it has been shown: a start that dies before this line
+        // stored nothing, and the next start shows a new one.
+        if !server.record_bootstrap_token(token).await? {
+            eprintln!("mayfly: another replica recorded the first operator token at the same moment; the token above is not valid, use the one it printed");
+        }
     }
-    eprintln!("mayfly: data dir {}", config.data_dir.display());
     eprintln!("mayfly: listening on {}://{addr}", server.scheme());
     tracing::info!(%addr, "mayfly serving");
     server.serve(listener, shutdown_signal()).await?;

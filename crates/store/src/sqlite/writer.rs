@@ -288,7 +288,10 @@ impl Backend for SqliteWriter {
     ) -> Result<(), StoreError> {
         let now_ms = to_unix_ms(now);
         for (g, l) in items {
-            let (context, decision) = (to_json("context", &g.context)?, to_json("decision", &g.decision)?);
+            let (context, decision) = (
+                to_json("context", &g.context)?,
+                to_json("decision", &g.decision)?,
+            );
             self.conn
                 .prepare_cached(sql::INSERT_GRANT)
                 .and_then(|mut s| {
