@@ -59,7 +59,7 @@ fn started(mut cmd: Command) -> (Child, Vec<String>) {
             return (child, lines);
         }
     }
-    let _ = child.kill();
+    stop(child);
     panic!("mayfly serve did not start:\n{}", lines.join("\n"));
 }
 
