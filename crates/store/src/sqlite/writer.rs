@@ -51,13 +51,15 @@ impl SqliteWriter {
         )
         .map_err(map_rusqlite)?;
         conn.busy_timeout(busy_timeout).map_err(map_rusqlite)?;
-        // The writer gets a 64 MiB page cache (bulk revocations touch hundreds of
-        // thousands of index pages; the 2 MiB default spills mid-transaction) and in-memory
-        // temp tables for the `IN (json_each …)` lookups. Never synchronous=OFF: an
-        // acknowledged grant or revocation must survive at least a crash.
+        // An 8 MiB page cache: SQLite walks the whole page-cache hash at the end of every
+        // transaction, so a cache sized for bulk revocations (64 MiB) cost grants ~20 %
+        // (BENCHMARKS.md, "Grants"); the 2 MiB default spills mid-transaction in a bulk
+        // revocation. In-memory temp tables for the `IN (json_each …)` lookups. Never
+        // synchronous=OFF: an acknowledged grant or revocation must survive at least a
+        // crash.
         let pragmas = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; \
+             PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY; \
              PRAGMA wal_autocheckpoint = {};",
             durability.pragma(),
             checkpoint::WRITER_BACKSTOP_PAGES
