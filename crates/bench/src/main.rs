@@ -408,7 +408,13 @@ async fn start(a: StartArgs) -> Result<()> {
             bail!("broker exited with {status}:\n{text}");
         }
         let text = std::fs::read_to_string(&a.log).unwrap_or_default();
-        for line in text.lines() {
+        // Only whole lines: the broker may be between the writes of one line (stderr is
+        // unbuffered), and half an address ("http:/") sent the health check to a host
+        // named "healthz".
+        for line in text
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+        {
             if let Some(t) = line.trim().strip_prefix("export MAYFLY_TOKEN=") {
                 token = Some(t.to_string());
             }
@@ -422,7 +428,10 @@ async fn start(a: StartArgs) -> Result<()> {
     }
     let listening_ms = t0.elapsed().as_secs_f64() * 1e3;
     let addr = addr.unwrap_or_default();
-    let http = reqwest::Client::new();
+    // Each probe is bounded, so the deadline above is always checked again.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     loop {
         if Instant::now() > deadline {
             bail!("/healthz not 200 within {}s", a.timeout_s);
