@@ -126,13 +126,16 @@ async fn cli_walkthrough_and_json_output() {
         "x",
         "--task",
         "t",
-        "--ttl",
-        "5h",
+        "--action",
+        "drop-tables",
     ]);
     assert!(!bad.status.success());
     let err = stderr(&bad);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ttl: 5h exceeds"), "{err}");
+    assert!(
+        err.starts_with("error: action: \"drop-tables\" is not an action"),
+        "{err}"
+    );
     let bad_ttl = broker.cli(&[
         "request",
         "--target",

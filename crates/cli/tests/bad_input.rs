@@ -60,12 +60,6 @@ async fn bad_grant_requests_are_rejected_precisely_and_store_nothing() {
             Some("ttl"),
         ),
         (
-            "ttl above target max",
-            grant_body(json!({"ttl": "2h"})),
-            400,
-            Some("ttl"),
-        ),
-        (
             "ttl garbage",
             grant_body(json!({"ttl": "soon"})),
             400,

@@ -117,7 +117,7 @@ pub async fn request_grant(
     if decision.outcome != Outcome::Deny {
         decision
             .reasons
-            .extend(granted_ttl(&checked, &decision, now).identity_cap);
+            .extend(granted_ttl(&checked, &decision, now).clamped);
     }
     let mut grant = Grant {
         id: Uuid::now_v7(),
@@ -217,7 +217,7 @@ pub async fn explain(
     )
     .then(|| {
         let granted = granted_ttl(&checked, &decision, now);
-        decision.reasons.extend(granted.identity_cap);
+        decision.reasons.extend(granted.clamped);
         granted.ttl
     });
     Ok(Explained {
@@ -321,15 +321,9 @@ async fn check(
     if ttl.as_secs() == 0 {
         return Err(BrokerError::field("ttl", "must be greater than zero"));
     }
-    if ttl > target.max_ttl {
-        return Err(BrokerError::field(
-            "ttl",
-            format!(
-                "{ttl} exceeds target {:?}'s maximum of {}",
-                target.name, target.max_ttl
-            ),
-        ));
-    }
+    // Above the target's maximum is not an error: like a policy cap or the identity's
+    // expiry, the maximum clamps what is granted, and the decision says so (one rule for
+    // request, explain and renew).
     Ok(Checked {
         identity,
         target,
@@ -422,18 +416,31 @@ async fn evaluate(
 struct Granted {
     ttl: Ttl,
     cap: Ttl,
-    /// Set when the identity's expiry cut the TTL: said in the grant's decision.
-    identity_cap: Option<String>,
+    /// Why less than requested was granted, one sentence per cap that cut it: said in the
+    /// grant's decision.
+    clamped: Vec<String>,
 }
 
 fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> Granted {
-    let mut ttl = checked.ttl.min(checked.target.max_ttl);
+    let mut clamped = Vec::new();
+    let mut ttl = checked.ttl;
+    if ttl > checked.target.max_ttl {
+        clamped.push(format!(
+            "granted TTL {} instead of {ttl}: the maximum of target {:?}",
+            checked.target.max_ttl, checked.target.name
+        ));
+        ttl = checked.target.max_ttl;
+    }
     let mut cap = checked.target.max_ttl;
     if let Some(policy_cap) = decision.max_ttl {
+        if policy_cap < ttl {
+            clamped.push(format!(
+                "granted TTL {policy_cap} instead of {ttl}: the policy's @max_ttl"
+            ));
+        }
         ttl = ttl.min(policy_cap);
         cap = cap.min(policy_cap);
     }
-    let mut identity_cap = None;
     if let Some(expires) = checked.identity.expires_at {
         // `check` refused an identity already past its expiry, so this is at least 1 s.
         let left = Ttl::from_secs(
@@ -442,7 +449,7 @@ fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> G
                 .max(1),
         );
         if left < ttl {
-            identity_cap = Some(format!(
+            clamped.push(format!(
                 "granted TTL {left} instead of {ttl}: identity {:?} expires at {}",
                 checked.identity.id,
                 rfc3339(expires).unwrap_or_default()
@@ -451,11 +458,7 @@ fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> G
         ttl = ttl.min(left);
         cap = cap.min(left);
     }
-    Granted {
-        ttl,
-        cap,
-        identity_cap,
-    }
+    Granted { ttl, cap, clamped }
 }
 
 /// An allowed grant on its way to issuance, with the audit events that record its

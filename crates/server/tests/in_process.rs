@@ -177,3 +177,62 @@ async fn no_data_directory_is_a_configuration_error() {
     };
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+/// One TTL rule: what is granted is the least of the request, the policy cap, the target's
+/// maximum and the identity's remaining life, and the decision says which cut it. A
+/// request above the target's maximum is clamped, not refused.
+#[tokio::test]
+async fn a_ttl_above_the_targets_maximum_is_clamped_and_the_decision_says_so() {
+    let broker = InProcess::start().await;
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    broker
+        .post(
+            "/v1/identities",
+            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
+        )
+        .await;
+    broker
+        .post(
+            "/v1/targets",
+            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
+        )
+        .await;
+    let (status, _, issued) = broker
+        .post(
+            "/v1/grants",
+            json!({"identity": "ci", "target": "api", "action": "read", "purpose": "p", "task": "t", "ttl": "5h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let issued_at = time::OffsetDateTime::parse(
+        issued["lease"]["issued_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let lease_expires = time::OffsetDateTime::parse(
+        issued["lease"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!((lease_expires - issued_at).whole_seconds(), 3600);
+    let reasons = issued["grant"]["decision"]["reasons"].to_string();
+    assert!(
+        reasons.contains("granted TTL 1h instead of 5h: the maximum of target"),
+        "{reasons}"
+    );
+
+    // `explain` applies the same rule.
+    let (status, _, explained) = broker
+        .post(
+            "/v1/policy/explain",
+            json!({"identity": "ci", "target": "api", "action": "read", "purpose": "p", "task": "t", "ttl": "5h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{explained}");
+    assert!(
+        explained.to_string().contains("the maximum of target"),
+        "{explained}"
+    );
+}
