@@ -708,12 +708,21 @@ fn visible<T>(
 /// the target then fails to follow (PostgreSQL's VALID UNTIL), the credential only ends
 /// earlier than recorded, never later. Returns a replacement credential for kinds that
 /// cannot be extended in place (tokens).
+/// A renewal's result: the lease as it now is, a replacement credential for kinds that
+/// cannot be extended in place, and why the expiry is what it is when that is not simply
+/// now + the TTL asked for (capped, or unchanged).
+pub struct Renewal {
+    pub lease: Lease,
+    pub credential: Option<IssuedCredential>,
+    pub reasons: Vec<String>,
+}
+
 pub async fn renew(
     state: &AppState,
     caller: &Caller,
     lease_id: Uuid,
     ttl: Option<Ttl>,
-) -> Result<(Lease, Option<IssuedCredential>), BrokerError> {
+) -> Result<Renewal, BrokerError> {
     let lease = visible_lease(state, caller, lease_id).await?;
     let grant = visible_grant(state, caller, lease.grant_id).await?;
     let ttl = ttl.or(grant.granted_ttl).unwrap_or(Ttl::from_secs(0));
@@ -726,14 +735,39 @@ pub async fn renew(
         Some(own) => Some(own.clone()),
         None => state.store.get_identity(&lease.identity).await?,
     };
-    let mut until = now + ttl.as_time();
-    if let Some(expires) = identity.and_then(|i| i.expires_at) {
-        until = until.min(expires);
+    let asked = now + ttl.as_time();
+    let mut until = asked;
+    let mut reasons = Vec::new();
+    if let Some(identity) = identity {
+        if let Some(expires) = identity.expires_at.filter(|e| *e < until) {
+            reasons.push(format!(
+                "capped at {}: identity {:?} expires then",
+                rfc3339(expires).unwrap_or_default(),
+                identity.id
+            ));
+            until = expires;
+        }
     }
     let renewed = state
         .store
         .renew_lease(lease_id, until, &caller.0.actor(), now)
         .await?;
+    if until > renewed.max_expires_at {
+        reasons.push(format!(
+            "capped at {}: the lease's maximum, fixed when it was issued (target maximum or policy cap)",
+            rfc3339(renewed.max_expires_at).unwrap_or_default()
+        ));
+    }
+    // Less than a second more is no renewal a person would notice: the TTL counts from
+    // now, and the lease already ran that long (a renewal never shortens a lease).
+    let gained = renewed.expires_at - lease.expires_at;
+    if gained < time::Duration::seconds(1) {
+        reasons.push(format!(
+            "expiry practically unchanged at {} (+{} ms): the lease already ran {ttl} from now; ask for a longer ttl",
+            rfc3339(renewed.expires_at).unwrap_or_default(),
+            gained.whole_milliseconds()
+        ));
+    }
     let target = state
         .store
         .get_target(&lease.target)
@@ -757,7 +791,11 @@ pub async fn renew(
             renewed.expires_at,
         )
         .await?;
-    Ok((renewed, credential))
+    Ok(Renewal {
+        lease: renewed,
+        credential,
+        reasons,
+    })
 }
 
 /// The (guarded) provider of a credential kind. A stored target or lease whose kind has

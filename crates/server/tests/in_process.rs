@@ -236,3 +236,76 @@ async fn a_ttl_above_the_targets_maximum_is_clamped_and_the_decision_says_so() {
         "{explained}"
     );
 }
+
+/// Renewal follows the same rule and says what it did: a renewal that cannot extend (the
+/// lease already runs that long) or is capped says so instead of answering in silence.
+#[tokio::test]
+async fn a_renewal_says_when_it_was_capped_or_changed_nothing() {
+    let broker = InProcess::start().await;
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    broker
+        .post(
+            "/v1/identities",
+            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
+        )
+        .await;
+    broker
+        .post(
+            "/v1/targets",
+            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
+        )
+        .await;
+    let (_, _, issued) = broker
+        .post(
+            "/v1/grants",
+            json!({"identity": "ci", "target": "api", "action": "read", "purpose": "p", "task": "t", "ttl": "30m"}),
+        )
+        .await;
+    let lease = issued["lease"]["id"].as_str().unwrap().to_string();
+
+    // Right after issue, renewing by the grant's own TTL cannot extend anything.
+    let (status, _, same) = broker
+        .post(&format!("/v1/leases/{lease}/renew"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{same}");
+    assert!(
+        same["reasons"]
+            .to_string()
+            .contains("expiry practically unchanged"),
+        "{same}"
+    );
+
+    // Past the lease's maximum: capped, and said.
+    let (status, _, capped) = broker
+        .post(&format!("/v1/leases/{lease}/renew"), json!({"ttl": "5h"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{capped}");
+    assert_eq!(
+        capped["lease"]["expires_at"],
+        capped["lease"]["max_expires_at"]
+    );
+    assert!(
+        capped["reasons"]
+            .to_string()
+            .contains("the lease's maximum"),
+        "{capped}"
+    );
+
+    // An ordinary extension needs no explanation.
+    let (_, _, fresh) = broker
+        .post(
+            "/v1/grants",
+            json!({"identity": "ci", "target": "api", "action": "read", "purpose": "p", "task": "t2", "ttl": "5m"}),
+        )
+        .await;
+    let fresh_lease = fresh["lease"]["id"].as_str().unwrap().to_string();
+    let (_, _, extended) = broker
+        .post(
+            &format!("/v1/leases/{fresh_lease}/renew"),
+            json!({"ttl": "20m"}),
+        )
+        .await;
+    assert_eq!(extended["reasons"], json!([]), "{extended}");
+}

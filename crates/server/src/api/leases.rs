@@ -72,6 +72,9 @@ pub struct RenewResponse {
     /// A replacement credential when the kind cannot be extended in place (tokens).
     #[schema(value_type = Option<Object>)]
     pub credential: Option<serde_json::Value>,
+    /// Why the new expiry is not now + the TTL asked for: capped (the lease's maximum, the
+    /// identity's expiry) or unchanged (a renewal never shortens). Empty when it is.
+    pub reasons: Vec<String>,
 }
 
 /// Extends an active lease, never beyond its `max_expires_at`.
@@ -83,11 +86,12 @@ pub async fn renew(
     ApiPath(id): ApiPath<Uuid>,
     OptionalJson(body): OptionalJson<RenewRequest>,
 ) -> Result<Json<RenewResponse>, ApiError> {
-    let (lease, credential) = broker::renew(&state, &caller, id, body.ttl)
+    let renewal = broker::renew(&state, &caller, id, body.ttl)
         .await
         .map_err(|e| ApiError::from(e).for_caller(&caller.0))?;
     Ok(Json(RenewResponse {
-        credential: credential.as_ref().map(credential_json),
-        lease,
+        credential: renewal.credential.as_ref().map(credential_json),
+        lease: renewal.lease,
+        reasons: renewal.reasons,
     }))
 }
