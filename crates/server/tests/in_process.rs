@@ -37,6 +37,30 @@ impl InProcess {
         }
     }
 
+    /// A broker with identity `ci` (a pipeline, 30 days left) and token target `api`
+    /// (action `read`, default 5m, maximum 1h, `ci` allowed).
+    async fn with_pipeline_and_token_target() -> InProcess {
+        let broker = InProcess::start().await;
+        let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let (status, _, body) = broker
+            .post(
+                "/v1/identities",
+                json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, _, body) = broker
+            .post(
+                "/v1/targets",
+                json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        broker
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -80,24 +104,7 @@ impl InProcess {
 
 #[tokio::test]
 async fn a_token_grant_is_issued_seen_and_revoked() {
-    let broker = InProcess::start().await;
-    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let (status, _, body) = broker
-        .post(
-            "/v1/identities",
-            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _, body) = broker
-        .post(
-            "/v1/targets",
-            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let broker = InProcess::with_pipeline_and_token_target().await;
 
     let (status, _, issued) = broker
         .post(
@@ -183,22 +190,7 @@ async fn no_data_directory_is_a_configuration_error() {
 /// request above the target's maximum is clamped, not refused.
 #[tokio::test]
 async fn a_ttl_above_the_targets_maximum_is_clamped_and_the_decision_says_so() {
-    let broker = InProcess::start().await;
-    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    broker
-        .post(
-            "/v1/identities",
-            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
-        )
-        .await;
-    broker
-        .post(
-            "/v1/targets",
-            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
-        )
-        .await;
+    let broker = InProcess::with_pipeline_and_token_target().await;
     let (status, _, issued) = broker
         .post(
             "/v1/grants",
@@ -241,22 +233,7 @@ async fn a_ttl_above_the_targets_maximum_is_clamped_and_the_decision_says_so() {
 /// lease already runs that long) or is capped says so instead of answering in silence.
 #[tokio::test]
 async fn a_renewal_says_when_it_was_capped_or_changed_nothing() {
-    let broker = InProcess::start().await;
-    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    broker
-        .post(
-            "/v1/identities",
-            json!({"id": "ci", "kind": "pipeline", "owner": "team", "purpose": "tests", "expires_at": expires}),
-        )
-        .await;
-    broker
-        .post(
-            "/v1/targets",
-            json!({"name": "api", "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
-        )
-        .await;
+    let broker = InProcess::with_pipeline_and_token_target().await;
     let (_, _, issued) = broker
         .post(
             "/v1/grants",
