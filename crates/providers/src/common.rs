@@ -319,7 +319,7 @@ pub fn format_expiration(t: OffsetDateTime) -> Result<String, ProviderError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use mayfly_core::provider::{Ledger, ReconcileReport, Recorded};
+    use mayfly_core::provider::{ReconcileReport, Recorded};
     use mayfly_core::secret::SecretString;
 
     use super::*;
@@ -480,26 +480,9 @@ mod tests {
         assert!(many.expose().chars().any(|c| c.is_ascii_digit()));
     }
 
-    struct FixedLedger(BTreeMap<String, Recorded>);
-
-    #[async_trait::async_trait]
-    impl Ledger for FixedLedger {
-        async fn recorded(
-            &self,
-            names: &[String],
-        ) -> Result<BTreeMap<String, Recorded>, ProviderError> {
-            Ok(self
-                .0
-                .iter()
-                .filter(|(n, _)| names.contains(n))
-                .map(|(n, r)| (n.clone(), *r))
-                .collect())
-        }
-    }
-
     #[tokio::test]
     async fn only_recorded_ended_and_marked_accounts_are_removable() {
-        let ledger = FixedLedger(BTreeMap::from([
+        let ledger = crate::conformance::MapLedger(BTreeMap::from([
             ("mf_live".to_string(), Recorded::Live),
             ("mf_ended".to_string(), Recorded::Ended),
             ("mf_ended_unmarked".to_string(), Recorded::Ended),
