@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{Grant, Identity, Lease, Target};
-use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
+use mayfly_core::store::{OperatorTokenRecord, PendingRootRotation, SigningKeyRecord, StoreError};
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -255,5 +255,15 @@ pub(crate) fn operator_token_from_row(
         name: text(row, "name")?,
         token_sha256: row.blob("token_sha256")?,
         created_at: ts(row, "created_at")?,
+    })
+}
+
+pub(crate) fn root_rotation_from_row(
+    row: &impl Columns,
+) -> Result<PendingRootRotation, StoreError> {
+    Ok(PendingRootRotation {
+        target: text(row, "target")?,
+        sealed: row.blob("sealed")?,
+        started_at: ts(row, "started_at")?,
     })
 }

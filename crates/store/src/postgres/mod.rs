@@ -33,7 +33,7 @@ use self::writer::PgWriter;
 use crate::engine::{self, EngineStore, Placement, Reads};
 use crate::rows::{
     grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
-    signing_key_from_row, target_from_row,
+    root_rotation_from_row, signing_key_from_row, target_from_row,
 };
 
 /// Default and maximum page size of the `list_*` calls (as in SQLite).
@@ -175,18 +175,13 @@ impl Reads for PgReads {
     }
 
     async fn pending_root_rotations(&self) -> Result<Vec<PendingRootRotation>, StoreError> {
-        let rows: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(sql::LIST_ROOT_ROTATIONS)
+        sqlx::query(sql::LIST_ROOT_ROTATIONS)
             .fetch_all(&self.pool)
             .await
-            .map_err(map_sqlx)?;
-        Ok(rows
-            .into_iter()
-            .map(|(target, sealed, started_at)| PendingRootRotation {
-                target,
-                sealed,
-                started_at: from_unix_ms(started_at),
-            })
-            .collect())
+            .map_err(map_sqlx)?
+            .iter()
+            .map(root_rotation_from_row)
+            .collect()
     }
 
     async fn get_target(&self, name: &str) -> Result<Option<Target>, StoreError> {
