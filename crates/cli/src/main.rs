@@ -73,11 +73,21 @@ enum Command {
     Policy(PolicyCmd),
     /// Ask the broker whether a token it issued is still active (RFC 7662).
     Introspect(IntrospectArgs),
-    /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    /// Print a static shell completion script. For completions that also know the broker's
+    /// target and identity names, use `source <(COMPLETE=bash mayfly)` (zsh, fish,
+    /// elvish, powershell likewise) instead.
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
+    // Dynamic completion (`source <(COMPLETE=bash mayfly)`): when the shell calls back with
+    // COMPLETE set, this answers with candidates and exits; otherwise it returns at once.
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .bin("mayfly")
+        .complete();
     // Kept beside the parsed command: `serve` layers its configuration by where each value
     // came from (default, environment or flag), which only the matches record.
     let matches = Cli::command().get_matches();
@@ -119,7 +129,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let args = matches
                 .subcommand_matches("serve")
                 .context("serve was parsed without its arguments")?;
-            cmd::serve::run(args).await.map(done)
+            cmd::serve::run(args).await
         }
         Command::Identity(group) => cmd::identity::run(group).await.map(done),
         Command::Target(group) => cmd::target::run(group).await.map(done),

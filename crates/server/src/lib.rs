@@ -320,6 +320,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::map_response(
             error::problem_for_bare_errors,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_http,
+        ))
         .with_state(state)
 }
 
