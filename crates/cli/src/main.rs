@@ -83,6 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     // Kept beside the parsed command: `serve` layers its configuration by where each value
     // came from (default, environment or flag), which only the matches record.
     let matches = Cli::command().get_matches();
@@ -107,6 +108,25 @@ fn main() -> ExitCode {
             ExitCode::from(failure::exit_code(&e))
         }
     }
+}
+
+/// `mayfly leases | head` closes stdout before everything is printed, and `println!` then
+/// panics. A reader that has seen enough is no error: exit as a Unix tool killed by
+/// SIGPIPE does (128 + 13), without a backtrace.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Runs the parsed command; the exit code is non-zero where a command says so (a broken

@@ -552,3 +552,23 @@ fn a_busy_port_is_reported_once() {
     let text = line.to_lowercase();
     assert_eq!(text.matches("in use").count(), 1, "{line}");
 }
+
+/// A reader that stops early (`mayfly … | head`) ends the command quietly, not with a panic.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let mut child = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        matches!(out.status.code(), Some(0 | 141)),
+        "{:?}",
+        out.status
+    );
+}
