@@ -196,6 +196,18 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The credential kinds a target may have: the broker's own tokens and every built-in
+/// provider's, as registered in [`Server::prepare`] (for `mayfly target add --help`).
+pub fn credential_kinds() -> Vec<&'static str> {
+    std::iter::once(token::KIND)
+        .chain(
+            mayfly_providers::builtin()
+                .iter()
+                .map(|p| mayfly_core::provider::Provider::kind(p.as_ref())),
+        )
+        .collect()
+}
+
 /// Parses `+01:00` / `-05:30` / `Z`.
 pub fn parse_utc_offset(text: &str) -> Result<time::UtcOffset, String> {
     if text == "Z" || text == "UTC" {

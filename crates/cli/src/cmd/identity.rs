@@ -14,6 +14,7 @@ use crate::output::{self, Column, Format};
 pub enum IdentityCmd {
     /// Register an identity.
     Add {
+        /// The identity's name: lowercase letters, digits, '.', '_', '-'.
         id: String,
         /// service, pipeline, agent or other
         #[arg(long)]
@@ -21,6 +22,7 @@ pub enum IdentityCmd {
         /// Accountable person or team.
         #[arg(long)]
         owner: String,
+        /// What it is for.
         #[arg(long)]
         purpose: String,
         /// Lifetime of the identity itself.
@@ -30,15 +32,24 @@ pub enum IdentityCmd {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
+    /// List identities.
     List,
+    /// One identity.
     Show {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
     /// Kill switch: disable and revoke everything it holds.
     Disable {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
+    /// Let a disabled identity ask for access again.
     Enable {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
     /// How the broker sees the presented credential.

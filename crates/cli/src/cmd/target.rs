@@ -9,21 +9,27 @@ use serde_json::Value;
 
 use super::Group;
 use crate::client::Answer;
-use crate::output::{self, Column};
+use crate::output::{self, Column, Format};
 
 // Parsed once per process; boxing the large variant would only add noise.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum TargetCmd {
+    /// Register a target and who may ask for it (default deny).
     Add {
+        /// The target's name: what `request --target` names.
         name: String,
-        #[arg(long, default_value = "token")]
+        /// The credential kind: what a grant on this target issues.
+        #[arg(long, default_value = "token",
+            value_parser = clap::builder::PossibleValuesParser::new(mayfly_server::credential_kinds()))]
         kind: String,
         /// Allowed action (repeatable).
         #[arg(long = "action", required = true)]
         actions: Vec<String>,
+        /// TTL of a request that names none.
         #[arg(long, default_value = "15m")]
         default_ttl: Ttl,
+        /// Longest TTL a grant (and its renewals) may have; longer requests are clamped.
         #[arg(long, default_value = "1h")]
         max_ttl: Ttl,
         /// Identity, `owner:<team>` or `*` allowed to request (repeatable). Default: nobody.
@@ -46,16 +52,24 @@ pub enum TargetCmd {
         #[arg(long)]
         admin_url_file: Option<std::path::PathBuf>,
     },
+    /// List targets (a workload sees those policy could allow it).
     List,
+    /// One target.
     Show {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
     /// Drop users on the target that carry Mayfly's prefix but belong to no live lease.
     Reconcile {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
     /// Replace the target's admin password with a random one only Mayfly knows.
     RotateRoot {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
 }
@@ -162,12 +176,12 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
                 .get::<Value>(&format!("/v1/targets/{name}"), &[])
                 .await?,
         ),
-        TargetCmd::Reconcile { name } => output::object(
-            out,
-            &client
-                .post_empty::<Value>(&format!("/v1/targets/{name}/reconcile"))
-                .await?,
-        ),
+        TargetCmd::Reconcile { name } => {
+            let report: Value = client
+                .post_empty(&format!("/v1/targets/{name}/reconcile"))
+                .await?;
+            print_reconciled(out, &name, &report);
+        }
         TargetCmd::RotateRoot { name } => output::object(
             out,
             &client
@@ -176,6 +190,46 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// A reconciliation as sentences: what was dropped, what failed, what was left alone, or
+/// that there was nothing to drop.
+fn print_reconciled(out: Format, name: &str, report: &Value) {
+    if out == Format::Json {
+        println!("{report}");
+        return;
+    }
+    let list = |key: &str| {
+        report
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (dropped, failed, unknown) = (list("dropped"), list("failed"), list("unknown"));
+    if dropped.is_empty() && failed.is_empty() {
+        println!("{name}: nothing to drop");
+    }
+    if !dropped.is_empty() {
+        println!(
+            "{name}: dropped {}",
+            output::cell(Some(&Value::Array(dropped)))
+        );
+    }
+    for f in &failed {
+        // `[user, reason]`
+        println!(
+            "{name}: could not drop {}: {}",
+            output::cell(f.get(0)),
+            output::cell(f.get(1))
+        );
+    }
+    if !unknown.is_empty() {
+        println!(
+            "{name}: left alone (not provably Mayfly's for this target): {}",
+            output::cell(Some(&Value::Array(unknown)))
+        );
+    }
 }
 
 #[cfg(test)]
