@@ -383,10 +383,15 @@ async fn health_metrics_and_openapi() {
         ),
         "{metrics}"
     );
-    let (status, _, _) = broker
+    let (status, problem, _) = broker
         .call(Method::GET, "/no/such/route/123", None, None)
         .await;
     assert_eq!(status, 404);
+    // Said in the caller's terms, not the router's.
+    assert_eq!(
+        problem["detail"],
+        "no endpoint serves GET /no/such/route/123; the API is described at /openapi.json"
+    );
     let metrics = broker
         .http
         .get(broker.url("/metrics"))

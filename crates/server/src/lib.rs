@@ -320,13 +320,17 @@ pub struct Server {
 /// Builds the router for a state.
 pub fn app(state: AppState) -> Router {
     api::routes()
-        .fallback(|| async {
-            error::ApiError::NotFound {
-                what: "route",
-                id: "this path".into(),
-                field: None,
-            }
-        })
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                // The path is the caller's own text: bounded, so a long one makes no long
+                // answer.
+                let path: String = uri.path().chars().take(200).collect();
+                error::ApiError::NoRoute {
+                    method: method.to_string(),
+                    path,
+                }
+            },
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(conn::limit_headers))
         .layer(axum::middleware::map_response(
