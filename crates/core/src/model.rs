@@ -289,6 +289,8 @@ pub enum LeaseSelector {
     Task(String),
     Identity(String),
     Owner(String),
+    /// Every lease of one target (deleting a target with `revoke_leases`).
+    Target(String),
 }
 
 impl fmt::Display for LeaseSelector {
@@ -299,6 +301,7 @@ impl fmt::Display for LeaseSelector {
             LeaseSelector::Task(t) => write!(f, "task {t}"),
             LeaseSelector::Identity(i) => write!(f, "identity {i}"),
             LeaseSelector::Owner(o) => write!(f, "owner {o}"),
+            LeaseSelector::Target(t) => write!(f, "target {t}"),
         }
     }
 }

@@ -636,11 +636,15 @@ impl Server {
     /// `Ok(false)` when another replica starting at the same moment recorded its own first:
     /// this token then does not work and the other one does.
     pub async fn record_bootstrap_token(&self, token: &SecretString) -> Result<bool, StartError> {
-        let record = OperatorTokenRecord {
-            name: "bootstrap".into(),
-            token_sha256: hash_operator_token(token.expose()),
-            created_at: mayfly_core::now(),
-        };
+        // No expiry: it is the root of trust until the operator replaces it with named,
+        // expiring tokens (`mayfly operator token create`, then revoke `bootstrap`).
+        let record = OperatorTokenRecord::new(
+            "bootstrap",
+            hash_operator_token(token.expose()),
+            mayfly_core::now(),
+            None,
+            "system:first-start",
+        );
         match self.state.store.add_operator_token(&record).await {
             Ok(()) => Ok(true),
             Err(mayfly_core::store::StoreError::Conflict { .. }) => Ok(false),
