@@ -9,6 +9,7 @@ pub mod identity;
 pub mod introspect;
 pub mod keys;
 pub mod lease;
+pub mod operator;
 pub mod policy;
 pub mod revoke;
 pub mod serve;
