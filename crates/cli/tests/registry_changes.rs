@@ -279,3 +279,34 @@ async fn identities_update_and_delete() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["deleted"], "svc");
 }
+
+/// The routes added for changing and removing records, and for operator tokens, are in the
+/// OpenAPI document (schemathesis tests the live broker against it).
+#[tokio::test]
+async fn the_new_routes_are_documented() {
+    let broker = Broker::start(BIN);
+    let (status, doc, _) = broker.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    for (path, method) in [
+        ("/v1/targets/{name}", "patch"),
+        ("/v1/targets/{name}", "delete"),
+        ("/v1/identities/{id}", "patch"),
+        ("/v1/identities/{id}", "delete"),
+        ("/v1/operator/tokens", "post"),
+        ("/v1/operator/tokens", "get"),
+        ("/v1/operator/tokens/{name}/revoke", "post"),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing");
+        if method == "delete" {
+            assert!(op["responses"]["409"].is_object(), "{method} {path}: 409");
+            let params = op["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["name"] == "revoke_leases" && p["in"] == "query"),
+                "{method} {path}: {params:?}"
+            );
+        }
+    }
+}
