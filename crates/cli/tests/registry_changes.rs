@@ -310,3 +310,97 @@ async fn the_new_routes_are_documented() {
         }
     }
 }
+
+/// A database target is deleted only once its users are confirmed dropped: while the
+/// server refuses the revocation the target stays (409), and once it accepts, a delete
+/// with `revoke_leases` waits for the revocation worker and then removes the target.
+#[tokio::test]
+async fn a_database_target_outlives_its_pending_revocations() {
+    use common::pg::{superuser_or_skip, PgFixture};
+    use sqlx::Executor;
+
+    let Some(mut su) = superuser_or_skip("deleting a database target").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su, "del").await;
+    let broker = Broker::start(BIN);
+    broker.add_identity("etl", "team-data").await;
+    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
+    assert_eq!(status, 201, "{target}");
+    let grant = |task: &'static str| {
+        let broker = &broker;
+        async move {
+            let (status, body) = broker
+                .post("/v1/grants", json!({"identity": "etl", "target": "pg", "action": "read", "purpose": "load", "task": task, "ttl": "10m"}))
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body
+        }
+    };
+
+    // The server refuses to drop the user: the revocation stays pending, so does the target.
+    let first = grant("load-1").await;
+    let first_lease = first["lease"]["id"].as_str().unwrap().to_string();
+    su.execute(format!("ALTER ROLE {} NOLOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    // Also end the broker's pooled admin sessions, so the target truly refuses it.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&f.admin)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let (status, problem, _) = delete(&broker, "/v1/targets/pg?revoke_leases=true").await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("still being revoked"),
+        "{problem}"
+    );
+    assert_eq!(broker.get("/v1/targets/pg").await["name"], "pg");
+    assert_eq!(
+        broker.get(&format!("/v1/leases/{first_lease}")).await["state"],
+        "revoking"
+    );
+
+    // The server accepts again: the worker finishes; a new lease is revoked and the target
+    // deleted in one call.
+    su.execute(format!("ALTER ROLE {} LOGIN", f.admin).as_str())
+        .await
+        .unwrap();
+    let done = common::eventually(std::time::Duration::from_secs(15), || async {
+        let lease = broker.get(&format!("/v1/leases/{first_lease}")).await;
+        if lease["state"] == "revoked" {
+            Ok(lease)
+        } else {
+            Err(lease)
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{done:?}");
+    let second = grant("load-2").await;
+    let user = second["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(f.users(&mut su).await.contains(&user));
+    let (status, done, _) = delete(&broker, "/v1/targets/pg?revoke_leases=true").await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["revoked"]["revoking"], 1);
+    assert!(
+        !f.users(&mut su).await.contains(&user),
+        "the user was dropped first"
+    );
+    let (status, _, _) = broker
+        .call(Method::GET, "/v1/targets/pg", Some(&broker.token), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        broker.get("/v1/audit/verify").await["first_break"],
+        Value::Null
+    );
+    drop(broker);
+    f.drop_all(&mut su).await;
+}
