@@ -1,6 +1,5 @@
 //! `mayfly identity`: the inventory of non-human identities, and the kill switch.
 
-use anyhow::Context;
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::Identity;
@@ -145,21 +144,7 @@ pub async fn run(group: Group<IdentityCmd>) -> anyhow::Result<()> {
             labels,
             clear_labels,
         } => {
-            let expires_at = match (expires, expires_at) {
-                (Some(ttl), _) => Some(mayfly_core::now() + ttl.as_time()),
-                (None, Some(text)) => Some(
-                    time::OffsetDateTime::parse(
-                        &text,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .with_context(|| {
-                        format!(
-                            "--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z"
-                        )
-                    })?,
-                ),
-                (None, None) => None,
-            };
+            let expires_at = super::expiry(expires, expires_at)?;
             let body = UpdateIdentity {
                 owner,
                 purpose,

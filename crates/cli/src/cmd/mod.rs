@@ -103,3 +103,22 @@ pub fn api_enum<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> anyho
     serde_json::from_value(Value::String(text.to_string()))
         .with_context(|| format!("{flag} {text:?}"))
 }
+
+/// An expiry given as a lifetime from now (`--expires-in 30d`) or an instant
+/// (`--expires-at`, RFC 3339); `None` when neither was given.
+pub fn expiry(
+    lifetime: Option<mayfly_core::duration::Ttl>,
+    at: Option<String>,
+) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    match (lifetime, at) {
+        (Some(ttl), _) => Ok(Some(mayfly_core::now() + ttl.as_time())),
+        (None, Some(text)) => {
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map(Some)
+                .with_context(|| {
+                    format!("--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z")
+                })
+        }
+        (None, None) => Ok(None),
+    }
+}

@@ -2,7 +2,6 @@
 //!
 //! A lost set of tokens is recovered offline with `mayfly store recover-operator`.
 
-use anyhow::Context;
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
 use mayfly_server::api::operators::{
@@ -73,21 +72,7 @@ pub async fn run(group: Group<OperatorCmd>) -> anyhow::Result<()> {
             expires_in,
             expires_at,
         } => {
-            let expires_at = match (expires_in, expires_at) {
-                (Some(ttl), _) => Some(mayfly_core::now() + ttl.as_time()),
-                (None, Some(text)) => Some(
-                    time::OffsetDateTime::parse(
-                        &text,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .with_context(|| {
-                        format!(
-                            "--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z"
-                        )
-                    })?,
-                ),
-                (None, None) => None,
-            };
+            let expires_at = super::expiry(expires_in, expires_at)?;
             let body = CreateOperatorToken { name, expires_at };
             let answer: Answer<CreatedOperatorToken> =
                 client.post("/v1/operator/tokens", &body).await?;
