@@ -101,7 +101,7 @@ pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     }
     if let Some(token) = &bootstrap.operator_token {
         eprintln!(
-            "mayfly: first start: created an operator token. It is shown only this once and stored only as a hash:\n\n    export MAYFLY_TOKEN={}\n",
+            "mayfly: first start: created an operator token. It is shown only this once and stored only as a hash:\n\n    export MAYFLY_TOKEN={}\n\nmayfly: it never expires: make named, expiring tokens (`mayfly operator token create --name NAME`), then revoke this one (`mayfly operator token revoke bootstrap`).",
             token.expose()
         );
         // Recorded only now that it has been shown: a start that dies before this line
