@@ -1,10 +1,12 @@
 //! The HTTP client every command but `serve` uses: the same API workloads use.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use crate::failure::{humanize, Failure};
 
 pub struct Client {
     base: String,
@@ -107,16 +109,16 @@ impl Client {
 
     async fn finish<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let response = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(
+            Failure::Unreachable(if e.is_connect() {
+                format!(
                     "cannot reach mayfly at {} (is `mayfly serve` running? set MAYFLY_ADDR)",
                     self.base
                 )
             } else if e.is_timeout() {
-                anyhow!("mayfly at {} did not answer in time", self.base)
+                format!("mayfly at {} did not answer in time", self.base)
             } else {
-                anyhow!("request to {} failed: {e}", self.base)
-            }
+                format!("request to {} failed: {e}", self.base)
+            })
         })?;
         let status = response.status();
         let text = response.text().await.context("cannot read the response")?;
@@ -124,7 +126,11 @@ impl Client {
             return serde_json::from_str(&text)
                 .with_context(|| format!("unexpected response from mayfly: {}", truncate(&text)));
         }
-        bail!("{}", problem_line(status, &text))
+        Err(Failure::Api {
+            status: status.as_u16(),
+            message: problem_line(status, &text),
+        }
+        .into())
     }
 }
 
@@ -135,7 +141,8 @@ fn problem_line(status: StatusCode, text: &str) -> String {
             let detail = p
                 .get("detail")
                 .and_then(Value::as_str)
-                .unwrap_or("request failed");
+                .map(humanize)
+                .unwrap_or_else(|| "request failed".into());
             let code = p.get("code").and_then(Value::as_str).unwrap_or("");
             let hint = if status == StatusCode::UNAUTHORIZED {
                 " (set MAYFLY_TOKEN)"

@@ -92,11 +92,46 @@ pub fn object(format: Format, value: &Value) {
             if let Value::Object(map) = value {
                 let width = map.keys().map(String::len).max().unwrap_or(0);
                 for (k, v) in map {
-                    println!("{k:<width$}  {}", cell(Some(v)));
+                    println!("{k:<width$}  {}", field_cell(k, v));
                 }
             } else {
                 println!("{value}");
             }
         }
+    }
+}
+
+/// Fields that JWT claims (RFC 7519) and introspection (RFC 7662) write as seconds since
+/// the epoch: a table shows them in RFC 3339, like every other time it shows.
+const EPOCH_FIELDS: &[&str] = &["exp", "iat", "nbf", "auth_time", "expires_at"];
+
+/// A record's field as a table cell: epoch seconds as RFC 3339, the rest by [`cell`].
+fn field_cell(key: &str, v: &Value) -> String {
+    if EPOCH_FIELDS.contains(&key) {
+        if let Some(t) = v
+            .as_i64()
+            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        {
+            return time(t);
+        }
+    }
+    cell(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_claims_read_as_rfc3339_in_tables() {
+        assert_eq!(
+            field_cell("exp", &serde_json::json!(1_700_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            field_cell("expires_at", &serde_json::json!("2030-01-01T00:00:00Z")),
+            "2030-01-01T00:00:00Z"
+        );
+        assert_eq!(field_cell("port", &serde_json::json!(5432)), "5432");
     }
 }

@@ -228,7 +228,7 @@ async fn tampering_with_the_audit_chain_is_detected() {
         },
     );
     let out = broker.cli(&["audit", "verify"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(8), "exit code 8: a check failed");
     assert!(
         stdout(&out).starts_with("audit chain BROKEN at entry"),
         "{}",
@@ -303,7 +303,7 @@ async fn tampering_with_the_audit_chain_is_detected() {
         "{listed:?}"
     );
     let out = broker.cli(&["audit", "verify"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(8), "{}", stdout(&out));
     assert!(
         stdout(&out).starts_with(&format!(
             "audit chain BROKEN at entry {refiled}: column_edited (column task)"

@@ -331,7 +331,7 @@ async fn other_endpoints_reject_bad_input_with_problems() {
 async fn authentication_failures_are_401_problems_and_audited() {
     let broker = Broker::start_in(
         BIN,
-        &tempfile::tempdir().unwrap().keep(),
+        &common::scratch_dir(),
         common::Options {
             config: Some("[auth.failures]\naudit_interval = \"1s\"\n".into()),
             ..common::Options::default()

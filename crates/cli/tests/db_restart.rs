@@ -30,18 +30,31 @@ fn pg_bin() -> Option<PathBuf> {
     dirs.into_iter().rev().find(|d| d.join("pg_ctl").exists())
 }
 
-fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
-    // initdb refuses to run as root; the machine's `postgres` user owns the cluster.
+/// Runs a PostgreSQL server tool as the `postgres` user (initdb refuses to run as root;
+/// the machine's `postgres` user owns the cluster). A tool that cannot be started is a
+/// sentence naming it, not an `Os { code: 2 }`.
+fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> Result<std::process::Output, String> {
     let tool = bin.join(tool);
     let mut cmd = if nix_is_root() {
-        Command::new("runuser")
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(&tool);
+        cmd
     } else {
         Command::new(&tool)
     };
-    if nix_is_root() {
-        cmd.args(["-u", "postgres", "--"]).arg(&tool);
-    }
-    cmd.args(args).output().unwrap()
+    cmd.args(args).output().map_err(|e| {
+        let runner = if nix_is_root() {
+            "runuser (util-linux), to run it as the postgres user"
+        } else {
+            "it"
+        };
+        format!("cannot start {} via {runner}: {e}", tool.display())
+    })
+}
+
+fn tool_on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }
 
 fn nix_is_root() -> bool {
@@ -63,8 +76,15 @@ impl Cluster {
             );
             return None;
         };
-        let root = PathBuf::from(format!("/tmp/mayfly-pg-{}", common::suffix()));
-        std::fs::create_dir_all(&root).unwrap();
+        if nix_is_root() && !tool_on_path("runuser") {
+            common::services::unavailable(
+                "database restart under load",
+                "`runuser` (util-linux), to run initdb as the postgres user",
+                "not on PATH",
+            );
+            return None;
+        }
+        let root = common::scratch_dir();
         if nix_is_root() {
             assert!(Command::new("chown")
                 .args(["postgres:postgres"])
@@ -91,7 +111,8 @@ impl Cluster {
                 "-E",
                 "UTF8",
             ],
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             init.status.success(),
             "initdb: {}",
@@ -121,7 +142,7 @@ impl Cluster {
             "fast",
         ];
         args.extend_from_slice(action);
-        let out = as_postgres(&self.bin, "pg_ctl", &args);
+        let out = as_postgres(&self.bin, "pg_ctl", &args).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             out.status.success(),
             "pg_ctl {action:?}: {}{}",

@@ -145,3 +145,96 @@ fn relative_paths_in_the_file_are_the_files_and_the_data_dir_is_printed_absolute
         "same broker, no new token: {lines:?}"
     );
 }
+
+/// `--log-format json`: every line on stderr is a JSON object (the start-up notes and a
+/// failed start included), and the first operator token is not among them: it goes to the
+/// terminal, or without one (as here, under the test harness) to a file only the broker's
+/// user can read. The token there works.
+#[test]
+fn json_logs_are_json_on_every_line_and_the_first_token_stays_out_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = serve(
+        dir.path(),
+        &["--log-format", "json", "--data-dir", data.to_str().unwrap()],
+    );
+    cmd.env("MAYFLY_LOG", "info");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = Vec::new();
+    let mut url = None;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        assert!(!line.contains("mfy_op_"), "the token is in the log: {line}");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let fields = &event["fields"];
+        if fields["message"] == "listening" {
+            url = fields["url"].as_str().map(str::to_string);
+        }
+        events.push(event);
+        if url.is_some() {
+            break;
+        }
+    }
+    let url = url.unwrap_or_else(|| panic!("no `listening` event in {events:?}"));
+    let on_terminal = events.iter().any(|e| {
+        e["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shown on the terminal")
+    });
+    if !on_terminal {
+        let file = data.join("first-operator-token");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "the token file is private");
+        let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        assert!(token.starts_with("mfy_op_"));
+        let whoami = Command::new(BIN)
+            .args(["identity", "whoami", "--addr", &url])
+            .env("MAYFLY_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            whoami.status.success(),
+            "the token from the file is refused: {}",
+            String::from_utf8_lossy(&whoami.stderr)
+        );
+    }
+    stop(child);
+
+    // A start that fails is a JSON line too, and a non-zero exit.
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[policy]\ndir = \"/nonexistent\"\n").unwrap();
+    let out = failing(serve(
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("other").to_str().unwrap(),
+        ],
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.trim().is_empty());
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert_eq!(event["level"], "ERROR", "{line}");
+        assert!(
+            event["fields"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("/nonexistent"),
+            "{line}"
+        );
+    }
+}

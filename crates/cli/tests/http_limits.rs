@@ -17,7 +17,7 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn broker(http: &str) -> Broker {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     Broker::start_in(
         BIN,
         &dir,
@@ -201,7 +201,7 @@ async fn connections_beyond_the_maximum_are_refused() {
 
 #[tokio::test]
 async fn a_tls_client_that_never_finishes_the_handshake_is_dropped() {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
         .unwrap()

@@ -367,7 +367,44 @@ async fn health_metrics_and_openapi() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("mayfly_grants_total{outcome=\"issued\"} 1"),
+        metrics.contains("mayfly_grants_total{target=\"api\",outcome=\"issued\"} 1"),
+        "{metrics}"
+    );
+    // Requests by route template (never the raw path) and status, and their latency.
+    assert!(
+        metrics.contains(
+            "mayfly_http_requests_total{method=\"POST\",route=\"/v1/grants\",status=\"201\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "mayfly_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/grants\"} 1"
+        ),
+        "{metrics}"
+    );
+    let (status, problem, _) = broker
+        .call(Method::GET, "/no/such/route/123", None, None)
+        .await;
+    assert_eq!(status, 404);
+    // Said in the caller's terms, not the router's.
+    assert_eq!(
+        problem["detail"],
+        "no endpoint serves GET /no/such/route/123; the API is described at /openapi.json"
+    );
+    let metrics = broker
+        .http
+        .get(broker.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "mayfly_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("mayfly_active_leases 1"), "{metrics}");

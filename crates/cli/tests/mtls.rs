@@ -47,7 +47,7 @@ fn svid(ca: &Ca, id: &str) -> reqwest::Identity {
 
 #[tokio::test]
 async fn workload_authenticates_with_an_x509_svid_over_mutual_tls() {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let authority = ca();
     let ca_pem = authority.cert.pem();
     let (server_cert, server_key) = leaf(

@@ -50,7 +50,7 @@ async fn wait_for_audit(broker: &Broker, kind: &str) -> Value {
 
 #[tokio::test]
 async fn cedar_decides_grants_and_hot_reloads() {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let policies = dir.join("policies");
     std::fs::create_dir(&policies).unwrap();
     std::fs::write(policies.join("billing.cedar"), POLICIES).unwrap();

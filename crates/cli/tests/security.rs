@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 /// `api-svc` and `stranger`, all owned by `team`; `extra` is appended to the config.
 async fn broker_with_workloads(extra: &str) -> (Broker, Issuer) {
     let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let rules = [
         ("ci", "ci"),
         ("api-svc", "api-svc"),
@@ -133,7 +133,7 @@ async fn huge_inputs_make_small_audit_entries() {
 async fn repeated_authentication_failures_are_one_entry_with_a_count() {
     let broker = Broker::start_in(
         BIN,
-        &tempfile::tempdir().unwrap().keep(),
+        &common::scratch_dir(),
         Options {
             config: Some("[auth.failures]\nburst = 10000\naudit_interval = \"1s\"\n".into()),
             ..Options::default()
@@ -182,7 +182,7 @@ async fn repeated_authentication_failures_are_one_entry_with_a_count() {
 async fn a_source_that_keeps_failing_is_told_to_wait() {
     let broker = Broker::start_in(
         BIN,
-        &tempfile::tempdir().unwrap().keep(),
+        &common::scratch_dir(),
         Options {
             config: Some("[auth.failures]\nburst = 3\nper_minute = 60\n".into()),
             ..Options::default()

@@ -37,7 +37,7 @@ claims = {{ sub = "repo:acme/billing:*" }}
 #[tokio::test]
 async fn workload_with_oidc_jwt_gets_its_own_grant() {
     let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let jwks_path = dir.join("ci-jwks.json");
     std::fs::write(&jwks_path, issuer.jwks().to_string()).unwrap();
     let broker = Broker::start_in(
@@ -162,7 +162,7 @@ async fn workload_with_oidc_jwt_gets_its_own_grant() {
 #[tokio::test]
 async fn workload_with_jwt_svid_is_bound_by_spiffe_id() {
     let domain_key = Issuer::new();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let bundle = dir.join("prod-acme.jwks");
     std::fs::write(&bundle, domain_key.jwks().to_string()).unwrap();
     let config = format!(

@@ -46,8 +46,23 @@ pub struct WorkloadClaims {
     pub subject: String,
     /// Claims selected by the binding rules, for policy.
     pub attributes: BTreeMap<String, serde_json::Value>,
-    /// When the presented credential stops being valid (unix seconds), if it says.
+    /// When the presented credential stops being valid (unix seconds), if it says; written
+    /// in RFC 3339 like every other time the API shows.
+    #[serde(serialize_with = "unix_as_rfc3339")]
     pub expires_at: Option<i64>,
+}
+
+fn unix_as_rfc3339<S: serde::Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    let text = secs
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    match text {
+        Some(t) => s.serialize_str(&t),
+        None => s.serialize_none(),
+    }
 }
 
 /// The authenticated caller as handlers and policy see it.

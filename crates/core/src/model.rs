@@ -289,8 +289,15 @@ pub enum LeaseSelector {
     Task(String),
     Identity(String),
     Owner(String),
-    /// Every lease of one target (deleting a target with `revoke_leases`).
+    /// Every lease of one target.
     Target(String),
+    /// Every lease of the targets whose names start with this text (Vault's `-prefix`).
+    TargetPrefix(String),
+    /// One identity's leases in one task: what a workload may end by task.
+    IdentityTask {
+        identity: String,
+        task: String,
+    },
 }
 
 impl fmt::Display for LeaseSelector {
@@ -302,6 +309,10 @@ impl fmt::Display for LeaseSelector {
             LeaseSelector::Identity(i) => write!(f, "identity {i}"),
             LeaseSelector::Owner(o) => write!(f, "owner {o}"),
             LeaseSelector::Target(t) => write!(f, "target {t}"),
+            LeaseSelector::TargetPrefix(p) => write!(f, "target prefix {p}"),
+            LeaseSelector::IdentityTask { identity, task } => {
+                write!(f, "identity {identity} task {task}")
+            }
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct LeaseFilter {
     pub grant_id: Option<Uuid>,
     pub state: Option<LeaseState>,
     pub limit: Option<u32>,
+    /// Leases of this target only.
+    pub target: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

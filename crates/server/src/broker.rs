@@ -153,7 +153,7 @@ pub async fn request_grant(
                 .store
                 .record_grant(&grant, None, vec![requested, decided])
                 .await?;
-            state.metrics.grant("denied");
+            state.metrics.grant(&grant.target, "denied");
             Ok(GrantOutcome::Denied { grant, decision })
         }
         Outcome::RequireApproval { .. } => {
@@ -162,7 +162,7 @@ pub async fn request_grant(
                 .store
                 .record_grant(&grant, None, vec![requested, decided])
                 .await?;
-            state.metrics.grant("pending_approval");
+            state.metrics.grant(&grant.target, "pending_approval");
             Ok(GrantOutcome::PendingApproval { grant })
         }
         Outcome::Allow => {
@@ -339,7 +339,9 @@ pub async fn record_rejection(
     body: Option<&GrantRequest>,
     error: &ApiError,
 ) {
-    state.metrics.grant("rejected");
+    state
+        .metrics
+        .grant(crate::metrics::UNLABELLED_TARGET, "rejected");
     // Filed under the caller only: what the request named (another identity, a task) is
     // the caller's claim, kept in the detail, and must not place entries in someone
     // else's history. The chain bounds every string, so a huge name stays a short entry.
@@ -644,7 +646,7 @@ async fn fail_issuance(
     error: &str,
     actor: &str,
 ) {
-    state.metrics.grant("failed");
+    state.metrics.grant(&lease.target, "failed");
     let cleaned = provider.revoke(lease, access).await.is_ok();
     if let Err(e) = state
         .store
@@ -869,7 +871,7 @@ fn issued(
     lease: Lease,
     credential: IssuedCredential,
 ) -> GrantOutcome {
-    state.metrics.grant("issued");
+    state.metrics.grant(&grant.target, "issued");
     state.lease_expires_at(lease.expires_at);
     GrantOutcome::Issued(Box::new(Issued {
         grant,

@@ -47,6 +47,10 @@ pub enum ApiError {
         id: String,
         field: Option<&'static str>,
     },
+    /// A path no endpoint serves: said in the caller's own terms (method and path), with
+    /// where the API is described.
+    #[error("no endpoint serves {method} {path}; the API is described at /openapi.json")]
+    NoRoute { method: String, path: String },
     #[error("{detail}")]
     Conflict { detail: String },
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -92,7 +96,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -108,7 +112,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::Unauthorized(r) => r.code(),
             ApiError::Forbidden { code, .. } => code,
-            ApiError::NotFound { .. } => "not_found",
+            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } => "body_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",

@@ -196,6 +196,18 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The credential kinds a target may have: the broker's own tokens and every built-in
+/// provider's, as registered in [`Server::prepare`] (for `mayfly target add --help`).
+pub fn credential_kinds() -> Vec<&'static str> {
+    std::iter::once(token::KIND)
+        .chain(
+            mayfly_providers::builtin()
+                .iter()
+                .map(|p| mayfly_core::provider::Provider::kind(p.as_ref())),
+        )
+        .collect()
+}
+
 /// Parses `+01:00` / `-05:30` / `Z`.
 pub fn parse_utc_offset(text: &str) -> Result<time::UtcOffset, String> {
     if text == "Z" || text == "UTC" {
@@ -308,17 +320,25 @@ pub struct Server {
 /// Builds the router for a state.
 pub fn app(state: AppState) -> Router {
     api::routes()
-        .fallback(|| async {
-            error::ApiError::NotFound {
-                what: "route",
-                id: "this path".into(),
-                field: None,
-            }
-        })
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                // The path is the caller's own text: bounded, so a long one makes no long
+                // answer.
+                let path: String = uri.path().chars().take(200).collect();
+                error::ApiError::NoRoute {
+                    method: method.to_string(),
+                    path,
+                }
+            },
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(conn::limit_headers))
         .layer(axum::middleware::map_response(
             error::problem_for_bare_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_http,
         ))
         .with_state(state)
 }

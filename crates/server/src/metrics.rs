@@ -1,4 +1,11 @@
-//! Prometheus metrics (text exposition at `/metrics`).
+//! Prometheus metrics (text exposition at `/metrics`), and the middleware that counts and
+//! times every HTTP request.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,10 +14,34 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// A grant's target and outcome. Targets are the operator's own (bounded); a rejected
+/// request's target is not labelled, because the caller chose that name and it may not
+/// exist: labelling it would let anyone grow the metric set without bound.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub struct GrantLabel {
+    pub target: String,
     pub outcome: String,
 }
+
+/// An HTTP request's route (the matched path template, `/v1/grants/{id}`, never the path
+/// itself, so ids do not multiply the series), method and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub method: String,
+    pub route: String,
+}
+
+/// The `route` of a request that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The `target` of a grant request refused before it named a known target.
+pub const UNLABELLED_TARGET: &str = "-";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -35,7 +66,9 @@ pub struct CodeLabel {
 
 pub struct Metrics {
     registry: Registry,
-    pub grants: Family<OutcomeLabel, Counter>,
+    pub grants: Family<GrantLabel, Counter>,
+    pub http_requests: Family<HttpLabel, Counter>,
+    pub http_duration: Family<RouteLabel, Histogram>,
     pub revocations: Family<ReasonLabel, Counter>,
     pub auth_failures: Family<CodeLabel, Counter>,
     pub active_leases: Gauge,
@@ -60,8 +93,26 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mayfly");
-        let grants = Family::<OutcomeLabel, Counter>::default();
-        registry.register("grants", "Grant requests by outcome", grants.clone());
+        let grants = Family::<GrantLabel, Counter>::default();
+        registry.register(
+            "grants",
+            "Grant requests by target and outcome",
+            grants.clone(),
+        );
+        let http_requests = Family::<HttpLabel, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's headers to its response's, by method and route",
+            http_duration.clone(),
+        );
         let revocations = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "revocations",
@@ -129,6 +180,8 @@ impl Metrics {
             connection_timeouts.clone(),
         );
         Metrics {
+            http_requests,
+            http_duration,
             connections_refused,
             connection_timeouts,
             provider_errors,
@@ -145,12 +198,31 @@ impl Metrics {
         }
     }
 
-    pub fn grant(&self, outcome: &str) {
+    /// Counts a grant request's outcome; `target` is [`UNLABELLED_TARGET`] for a request
+    /// rejected before its target was known to exist.
+    pub fn grant(&self, target: &str, outcome: &str) {
         self.grants
-            .get_or_create(&OutcomeLabel {
+            .get_or_create(&GrantLabel {
+                target: target.into(),
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabel {
+                method: method.into(),
+                route: route.into(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabel {
+                method: method.into(),
+                route: route.into(),
+            })
+            .observe(seconds);
     }
 
     pub fn revoked(&self, reason: &str, n: u64) {
@@ -185,4 +257,28 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Counts and times each request by its route template and final status (the outermost
+/// layer, so problem+json rewrites and limits are what is counted).
+pub async fn track_http(
+    State(state): State<crate::state::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(req).await;
+    state.metrics.http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }

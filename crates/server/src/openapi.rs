@@ -23,6 +23,7 @@ use crate::api;
         api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke, api::grants::explain,
         api::leases::list, api::leases::show, api::leases::renew,
         api::audit::list, api::audit::verify,
+        api::leases::revoke, api::system::list_keys,
         api::operators::create, api::operators::list, api::operators::revoke,
         api::targets::update, api::targets::delete, api::identities::update, api::identities::delete,
     ),

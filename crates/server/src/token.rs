@@ -115,10 +115,13 @@ impl TokenProvider {
     }
 }
 
+/// The credential kind of the broker's own signed tokens.
+pub const KIND: &str = "token";
+
 #[async_trait::async_trait]
 impl Provider for TokenProvider {
     fn kind(&self) -> &'static str {
-        "token"
+        KIND
     }
 
     fn external(&self) -> bool {

@@ -286,3 +286,95 @@ async fn a_renewal_says_when_it_was_capped_or_changed_nothing() {
         .await;
     assert_eq!(extended["reasons"], json!([]), "{extended}");
 }
+
+/// `POST /v1/revoke` by target and by target-name prefix, `POST /v1/leases/{id}/revoke`,
+/// `GET /v1/leases?target=`, and `GET /v1/keys`, as operators see them.
+#[tokio::test]
+async fn leases_are_revoked_by_id_target_and_prefix_and_keys_are_listed() {
+    let broker = InProcess::with_pipeline_and_token_target().await;
+    for name in ["api-b", "ops"] {
+        let (status, _, body) = broker
+            .post(
+                "/v1/targets",
+                json!({"name": name, "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["ci"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut leases = Vec::new();
+    for (target, task) in [("api", "t1"), ("api-b", "t2"), ("ops", "t3"), ("ops", "t4")] {
+        let (status, _, issued) = broker
+            .post(
+                "/v1/grants",
+                json!({"identity": "ci", "target": target, "purpose": "p", "task": task}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        leases.push(issued["lease"]["id"].as_str().unwrap().to_string());
+    }
+    let state = |lease: &str| {
+        let path = format!("/v1/leases/{lease}");
+        let broker = &broker;
+        async move { broker.call(Method::GET, &path, None).await.2["state"].clone() }
+    };
+
+    let (status, _, listed) = broker
+        .call(Method::GET, "/v1/leases?target=ops", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let (status, _, one) = broker
+        .post(&format!("/v1/leases/{}/revoke", leases[0]), json!({}))
+        .await;
+    assert_eq!(
+        (status, one["total"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{one}"
+    );
+    let (status, _, missing) = broker
+        .post(
+            &format!("/v1/leases/{}/revoke", mayfly_core::Uuid::new_v4()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+
+    // `api` selects `api` (already ended) and `api-b`, and not `ops`.
+    let (status, _, by_prefix) = broker.post("/v1/revoke", json!({"prefix": "api"})).await;
+    assert_eq!(
+        (status, by_prefix["total"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{by_prefix}"
+    );
+    assert_eq!(state(&leases[1]).await, "revoked");
+    assert_eq!(state(&leases[2]).await, "active");
+    let (status, _, by_target) = broker.post("/v1/revoke", json!({"target": "ops"})).await;
+    assert_eq!(
+        (status, by_target["total"].clone()),
+        (StatusCode::OK, json!(2)),
+        "{by_target}"
+    );
+
+    for (body, field) in [
+        (json!({"prefix": ""}), "prefix"),
+        (json!({"prefix": "A*"}), "prefix"),
+        (json!({"target": "ops", "task": "t3"}), "task"),
+        (json!({}), "task"),
+    ] {
+        let (status, _, problem) = broker.post("/v1/revoke", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+
+    let (status, _, keys) = broker.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["alg"], "EdDSA");
+    assert!(
+        keys[0]["created_at"].as_str().unwrap().ends_with('Z'),
+        "{keys:?}"
+    );
+    assert!(keys[0].get("private_sealed").is_none() && keys[0].get("public_jwk").is_none());
+}

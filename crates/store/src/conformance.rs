@@ -155,6 +155,7 @@ macro_rules! conformance_suite {
             operator_tokens,
             stats_count,
             one_failing_call_leaves_its_batch,
+            revoke_by_target_prefix_and_identity_task,
             operator_token_lifecycle,
             update_and_delete_identity,
             update_and_delete_target,
@@ -3019,5 +3020,122 @@ pub async fn update_and_delete_target(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(store.get_target_secret("billing-api").await.unwrap(), None);
+    assert_chain_intact(store).await;
+}
+
+/// A token lease of `who` for `task` on `target`, issued now.
+async fn issue_on(store: &dyn Store, target: &str, who: &str, task: &str) -> Issued {
+    let at = now();
+    let mut g = grant(who, "team", task, at);
+    g.target = target.to_string();
+    let l = lease_for(
+        &g,
+        at,
+        at + Duration::minutes(10),
+        at + Duration::hours(1),
+        false,
+    );
+    store
+        .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+        .await
+        .unwrap_or_else(|e| panic!("record_grant for {who}/{target}: {e}"));
+    Issued { grant: g, lease: l }
+}
+
+/// Leases listed by target; revoked by target, by target-name prefix (literal: `_` is no
+/// wildcard, and the prefix must start the name), and by one identity's task, each
+/// exactly once and audited once.
+pub async fn revoke_by_target_prefix_and_identity_task(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "w1", "team").await;
+    create_identity(store, "w2", "team").await;
+    let a = issue_on(store, "billing-api", "w1", "t1").await;
+    let b = issue_on(store, "billing-db", "w2", "t2").await;
+    let c = issue_on(store, "billing", "w1", "t2").await;
+    let d = issue_on(store, "ops-billing-api", "w1", "t1").await;
+    let e = issue_on(store, "bxa", "w2", "t1").await;
+    let f = issue_on(store, "ops-api", "w2", "t1").await;
+    let g = issue_on(store, "ops-api", "w2", "t2").await;
+    let all = [&a, &b, &c, &d, &e, &f, &g];
+
+    let listed: HashSet<Uuid> = store
+        .list_leases(&LeaseFilter {
+            target: Some("ops-api".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(listed, HashSet::from([f.lease.id, g.lease.id]));
+    let listed_active = store
+        .list_leases(&LeaseFilter {
+            target: Some("billing".into()),
+            state: Some(LeaseState::Active),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed_active, vec![c.lease.clone()]);
+
+    let steps: Vec<(LeaseSelector, Vec<&Issued>)> = vec![
+        (LeaseSelector::TargetPrefix("b_".into()), vec![]),
+        (LeaseSelector::TargetPrefix("billing-".into()), vec![&a, &b]),
+        (
+            LeaseSelector::IdentityTask {
+                identity: "w2".into(),
+                task: "t1".into(),
+            },
+            vec![&e, &f],
+        ),
+        (LeaseSelector::Target("ops-api".into()), vec![&g]),
+        (LeaseSelector::Target("no-such-target".into()), vec![]),
+    ];
+    let mut ended = HashSet::new();
+    for (selector, expected) in steps {
+        let outcome = store
+            .revoke(&selector, RevocationReason::Admin, "operator", now())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            RevokeOutcome {
+                revoked: expected.len() as u64,
+                revoking: 0
+            },
+            "{selector}"
+        );
+        ended.extend(expected.iter().map(|i| i.lease.id));
+        for i in all {
+            let l = lease(store, i.lease.id).await;
+            let want = if ended.contains(&i.lease.id) {
+                LeaseState::Revoked
+            } else {
+                LeaseState::Active
+            };
+            assert_eq!(l.state, want, "after {selector}: lease on {}", l.target);
+        }
+        let again = store
+            .revoke(&selector, RevocationReason::Admin, "operator", now())
+            .await
+            .unwrap();
+        assert_eq!(again, RevokeOutcome::default(), "{selector}: twice");
+    }
+    for i in all {
+        let events = store
+            .list_audit(&AuditFilter {
+                grant_id: Some(i.grant.id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let revoked = events
+            .iter()
+            .filter(|e| e.kind == AuditKind::LeaseRevoked)
+            .count();
+        let want = usize::from(ended.contains(&i.lease.id));
+        assert_eq!(revoked, want, "lease on {}", i.lease.target);
+    }
     assert_chain_intact(store).await;
 }

@@ -46,7 +46,7 @@ impl Broker {
     /// Starts `bin` (the `mayfly` binary; a crate's integration tests have it as
     /// `env!("CARGO_BIN_EXE_mayfly")`) as a fresh broker in a new temporary data dir.
     pub fn start(bin: impl AsRef<Path>) -> Broker {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = crate::scratch_dir();
         Broker::start_in(bin, &dir, Options::default())
     }
 
@@ -285,7 +285,7 @@ impl Drop for Broker {
 /// the master key all replicas share (one [`master_key`] per test, not per replica).
 /// `token` is the operator token the first one printed.
 pub fn start_replica(bin: impl AsRef<Path>, url: &str, key: &str, token: Option<String>) -> Broker {
-    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let dir = crate::scratch_dir();
     Broker::start_in(
         bin,
         &dir,

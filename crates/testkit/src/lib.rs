@@ -7,13 +7,17 @@
 //! - [`issuer`]: a test OIDC issuer whose JWTs the broker can be told to trust;
 //! - [`services`]: skip a suite when a service it needs is down, or fail it when
 //!   `MAYFLY_REQUIRE_SERVICES=1` (CI);
-//! - [`eventually`]: poll until a condition holds.
+//! - [`eventually`]: poll until a condition holds;
+//! - [`scratch_dir`]: a directory for one test's files, removed when the process ends (with
+//!   the summary of skipped suites, printed after the harness's result line).
 //!
 //! It depends on no Mayfly crate, so every crate's tests (the store's too) can use it.
 
 // Test support: a failed set-up is a failed test, so panicking is the right answer here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[allow(unsafe_code)]
+mod at_exit;
 pub mod broker;
 pub mod issuer;
 #[cfg(feature = "mariadb")]
@@ -23,6 +27,7 @@ pub mod pg;
 pub mod poll;
 pub mod services;
 
+pub use at_exit::scratch_dir;
 pub use poll::{eventually, eventually_blocking, eventually_every, Settled};
 
 /// A short random lowercase suffix for per-test names (databases, roles, prefixes), so

@@ -25,8 +25,10 @@ pub fn unavailable(suite: &str, service: &str, why: &str) {
     if required() {
         panic!("{suite}: needs {service}, which is unavailable ({why}); {REQUIRE_VAR}=1 forbids skipping");
     }
+    crate::at_exit::record_skip(suite, service, why);
     // Written to the process's stderr directly, not with `eprintln!`: the test harness
-    // captures the macros' output of passing tests, and a skip must be seen.
+    // captures the macros' output of passing tests, and a skip must be seen. The summary
+    // after the suite's result line repeats it where a reader looks.
     let _ = writeln!(
         std::io::stderr(),
         "SKIPPED: {suite}: needs {service}, which is unavailable ({why}); set {REQUIRE_VAR}=1 to fail instead"

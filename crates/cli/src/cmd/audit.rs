@@ -22,15 +22,19 @@ pub enum AuditCmd {
     },
     /// A credential's whole story, in order.
     List {
+        /// Only entries of this task.
         #[arg(long)]
         task: Option<String>,
-        #[arg(long)]
+        /// Only entries about this identity.
+        #[arg(long, add = super::completions::identities())]
         identity: Option<String>,
+        /// Only entries of this grant (and its lease).
         #[arg(long)]
         grant: Option<String>,
         /// Only entries after this sequence number.
         #[arg(long)]
         after: Option<u64>,
+        /// At most this many entries, oldest first.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
@@ -65,7 +69,8 @@ pub async fn run(group: Group<AuditCmd>) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints a verification (`raw` is `report` as JSON) and says how to exit: 2 when broken.
+/// Prints a verification (`raw` is `report` as JSON) and says how to exit: the check's own
+/// code when broken.
 fn print_verify(out: Format, raw: &Value, report: &VerifyReport) -> ExitCode {
     match out {
         Format::Json => println!("{raw}"),
@@ -100,7 +105,7 @@ fn print_verify(out: Format, raw: &Value, report: &VerifyReport) -> ExitCode {
         },
     }
     if report.first_break.is_some() {
-        ExitCode::from(2)
+        ExitCode::from(crate::failure::CHECK_FAILED)
     } else {
         ExitCode::SUCCESS
     }
@@ -139,6 +144,7 @@ async fn list(
                     output::field(&e.kind),
                     e.actor,
                     output::field(&e.identity),
+                    output::field(&e.target),
                     output::field(&e.task),
                     output::field(&e.lease_id),
                     summary(&e.detail),
@@ -152,7 +158,7 @@ async fn list(
     }
     if out == Format::Table {
         let headers = [
-            "SEQ", "AT", "KIND", "ACTOR", "IDENTITY", "TASK", "LEASE", "DETAIL",
+            "SEQ", "AT", "KIND", "ACTOR", "IDENTITY", "TARGET", "TASK", "LEASE", "DETAIL",
         ]
         .map(String::from);
         output::print_table(&headers, &rows);

@@ -1,17 +1,18 @@
 //! `mayfly request` (ask for access: policy decides now, a credential is issued for the
-//! TTL) and `mayfly grants` (list them). [`RequestArgs`] is also what `policy explain`
+//! TTL) and `mayfly grants` (list them, or show one). [`RequestArgs`] is also what `policy explain`
 //! sends.
 
 use std::io::IsTerminal;
 
-use anyhow::bail;
+use clap::Subcommand;
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::Grant;
-use mayfly_server::api::grants::{GrantRequest, GrantResponse};
+use mayfly_core::model::{Grant, GrantState, RevocationReason};
+use mayfly_server::api::grants::{GrantRequest, GrantResponse, RevokeRequest};
 use serde_json::Value;
 
-use super::{key_values, query, ClientArgs};
-use crate::client::Answer;
+use super::{key_values, query, uuid, ApiEnum, ClientArgs};
+use crate::client::{Answer, Client};
+use crate::failure::{usage, Failure};
 use crate::output::{self, Column, Format};
 
 #[derive(clap::Args)]
@@ -19,39 +20,64 @@ pub struct RequestArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Identity to grant to (operators; workloads default to themselves).
-    #[arg(long)]
+    #[arg(long, add = super::completions::identities())]
     identity: Option<String>,
-    #[arg(long)]
+    /// The target to access (`mayfly target list`).
+    #[arg(long, add = super::completions::targets())]
     target: String,
+    /// One of the target's actions (needed when it has more than one).
     #[arg(long)]
     action: Option<String>,
+    /// Why access is needed; recorded, and seen by policy.
     #[arg(long)]
     purpose: String,
+    /// The task the access is for; `mayfly revoke --task` ends it.
     #[arg(long)]
     task: String,
+    /// How long the credential should live [default: the target's default TTL].
     #[arg(long)]
     ttl: Option<Ttl>,
     /// key=value for policy (repeatable).
     #[arg(long = "context")]
     context: Vec<String>,
-    /// Print only the secret (e.g. the access token), for `TOKEN=$(mayfly request …)`.
-    #[arg(long)]
+    /// Print only the access token of a token target, for `TOKEN=$(mayfly request …)`.
+    #[arg(long, conflicts_with = "env_format")]
     token_only: bool,
+    /// Print the credential as shell `export` lines (PGHOST…, MYSQL_HOST…,
+    /// MAYFLY_ACCESS_TOKEN), for `eval "$(mayfly request … --env-format)"`.
+    #[arg(long)]
+    env_format: bool,
 }
 
 // `mayfly grants`; its help is the doc comment on `Command::Grants`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct GrantsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    #[arg(long)]
+    #[command(subcommand)]
+    show: Option<GrantsCmd>,
+    /// Only this identity's grants (operators; a workload sees its own).
+    #[arg(long, add = super::completions::identities())]
     identity: Option<String>,
+    /// Only the grants of this task.
     #[arg(long)]
     task: Option<String>,
-    #[arg(long)]
-    state: Option<String>,
+    /// Only grants in this state.
+    #[arg(long, value_parser = ApiEnum::<GrantState>::new())]
+    state: Option<GrantState>,
+    /// At most this many, newest first.
     #[arg(long, default_value_t = 100)]
     limit: u32,
+}
+
+#[derive(Subcommand)]
+pub enum GrantsCmd {
+    /// One grant, by id, with the decision that made it.
+    Show {
+        /// The grant's id (`mayfly grants` lists them).
+        id: String,
+    },
 }
 
 const COLUMNS: &[Column<Grant>] = &[
@@ -94,24 +120,53 @@ fn typed(text: String) -> Value {
 
 pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
     let (client, out) = args.client.connect()?;
+    if args.token_only {
+        refuse_token_only_unless_token(&client, &args.target).await?;
+    }
     let answer: Answer<GrantResponse> = client.post("/v1/grants", &args.body()?).await?;
     let GrantResponse {
         grant,
         lease,
         credential,
     } = answer.typed;
-    if args.token_only {
-        let secret = credential.as_ref().and_then(|c| {
-            c.get("access_token")
-                .and_then(Value::as_str)
-                .or_else(|| c.get("password").and_then(Value::as_str))
-        });
-        match secret {
-            Some(s) => println!("{s}"),
-            None => bail!(
-                "the grant was recorded but no credential was issued (state {})",
-                output::cell(Some(&output::json(&grant.state)))
-            ),
+    let pending = || {
+        Failure::PendingApproval(format!(
+            "grant {} waits for approval; no credential yet (`mayfly grants show {}` follows it)",
+            grant.id, grant.id
+        ))
+    };
+    if args.token_only || args.env_format {
+        let (Some(Value::Object(credential)), Some(lease)) = (credential, lease) else {
+            return Err(match grant.state {
+                GrantState::PendingApproval => pending().into(),
+                _ => anyhow::anyhow!(
+                    "the grant was recorded but no credential was issued (state {})",
+                    grant.state
+                ),
+            });
+        };
+        if args.token_only {
+            let token = credential.get("access_token").and_then(Value::as_str);
+            match token {
+                Some(t) => println!("{t}"),
+                None => {
+                    // Issued all the same (the target's kind was not visible before):
+                    // a credential nobody will use is ended at once.
+                    let _ = client
+                        .post::<_, Value>(
+                            &format!("/v1/grants/{}/revoke", grant.id),
+                            &RevokeRequest {
+                                reason: Some(RevocationReason::TaskFailed),
+                            },
+                        )
+                        .await;
+                    return Err(not_a_token(&args.target, &lease.kind));
+                }
+            }
+        } else {
+            for line in env_lines(&lease.kind, &credential)? {
+                println!("{line}");
+            }
         }
         return Ok(());
     }
@@ -136,23 +191,139 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
                 summary.extend(c);
             }
             output::object(out, &Value::Object(summary));
-            if std::io::stdout().is_terminal() {
+            if std::io::stdout().is_terminal() && grant.state == GrantState::Issued {
                 eprintln!("(the credential is shown once; it is not stored)");
             }
         }
     }
+    if grant.state == GrantState::PendingApproval {
+        return Err(pending().into());
+    }
     Ok(())
 }
 
-pub async fn list(args: GrantsArgs) -> anyhow::Result<()> {
+/// `--token-only` on a database target would print a password without its username: a
+/// credential nobody can use. Refused before anything is issued, when the target says
+/// its kind (a workload that may not see the target learns the kind from the answer).
+async fn refuse_token_only_unless_token(client: &Client, target: &str) -> anyhow::Result<()> {
+    let Ok(seen) = client
+        .get::<Value>(&format!("/v1/targets/{target}"), &[])
+        .await
+    else {
+        return Ok(());
+    };
+    match seen.get("kind").and_then(Value::as_str) {
+        Some(kind) if kind != mayfly_server::token::KIND => Err(not_a_token(target, kind)),
+        _ => Ok(()),
+    }
+}
+
+fn not_a_token(target: &str, kind: &str) -> anyhow::Error {
+    usage(format!(
+        "--token-only prints an access token, but {target} is a {kind} target: its credential \
+         is a username and a password. Use --env-format (eval \"$(mayfly request … --env-format)\") \
+         or --output json"
+    ))
+}
+
+/// The credential as `export NAME='value'` lines, named as each kind's own clients read
+/// them from the environment (libpq's PG*, the mysql client's MYSQL_* and USER), plus
+/// DATABASE_URL, which most frameworks read.
+fn env_lines(
+    kind: &str,
+    credential: &serde_json::Map<String, Value>,
+) -> anyhow::Result<Vec<String>> {
+    let names: &[(&str, &str)] = match kind {
+        // Not MAYFLY_TOKEN: that is the caller's own credential for the broker, which the
+        // `eval` would replace, and the next `mayfly` command would then present the
+        // target's token to the broker.
+        "token" => &[("MAYFLY_ACCESS_TOKEN", "access_token")],
+        "postgres" => &[
+            ("PGHOST", "host"),
+            ("PGPORT", "port"),
+            ("PGUSER", "username"),
+            ("PGPASSWORD", "password"),
+            ("PGDATABASE", "database"),
+            ("DATABASE_URL", "dsn"),
+        ],
+        "mariadb" => &[
+            ("MYSQL_HOST", "host"),
+            ("MYSQL_TCP_PORT", "port"),
+            ("USER", "username"),
+            ("MYSQL_PWD", "password"),
+            ("DATABASE_URL", "dsn"),
+        ],
+        other => {
+            return Err(usage(format!(
+                "--env-format knows token, postgres and mariadb credentials, not {other}; use --output json"
+            )))
+        }
+    };
+    Ok(names
+        .iter()
+        .filter_map(|(var, field)| {
+            let value = match credential.get(*field)? {
+                Value::String(s) => s.clone(),
+                Value::Null => return None,
+                other => other.to_string(),
+            };
+            Some(format!("export {var}={}", shell_quote(&value)))
+        })
+        .collect())
+}
+
+/// `value` as one single-quoted shell word: nothing inside is expanded.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+pub async fn grants(args: GrantsArgs) -> anyhow::Result<()> {
     let (client, out) = args.client.connect()?;
+    if let Some(GrantsCmd::Show { id }) = args.show {
+        let id = uuid("grant", &id)?;
+        let grant: Value = client.get(&format!("/v1/grants/{id}"), &[]).await?;
+        output::object(out, &grant);
+        return Ok(());
+    }
     let q = query(&[
         ("identity", args.identity),
         ("task", args.task),
-        ("state", args.state),
+        ("state", args.state.map(|s| s.as_str().to_string())),
         ("limit", Some(args.limit.to_string())),
     ]);
     let items: Vec<Answer<Grant>> = client.get("/v1/grants", &q).await?;
     output::list(out, &items, COLUMNS);
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_are_quoted_shell_exports() {
+        let credential = serde_json::json!({
+            "username": "mayfly_ci_x", "password": "p'w$(rm -rf /)", "host": "db",
+            "port": 5432, "database": null, "dsn": "postgres://…"
+        });
+        let lines = env_lines("postgres", credential.as_object().unwrap()).unwrap();
+        assert_eq!(
+            lines,
+            [
+                "export PGHOST='db'",
+                "export PGPORT='5432'",
+                "export PGUSER='mayfly_ci_x'",
+                r"export PGPASSWORD='p'\''w$(rm -rf /)'",
+                "export DATABASE_URL='postgres://…'",
+            ]
+        );
+        let token = serde_json::json!({"access_token": "a.b.c", "token_type": "Bearer"});
+        assert_eq!(
+            env_lines("token", token.as_object().unwrap()).unwrap(),
+            ["export MAYFLY_ACCESS_TOKEN='a.b.c'"]
+        );
+        let e = env_lines("redis", token.as_object().unwrap()).unwrap_err();
+        assert_eq!(crate::failure::exit_code(&e), crate::failure::USAGE);
+    }
 }

@@ -15,6 +15,7 @@ use crate::output::{self, Column, Format};
 pub enum IdentityCmd {
     /// Register an identity.
     Add {
+        /// The identity's name: lowercase letters, digits, '.', '_', '-'.
         id: String,
         /// service, pipeline, agent or other
         #[arg(long)]
@@ -22,6 +23,7 @@ pub enum IdentityCmd {
         /// Accountable person or team.
         #[arg(long)]
         owner: String,
+        /// What it is for.
         #[arg(long)]
         purpose: String,
         /// Lifetime of the identity itself.
@@ -31,24 +33,36 @@ pub enum IdentityCmd {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
+    /// List identities.
     List,
+    /// One identity.
     Show {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
     /// Kill switch: disable and revoke everything it holds.
     Disable {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
+    /// Let a disabled identity ask for access again.
     Enable {
+        /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
     },
     /// How the broker sees the presented credential.
     Whoami,
     /// Change an identity's owner, purpose, expiry or labels (only what is given changes).
     Update {
+        /// The identity's name.
         id: String,
+        /// New accountable person or team.
         #[arg(long)]
         owner: Option<String>,
+        /// New purpose.
         #[arg(long)]
         purpose: Option<String>,
         /// New lifetime, counted from now (e.g. 90d); live leases keep their expiry.
@@ -68,6 +82,7 @@ pub enum IdentityCmd {
     /// it is then disabled (every lease revoked) and deleted once every credential is
     /// confirmed gone. Its grants, leases and audit entries stay.
     Delete {
+        /// The identity's name.
         id: String,
         /// Disable it and revoke its live leases first.
         #[arg(long)]

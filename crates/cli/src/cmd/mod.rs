@@ -99,9 +99,131 @@ pub fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, Str
 
 /// A flag's text read as one of the API's enums (identity kind, revocation reason), by the
 /// same serde names the broker accepts, so the CLI refuses exactly what the broker would.
+/// A wrong value is a usage error that lists the right ones.
 pub fn api_enum<T: serde::de::DeserializeOwned>(flag: &str, text: &str) -> anyhow::Result<T> {
-    serde_json::from_value(Value::String(text.to_string()))
-        .with_context(|| format!("{flag} {text:?}"))
+    serde_json::from_value(Value::String(text.to_string())).map_err(|_| {
+        crate::failure::usage(format!(
+            "{flag} {text:?}: expected one of {}",
+            variants::<T>().join(", ")
+        ))
+    })
+}
+
+/// The names serde reads for the enum `T` (its variants as renamed), read from the derive
+/// itself so no list is written twice. Empty when `T` is not an enum.
+pub fn variants<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+
+    /// Answers `deserialize_enum` by recording the variant names, and fails.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not an enum"))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = variants;
+            Err(Self::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct identifier ignored_any
+        }
+    }
+
+    let mut found: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut found));
+    found
+}
+
+/// A clap value parser for one of the API's enums: `--help` lists its values, and a wrong
+/// one is clap's usage error naming them.
+#[derive(Clone)]
+pub struct ApiEnum<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ApiEnum<T> {
+    pub fn new() -> Self {
+        ApiEnum(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for ApiEnum<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for ApiEnum<T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = clap::builder::PossibleValuesParser::new(variants::<T>().iter().copied())
+            .parse_ref(cmd, arg, value)?;
+        serde_json::from_value(Value::String(text))
+            .map_err(|_| clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            variants::<T>()
+                .iter()
+                .map(|v| clap::builder::PossibleValue::new(*v)),
+        ))
+    }
+}
+
+/// An id the broker gave (a grant's, a lease's), checked before it is sent: a mistyped one
+/// is a usage error here, not a broker's complaint about a path.
+pub fn uuid(what: &str, text: &str) -> anyhow::Result<mayfly_core::Uuid> {
+    text.trim().parse().map_err(|_| {
+        crate::failure::usage(format!(
+            "{text:?} is not a {what} id (an id looks like 7c9e6679-7425-40de-944b-e07fc1f90ae7)"
+        ))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mayfly_core::model::{IdentityKind, LeaseState, RevocationReason};
+
+    #[test]
+    fn enum_values_come_from_the_api_types() {
+        assert_eq!(
+            variants::<IdentityKind>(),
+            ["service", "pipeline", "agent", "other"]
+        );
+        assert!(variants::<LeaseState>().contains(&"revoking"));
+        assert!(variants::<RevocationReason>().contains(&"task_complete"));
+        assert!(variants::<String>().is_empty());
+        let e = api_enum::<IdentityKind>("--kind", "robot").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--kind \"robot\": expected one of service, pipeline, agent, other"
+        );
+        assert_eq!(crate::failure::exit_code(&e), crate::failure::USAGE);
+    }
 }
 
 /// An expiry given as a lifetime from now (`--expires-in 30d`) or an instant

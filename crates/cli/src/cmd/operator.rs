@@ -45,6 +45,7 @@ pub enum TokenCmd {
     /// unless --force (then only `mayfly store recover-operator`, run offline, gets anyone
     /// back in).
     Revoke {
+        /// The token's name (see `mayfly operator token list`).
         name: String,
         /// Revoke it even if it is the last live token.
         #[arg(long)]

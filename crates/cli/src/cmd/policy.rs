@@ -25,6 +25,7 @@ pub enum PolicyCmd {
     },
     /// Run table-driven policy tests (a cases.toml) against a policy directory.
     Test {
+        /// The cases file (TOML): requests and the decision each must get.
         cases: std::path::PathBuf,
         /// Policy directory [default: the directory holding the cases file].
         #[arg(long)]

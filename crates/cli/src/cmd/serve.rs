@@ -1,6 +1,10 @@
 //! `mayfly serve`: configuration layering (defaults < mayfly.toml < MAYFLY_* < flags) of
 //! the one [`Config`] struct, logging, first-start notes, and graceful shutdown.
 
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, FromArgMatches};
@@ -75,9 +79,30 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
-    let mut config = load_config(matches)?;
-    init_logging(config.log_format);
+/// Runs the broker until Ctrl-C or SIGTERM. With `--log-format json` every line on stderr
+/// is a JSON object, a failure to start included (reported here, so the exit code is all
+/// that reaches the caller).
+pub async fn run(matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+    let config = load_config(matches)?;
+    let format = config.log_format;
+    init_logging(format);
+    let notes = Notes(format);
+    match start(config, &notes).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if format == LogFormat::Json => {
+            let mut error = e.to_string();
+            for cause in e.chain().skip(1) {
+                error.push_str(": ");
+                error.push_str(&cause.to_string());
+            }
+            tracing::error!(%error, "mayfly did not start");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn start(mut config: Config, notes: &Notes) -> anyhow::Result<()> {
     let listener = Server::bind(config.listen).await?;
     let addr = listener
         .local_addr()
@@ -91,30 +116,119 @@ pub async fn run(matches: &ArgMatches) -> anyhow::Result<()> {
         config.data_dir = absolute;
     }
     let (server, bootstrap) = Server::prepare(config.clone(), master_key).await?;
-    eprintln!("mayfly: data dir {}", config.data_dir.display());
-
+    notes.data_dir(&config.data_dir);
     if let Some(path) = &bootstrap.master_key_created {
-        eprintln!(
-            "mayfly: generated a master key at {}\nmayfly: BACK IT UP. Every stored secret (signing keys, target credentials) is encrypted under it;\nmayfly: without it they cannot be recovered. Keep it apart from the database (or set MAYFLY_MASTER_KEY).",
-            path.display()
-        );
+        notes.master_key_created(path);
     }
     if let Some(token) = &bootstrap.operator_token {
-        eprintln!(
-            "mayfly: first start: created an operator token. It is shown only this once and stored only as a hash:\n\n    export MAYFLY_TOKEN={}\n\nmayfly: it never expires: make named, expiring tokens (`mayfly operator token create --name NAME`), then revoke this one (`mayfly operator token revoke bootstrap`).",
-            token.expose()
-        );
+        notes.show_first_token(token, &config.data_dir)?;
         // Recorded only now that it has been shown: a start that dies before this line
         // stored nothing, and the next start shows a new one.
         if !server.record_bootstrap_token(token).await? {
-            eprintln!("mayfly: another replica recorded the first operator token at the same moment; the token above is not valid, use the one it printed");
+            notes.lost_bootstrap_race();
         }
     }
-    eprintln!("mayfly: listening on {}://{addr}", server.scheme());
-    tracing::info!(%addr, "mayfly serving");
+    notes.listening(server.scheme(), addr);
     server.serve(listener, shutdown_signal()).await?;
     tracing::info!("mayfly stopped");
     Ok(())
+}
+
+/// The start-up notes for the person who started the broker: plain `mayfly: …` lines in
+/// the text format, log events in the JSON format (so a collector sees only JSON). The
+/// first operator token never enters the log stream: see [`Notes::show_first_token`].
+struct Notes(LogFormat);
+
+impl Notes {
+    fn json(&self) -> bool {
+        self.0 == LogFormat::Json
+    }
+
+    fn data_dir(&self, dir: &Path) {
+        if self.json() {
+            tracing::info!(data_dir = %dir.display(), "data directory");
+        } else {
+            eprintln!("mayfly: data dir {}", dir.display());
+        }
+    }
+
+    fn master_key_created(&self, path: &Path) {
+        if self.json() {
+            tracing::warn!(
+                path = %path.display(),
+                "generated a master key: back it up, every stored secret is encrypted under it; keep it apart from the database (or set MAYFLY_MASTER_KEY)"
+            );
+        } else {
+            eprintln!(
+                "mayfly: generated a master key at {}\nmayfly: BACK IT UP. Every stored secret (signing keys, target credentials) is encrypted under it;\nmayfly: without it they cannot be recovered. Keep it apart from the database (or set MAYFLY_MASTER_KEY).",
+                path.display()
+            );
+        }
+    }
+
+    /// Shows the first operator token once. Text format: on stderr, as every note. JSON
+    /// format: on the controlling terminal when there is one, else in a file only the
+    /// broker's user can read (`<data-dir>/first-operator-token`, as Jenkins does with its
+    /// first admin password); the log says where, never what.
+    fn show_first_token(&self, token: &SecretString, data_dir: &Path) -> anyhow::Result<()> {
+        let text = format!(
+            "mayfly: first start: created an operator token. It is shown only this once and stored only as a hash:\n\n    export MAYFLY_TOKEN={}\n",
+            token.expose()
+        );
+        if !self.json() {
+            eprintln!("{text}");
+            return Ok(());
+        }
+        if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+            if tty.write_all(format!("{text}\n").as_bytes()).is_ok() {
+                tracing::warn!("first start: created an operator token, shown on the terminal");
+                return Ok(());
+            }
+        }
+        let path = data_dir.join(FIRST_TOKEN_FILE);
+        write_private(&path, format!("{}\n", token.expose()).as_bytes()).with_context(|| {
+            format!(
+                "cannot write the first operator token to {}",
+                path.display()
+            )
+        })?;
+        tracing::warn!(
+            path = %path.display(),
+            "first start: created an operator token; no terminal to show it on, so it is in this file (mode 0600): read it, then delete the file"
+        );
+        Ok(())
+    }
+
+    fn lost_bootstrap_race(&self) {
+        let text = "another replica recorded the first operator token at the same moment; the token shown is not valid, use the one it printed";
+        if self.json() {
+            tracing::warn!("{text}");
+        } else {
+            eprintln!("mayfly: {text}");
+        }
+    }
+
+    fn listening(&self, scheme: &str, addr: std::net::SocketAddr) {
+        if self.json() {
+            tracing::info!(%addr, url = %format!("{scheme}://{addr}"), "listening");
+        } else {
+            eprintln!("mayfly: listening on {scheme}://{addr}");
+            tracing::info!(%addr, "mayfly serving");
+        }
+    }
+}
+
+/// Where the JSON format leaves the first operator token when there is no terminal.
+pub const FIRST_TOKEN_FILE: &str = "first-operator-token";
+
+/// Creates `path` readable by its owner only (refusing to reuse an existing file, which
+/// someone else may be able to read).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 async fn shutdown_signal() {

@@ -92,7 +92,7 @@ pub async fn run(cmd: StoreCmd) -> anyhow::Result<ExitCode> {
     Ok(if intact {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(crate::failure::CHECK_FAILED)
     })
 }
 

@@ -17,15 +17,21 @@ use crate::output::{self, Column, Format};
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum TargetCmd {
+    /// Register a target and who may ask for it (default deny).
     Add {
+        /// The target's name: what `request --target` names.
         name: String,
-        #[arg(long, default_value = "token")]
+        /// The credential kind: what a grant on this target issues.
+        #[arg(long, default_value = "token",
+            value_parser = clap::builder::PossibleValuesParser::new(mayfly_server::credential_kinds()))]
         kind: String,
         /// Allowed action (repeatable).
         #[arg(long = "action", required = true)]
         actions: Vec<String>,
+        /// TTL of a request that names none.
         #[arg(long, default_value = "15m")]
         default_ttl: Ttl,
+        /// Longest TTL a grant (and its renewals) may have; longer requests are clamped.
         #[arg(long, default_value = "1h")]
         max_ttl: Ttl,
         /// Identity, `owner:<team>` or `*` allowed to request (repeatable). Default: nobody.
@@ -48,25 +54,35 @@ pub enum TargetCmd {
         #[arg(long)]
         admin_url_file: Option<std::path::PathBuf>,
     },
+    /// List targets (a workload sees those policy could allow it).
     List,
+    /// One target.
     Show {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
     /// Drop users on the target that carry Mayfly's prefix but belong to no live lease.
     Reconcile {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
     /// Replace the target's admin password with a random one only Mayfly knows.
     RotateRoot {
+        /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
     },
     /// Change a target's actions, TTLs, allow list or settings (only what is given
     /// changes). The kind and the admin secret do not change here (rotate-root).
     Update {
+        /// The target's name.
         name: String,
         /// Allowed action (repeatable); replaces the list.
         #[arg(long = "action")]
         actions: Vec<String>,
+        /// TTL of a grant that names none.
         #[arg(long)]
         default_ttl: Option<Ttl>,
         /// For grants from now on; live leases keep their cap.
@@ -92,6 +108,7 @@ pub enum TargetCmd {
     /// those are revoked first, and the target goes once every credential is confirmed
     /// gone. Its grants, leases and audit entries stay.
     Delete {
+        /// The target's name.
         name: String,
         /// Revoke its live leases first.
         #[arg(long)]
@@ -218,12 +235,12 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
                 .get::<Value>(&format!("/v1/targets/{name}"), &[])
                 .await?,
         ),
-        TargetCmd::Reconcile { name } => output::object(
-            out,
-            &client
-                .post_empty::<Value>(&format!("/v1/targets/{name}/reconcile"))
-                .await?,
-        ),
+        TargetCmd::Reconcile { name } => {
+            let report: Value = client
+                .post_empty(&format!("/v1/targets/{name}/reconcile"))
+                .await?;
+            print_reconciled(out, &name, &report);
+        }
         TargetCmd::RotateRoot { name } => output::object(
             out,
             &client
@@ -296,6 +313,46 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A reconciliation as sentences: what was dropped, what failed, what was left alone, or
+/// that there was nothing to drop.
+fn print_reconciled(out: Format, name: &str, report: &Value) {
+    if out == Format::Json {
+        println!("{report}");
+        return;
+    }
+    let list = |key: &str| {
+        report
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (dropped, failed, unknown) = (list("dropped"), list("failed"), list("unknown"));
+    if dropped.is_empty() && failed.is_empty() {
+        println!("{name}: nothing to drop");
+    }
+    if !dropped.is_empty() {
+        println!(
+            "{name}: dropped {}",
+            output::cell(Some(&Value::Array(dropped)))
+        );
+    }
+    for f in &failed {
+        // `[user, reason]`
+        println!(
+            "{name}: could not drop {}: {}",
+            output::cell(f.get(0)),
+            output::cell(f.get(1))
+        );
+    }
+    if !unknown.is_empty() {
+        println!(
+            "{name}: left alone (not provably Mayfly's for this target): {}",
+            output::cell(Some(&Value::Array(unknown)))
+        );
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub use mayfly_testkit::broker::{master_key, store_url, Broker, Options};
-pub use mayfly_testkit::suffix;
 pub use mayfly_testkit::{eventually, eventually_blocking, eventually_every, issuer, services};
+pub use mayfly_testkit::{scratch_dir, suffix};
 
 /// The `mayfly` binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mayfly");

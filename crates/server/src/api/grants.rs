@@ -263,54 +263,20 @@ pub async fn revoke(
     ApiPath(id): ApiPath<Uuid>,
     OptionalJson(body): OptionalJson<RevokeRequest>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let reason = reason_for(&caller, body.reason)?;
+    reason_for(&caller, body.reason)?;
     load_grant(&state, &caller, id).await?;
-    let revoked = state
-        .store
-        .revoke(
-            &LeaseSelector::Grant(id),
-            reason,
-            &caller.0.actor(),
-            mayfly_core::now(),
-        )
-        .await?;
-    state.record_revocation(reason.as_str(), revoked);
-    Ok(Json(RevokeResponse {
-        total: revoked.total(),
-        revoked,
-    }))
+    revoke_selected(&state, &caller, LeaseSelector::Grant(id), body.reason).await
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRevokeRequest {
-    pub task: Option<String>,
-    pub identity: Option<String>,
-    pub owner: Option<String>,
-    pub reason: Option<RevocationReason>,
-}
-
-/// Revokes everything held for a task, by an identity, or by an owner's identities.
-#[utoipa::path(post, path = "/v1/revoke", request_body = BulkRevokeRequest,
-    responses((status = 200, description = "what was revoked", body = RevokeResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
-pub async fn bulk_revoke(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiJson(body): ApiJson<BulkRevokeRequest>,
+/// Revokes what `selector` names (the caller may already be known to see it), for the
+/// reason asked or the caller's default, and counts it.
+pub(crate) async fn revoke_selected(
+    state: &AppState,
+    caller: &Caller,
+    selector: LeaseSelector,
+    reason: Option<RevocationReason>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    caller.require_operator()?;
-    let reason = reason_for(&caller, body.reason)?;
-    let selector = match (body.task, body.identity, body.owner) {
-        (Some(t), None, None) => LeaseSelector::Task(t),
-        (None, Some(i), None) => LeaseSelector::Identity(i),
-        (None, None, Some(o)) => LeaseSelector::Owner(o),
-        _ => {
-            return Err(ApiError::field(
-                "task",
-                "give exactly one of task, identity or owner",
-            ))
-        }
-    };
+    let reason = reason_for(caller, reason)?;
     let revoked = state
         .store
         .revoke(&selector, reason, &caller.0.actor(), mayfly_core::now())
@@ -320,4 +286,88 @@ pub async fn bulk_revoke(
         total: revoked.total(),
         revoked,
     }))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRevokeRequest {
+    /// Every lease held for this task; a workload ends only its own leases in it.
+    pub task: Option<String>,
+    pub identity: Option<String>,
+    /// The identities this person or team currently owns.
+    pub owner: Option<String>,
+    pub reason: Option<RevocationReason>,
+    /// Every lease of this target.
+    pub target: Option<String>,
+    /// Every lease of the targets whose names start with this text.
+    pub prefix: Option<String>,
+}
+
+/// The one field of a bulk revocation, and the leases it selects for this caller.
+fn bulk_selector(caller: &Caller, body: BulkRevokeRequest) -> Result<LeaseSelector, ApiError> {
+    let BulkRevokeRequest {
+        task,
+        identity,
+        owner,
+        target,
+        prefix,
+        reason: _,
+    } = body;
+    let given = [
+        task.is_some(),
+        identity.is_some(),
+        owner.is_some(),
+        target.is_some(),
+        prefix.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::field(
+            "task",
+            "give exactly one of task, identity, owner, target or prefix",
+        ));
+    }
+    // A workload may end its own task and nothing wider: the task's leases that are its.
+    if let Some(own) = caller.0.identity() {
+        return match task {
+            Some(task) => Ok(LeaseSelector::IdentityTask {
+                identity: own.to_string(),
+                task,
+            }),
+            None => Err(ApiError::forbidden(
+                "a workload may revoke only its own grants, leases and tasks",
+            )),
+        };
+    }
+    caller.require_operator()?;
+    Ok(match (task, identity, owner, target, prefix) {
+        (Some(t), ..) => LeaseSelector::Task(t),
+        (_, Some(i), ..) => LeaseSelector::Identity(i),
+        (_, _, Some(o), ..) => LeaseSelector::Owner(o),
+        (_, _, _, Some(t), _) => LeaseSelector::Target(t),
+        (.., Some(p)) => {
+            // A name's own rules: an empty or odd prefix would select far more, or
+            // nothing, without saying so.
+            mayfly_core::validate::name("prefix", &p)?;
+            LeaseSelector::TargetPrefix(p)
+        }
+        (None, None, None, None, None) => {
+            return Err(ApiError::field("task", "nothing to revoke"));
+        }
+    })
+}
+
+/// Revokes everything held for a task, by an identity, by an owner's identities, of a
+/// target, or of the targets whose names start with a prefix. A workload may revoke its
+/// own leases in a task; everything else is for operators.
+#[utoipa::path(post, path = "/v1/revoke", request_body = BulkRevokeRequest,
+    responses((status = 200, description = "what was revoked", body = RevokeResponse), (status = 403, description = "a workload asked for more than its own task", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn bulk_revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BulkRevokeRequest>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let reason = body.reason;
+    reason_for(&caller, reason)?;
+    let selector = bulk_selector(&caller, body)?;
+    revoke_selected(&state, &caller, selector, reason).await
 }

@@ -3,13 +3,13 @@
 use axum::extract::State;
 use axum::Json;
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::{Lease, LeaseState};
+use mayfly_core::model::{Lease, LeaseSelector, LeaseState};
 use mayfly_core::store::LeaseFilter;
 use mayfly_core::Uuid;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::grants::credential_json;
+use super::grants::{credential_json, revoke_selected, RevokeRequest, RevokeResponse};
 use super::{ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
 use crate::broker;
@@ -25,6 +25,7 @@ pub struct LeaseListQuery {
     pub grant: Option<Uuid>,
     pub state: Option<LeaseState>,
     pub limit: Option<u32>,
+    pub target: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/leases", params(LeaseListQuery),
@@ -41,6 +42,7 @@ pub async fn list(
         grant_id: q.grant,
         state: q.state,
         limit: q.limit,
+        target: q.target,
     };
     Ok(Json(state.store.list_leases(&filter).await?))
 }
@@ -66,7 +68,7 @@ pub struct RenewRequest {
     pub ttl: Option<Ttl>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RenewResponse {
     pub lease: Lease,
     /// A replacement credential when the kind cannot be extended in place (tokens).
@@ -94,4 +96,18 @@ pub async fn renew(
         lease: renewal.lease,
         reasons: renewal.reasons,
     }))
+}
+
+/// Ends one lease's credential now (what `mayfly leases` lists; the grant behind it ends
+/// with it). Revoking an already-ended lease succeeds with zero counts.
+#[utoipa::path(post, path = "/v1/leases/{id}/revoke", params(("id" = Uuid, Path, description = "Lease id")), request_body = Option<RevokeRequest>,
+    responses((status = 200, description = "revoked (zero counts if already ended)", body = RevokeResponse), (status = 404, description = "no such lease", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RevokeRequest>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    load(&state, &caller, id).await?;
+    revoke_selected(&state, &caller, LeaseSelector::Lease(id), body.reason).await
 }

@@ -133,6 +133,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/leases/{id}/renew", post(leases::renew))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/leases/{id}/revoke", post(leases::revoke))
+        .route("/v1/keys", get(system::list_keys))
         .route(
             "/v1/operator/tokens",
             post(operators::create).get(operators::list),

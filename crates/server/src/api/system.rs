@@ -178,3 +178,45 @@ async fn may_introspect(
     let listed = crate::token::resource_servers(&target).any(|rs| rs == asking);
     Ok(listed)
 }
+
+/// A signing key as operators see it: never its private half.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub alg: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: mayfly_core::OffsetDateTime,
+    /// When it stopped signing; absent for the active key.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub retired_at: Option<mayfly_core::OffsetDateTime>,
+    /// Published in the JWKS until then, so the tokens it signed still verify.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub published_until: Option<mayfly_core::OffsetDateTime>,
+}
+
+/// The signing keys, newest first: the active one, and the retired ones the store keeps.
+#[utoipa::path(get, path = "/v1/keys", responses((status = 200, description = "signing keys, newest first", body = [KeyInfo]), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<KeyInfo>>, ApiError> {
+    caller.require_operator()?;
+    let mut keys: Vec<KeyInfo> = state
+        .store
+        .list_signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| KeyInfo {
+            kid: k.kid,
+            alg: k.alg,
+            created_at: k.created_at,
+            retired_at: k.retired_at,
+            published_until: k.publish_until,
+        })
+        .collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+    Ok(Json(keys))
+}

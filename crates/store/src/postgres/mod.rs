@@ -249,11 +249,12 @@ impl Reads for PgReads {
 
     async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
         let grant_id = filter.grant_id.map(|g| g.to_string());
-        let q = sql::list_leases(
+        let q = sql::list_leases_of(
             filter.identity.as_deref(),
             filter.task.as_deref(),
             grant_id.as_deref(),
             filter.state.map(|s| s.as_str()),
+            filter.target.as_deref(),
         );
         let mut query = sqlx::query(&q.sql);
         for b in &q.binds {

@@ -129,6 +129,13 @@ pub(crate) const REVOKE_BY_IDENTITY: &str = revoke_sql!("identity = $1");
 /// Follows the identity's *current* owner, not the owner recorded on the grant.
 pub(crate) const REVOKE_BY_OWNER: &str =
     revoke_sql!("identity IN (SELECT id FROM identities WHERE owner = $1)");
+pub(crate) const REVOKE_BY_TARGET: &str = revoke_sql!("target = $1");
+/// `left(…)`, not a range or `LIKE`: the database's collation need not order names
+/// bytewise, and a prefix may hold `_`. The live-state condition keeps it to live leases.
+pub(crate) const REVOKE_BY_TARGET_PREFIX: &str = revoke_sql!("left(target, length($1)) = $1");
+/// `$1` is the JSON array `[identity, task]`: one key, like every other selector's.
+pub(crate) const REVOKE_BY_IDENTITY_TASK: &str =
+    revoke_sql!("identity = ($1::jsonb ->> 0) AND task = ($1::jsonb ->> 1)");
 
 /// Ends the `$2` earliest-expiring active leases due at `$1`. Rows another transaction
 /// holds are skipped rather than waited for, and the outer `state = 'active'` re-check
@@ -282,7 +289,6 @@ pub(crate) const COUNT_LIVE_LEASES_OF_IDENTITY: &str = "SELECT COUNT(*) FROM lea
      WHERE identity = $1 AND state IN ('creating', 'active', 'revoking')";
 pub(crate) const COUNT_LIVE_LEASES_OF_TARGET: &str = "SELECT COUNT(*) FROM leases \
      WHERE target = $1 AND state IN ('creating', 'active', 'revoking')";
-pub(crate) const REVOKE_BY_TARGET: &str = revoke_sql!("target = $1");
 
 /// Filterable lists are built from fixed fragments; values are always bound, never
 /// formatted into the text. Binds are the filter values in order, then the limit.
@@ -333,11 +339,23 @@ pub(crate) fn list_grants(
     q
 }
 
+#[cfg(test)]
 pub(crate) fn list_leases(
     identity: Option<&str>,
     task: Option<&str>,
     grant_id: Option<&str>,
     state: Option<&str>,
+) -> ListQuery {
+    list_leases_of(identity, task, grant_id, state, None)
+}
+
+/// Leases, newest first, by any of the filters.
+pub(crate) fn list_leases_of(
+    identity: Option<&str>,
+    task: Option<&str>,
+    grant_id: Option<&str>,
+    state: Option<&str>,
+    target: Option<&str>,
 ) -> ListQuery {
     let mut q = ListQuery::new(
         format!("SELECT {LEASE_COLS} FROM leases"),
@@ -346,6 +364,7 @@ pub(crate) fn list_leases(
             ("task", task),
             ("grant_id", grant_id),
             ("state", state),
+            ("target", target),
         ],
     );
     let n = q.next();

@@ -90,8 +90,6 @@ async fn request_paths_use_indexes() {
         ("revoke by task", sql::REVOKE_BY_TASK.update, 3),
         ("revoke by identity", sql::REVOKE_BY_IDENTITY.update, 3),
         ("revoke by owner", sql::REVOKE_BY_OWNER.update, 3),
-        ("select by target", sql::REVOKE_BY_TARGET.select, 1),
-        ("revoke by target", sql::REVOKE_BY_TARGET.update, 3),
         (
             "live leases of identity",
             sql::COUNT_LIVE_LEASES_OF_IDENTITY,
@@ -280,4 +278,70 @@ async fn durability_sets_synchronous_and_wal() {
         assert_eq!(store.durability(), durability);
         store.close().await;
     }
+}
+
+/// The selectors and the listing filter added for `mayfly revoke --target/--prefix`,
+/// a workload's `revoke --task` and `mayfly leases --target` read through an index.
+#[tokio::test]
+async fn target_and_identity_task_paths_use_indexes() {
+    let (_dir, store) = open_temp(Durability::CrashSafe).await;
+    let by_target = sql::list_leases_of(None, None, None, None, Some("t"));
+    let by_target_state = sql::list_leases_of(None, None, None, Some("active"), Some("t"));
+    for (name, text, params, index) in [
+        (
+            "select by target",
+            sql::REVOKE_BY_TARGET.select,
+            1,
+            "leases_target_live",
+        ),
+        (
+            "revoke by target",
+            sql::REVOKE_BY_TARGET.update,
+            3,
+            "leases_target_live",
+        ),
+        (
+            "select by target prefix",
+            sql::REVOKE_BY_TARGET_PREFIX.select,
+            1,
+            "leases_target_live",
+        ),
+        (
+            "revoke by target prefix",
+            sql::REVOKE_BY_TARGET_PREFIX.update,
+            3,
+            "leases_target_live",
+        ),
+        (
+            "select by identity+task",
+            sql::REVOKE_BY_IDENTITY_TASK.select,
+            1,
+            "leases_",
+        ),
+        (
+            "revoke by identity+task",
+            sql::REVOKE_BY_IDENTITY_TASK.update,
+            3,
+            "leases_",
+        ),
+        (
+            "list_leases by target",
+            by_target.sql.as_str(),
+            2,
+            "leases_target_live",
+        ),
+        (
+            "list_leases by target+state",
+            by_target_state.sql.as_str(),
+            3,
+            "leases_target_live",
+        ),
+    ] {
+        let lines = plan(&store, text, params).await;
+        eprintln!("{name}:\n  {}", lines.join("\n  "));
+        assert_indexed(name, &lines);
+        let p = lines.join("\n");
+        assert!(p.contains(index), "{name} does not use {index}: {p}");
+    }
+    store.close().await;
 }

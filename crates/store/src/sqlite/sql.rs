@@ -27,16 +27,24 @@ macro_rules! identity_cols {
 /// array, see [`RevokeSql`]) and the update that ends them. `?1` is the selector's key.
 macro_rules! revoke_sql {
     ($selector:literal) => {
+        revoke_sql!(table "leases", $selector)
+    };
+    // `$table` may name the index to use: `leases INDEXED BY …`.
+    (table $table:literal, $selector:literal) => {
         RevokeSql {
             select: concat!(
                 "SELECT json_group_array(json_array(",
                 "id, grant_id, identity, owner, target, task, external)) ",
-                "FROM leases WHERE ",
+                "FROM ",
+                $table,
+                " WHERE ",
                 $selector,
                 " AND state IN ('active', 'creating')"
             ),
             update: concat!(
-                "UPDATE leases SET ",
+                "UPDATE ",
+                $table,
+                " SET ",
                 "state = CASE WHEN external = 1 THEN 'revoking' ELSE 'revoked' END, ",
                 "revocation_reason = ?2, ",
                 "next_attempt_at = CASE WHEN external = 1 THEN ?3 END ",
@@ -118,6 +126,18 @@ pub(crate) const REVOKE_BY_IDENTITY: RevokeSql = revoke_sql!("identity = ?1");
 /// "revoke everything team X is accountable for" means what an operator expects today.
 pub(crate) const REVOKE_BY_OWNER: RevokeSql =
     revoke_sql!("identity IN (SELECT id FROM identities WHERE owner = ?1)");
+pub(crate) const REVOKE_BY_TARGET: RevokeSql = revoke_sql!("target = ?1");
+/// The range finds the prefix in `leases_target_live`: target names are `[a-z0-9._-]`
+/// (`validate::name`), all below `~`. The `substr` keeps the match exact whatever the name.
+/// The index is forced: without statistics SQLite prefers the equality on `leases_state`,
+/// which would visit every live lease of every target.
+pub(crate) const REVOKE_BY_TARGET_PREFIX: RevokeSql = revoke_sql!(
+    table "leases INDEXED BY leases_target_live",
+    "target >= ?1 AND target < (?1 || '~') AND substr(target, 1, length(?1)) = ?1"
+);
+/// `?1` is the JSON array `[identity, task]`: one key, like every other selector's.
+pub(crate) const REVOKE_BY_IDENTITY_TASK: RevokeSql =
+    revoke_sql!("identity = json_extract(?1, '$[0]') AND task = json_extract(?1, '$[1]')");
 
 /// Ends the `?2` earliest-expiring active leases due at `?1`. The inner query walks the
 /// partial expiry index (forced: without statistics SQLite prefers the equality match on
@@ -255,11 +275,23 @@ pub(crate) fn list_grants(
     q
 }
 
+#[cfg(test)]
 pub(crate) fn list_leases(
     identity: Option<&str>,
     task: Option<&str>,
     grant_id: Option<&str>,
     state: Option<&str>,
+) -> ListQuery {
+    list_leases_of(identity, task, grant_id, state, None)
+}
+
+/// Leases, newest first, by any of the filters (`leases_target_live` serves target and state).
+pub(crate) fn list_leases_of(
+    identity: Option<&str>,
+    task: Option<&str>,
+    grant_id: Option<&str>,
+    state: Option<&str>,
+    target: Option<&str>,
 ) -> ListQuery {
     let mut q = ListQuery {
         sql: format!("SELECT {LEASE_COLS} FROM leases"),
@@ -268,16 +300,18 @@ pub(crate) fn list_leases(
     let mut conds = Vec::new();
     // As for grants: keep `leases_state` out when a narrower filter exists, except with
     // `identity`, whose index (identity, state, issued_at) serves both columns in order.
-    let state_col = if identity.is_none() && (task.is_some() || grant_id.is_some()) {
-        "+state"
-    } else {
-        "state"
-    };
+    let state_col =
+        if identity.is_none() && (task.is_some() || grant_id.is_some() || target.is_some()) {
+            "+state"
+        } else {
+            "state"
+        };
     for (col, val) in [
         ("identity", identity),
         ("task", task),
         ("grant_id", grant_id),
         (state_col, state),
+        ("target", target),
     ] {
         if let Some(v) = val {
             conds.push(format!("{col} = ?"));
@@ -438,4 +472,3 @@ pub(crate) const COUNT_LIVE_LEASES_OF_IDENTITY: &str = "SELECT COUNT(*) FROM lea
 pub(crate) const COUNT_LIVE_LEASES_OF_TARGET: &str = "SELECT COUNT(*) FROM leases \
      INDEXED BY leases_target_live \
      WHERE target = ?1 AND state IN ('creating', 'active', 'revoking')";
-pub(crate) const REVOKE_BY_TARGET: RevokeSql = revoke_sql!("target = ?1");

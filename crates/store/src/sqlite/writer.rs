@@ -142,6 +142,11 @@ fn revoke_sql(selector: &LeaseSelector) -> (sql::RevokeSql, String) {
         LeaseSelector::Identity(i) => (sql::REVOKE_BY_IDENTITY, i.clone()),
         LeaseSelector::Owner(o) => (sql::REVOKE_BY_OWNER, o.clone()),
         LeaseSelector::Target(t) => (sql::REVOKE_BY_TARGET, t.clone()),
+        LeaseSelector::TargetPrefix(p) => (sql::REVOKE_BY_TARGET_PREFIX, p.clone()),
+        LeaseSelector::IdentityTask { identity, task } => (
+            sql::REVOKE_BY_IDENTITY_TASK,
+            serde_json::json!([identity, task]).to_string(),
+        ),
     }
 }
 
