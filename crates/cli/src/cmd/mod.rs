@@ -202,6 +202,25 @@ pub fn uuid(what: &str, text: &str) -> anyhow::Result<mayfly_core::Uuid> {
     })
 }
 
+/// An expiry given as a lifetime from now (`--expires-in 30d`) or an instant
+/// (`--expires-at`, RFC 3339); `None` when neither was given.
+pub fn expiry(
+    lifetime: Option<mayfly_core::duration::Ttl>,
+    at: Option<String>,
+) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    match (lifetime, at) {
+        (Some(ttl), _) => Ok(Some(mayfly_core::now() + ttl.as_time())),
+        (None, Some(text)) => {
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map(Some)
+                .with_context(|| {
+                    format!("--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z")
+                })
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -223,24 +242,5 @@ mod tests {
             "--kind \"robot\": expected one of service, pipeline, agent, other"
         );
         assert_eq!(crate::failure::exit_code(&e), crate::failure::USAGE);
-    }
-}
-
-/// An expiry given as a lifetime from now (`--expires-in 30d`) or an instant
-/// (`--expires-at`, RFC 3339); `None` when neither was given.
-pub fn expiry(
-    lifetime: Option<mayfly_core::duration::Ttl>,
-    at: Option<String>,
-) -> anyhow::Result<Option<time::OffsetDateTime>> {
-    match (lifetime, at) {
-        (Some(ttl), _) => Ok(Some(mayfly_core::now() + ttl.as_time())),
-        (None, Some(text)) => {
-            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-                .map(Some)
-                .with_context(|| {
-                    format!("--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z")
-                })
-        }
-        (None, None) => Ok(None),
     }
 }
