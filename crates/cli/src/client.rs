@@ -57,6 +57,24 @@ impl Client {
         .await
     }
 
+    /// PATCHes `body` (one of the API's update types) as JSON.
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body).context("cannot encode the request")?;
+        self.send(Method::PATCH, path, &[], Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(Method::DELETE, path, query, None).await
+    }
+
     pub async fn post_form<T: DeserializeOwned>(
         &self,
         path: &str,

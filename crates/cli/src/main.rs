@@ -1,6 +1,6 @@
 //! `mayfly`: runs the broker (`serve`) and drives it over its HTTP API (everything else).
-//! Only `serve` and offline maintenance (`audit verify --store`, `store migrate`) open the
-//! store directly.
+//! Only `serve` and offline maintenance (`audit verify --store`, `store migrate`,
+//! `store recover-operator`) open the store directly.
 //!
 //! This file is the command tree's top level, the dispatch to one module per command group
 //! (`cmd/`), and the one place errors are printed.
@@ -21,6 +21,7 @@ use cmd::identity::IdentityCmd;
 use cmd::introspect::IntrospectArgs;
 use cmd::keys::KeysCmd;
 use cmd::lease::{LeasesArgs, RenewArgs};
+use cmd::operator::OperatorCmd;
 use cmd::policy::PolicyCmd;
 use cmd::revoke::RevokeArgs;
 use cmd::store::StoreCmd;
@@ -82,6 +83,8 @@ enum Command {
         /// The shell to write the script for.
         shell: clap_complete::Shell,
     },
+    /// Operator tokens: create (shown once), list, revoke.
+    Operator(Group<OperatorCmd>),
 }
 
 fn main() -> ExitCode {
@@ -163,6 +166,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             cmd::completions::run(shell, Cli::command());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Operator(group) => cmd::operator::run(group).await.map(done),
     }
 }
 

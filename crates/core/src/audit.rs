@@ -64,6 +64,22 @@ pub enum AuditKind {
     TargetReconciled,
     #[serde(rename = "target.root_rotated")]
     TargetRootRotated,
+    #[serde(rename = "operator.token_created")]
+    OperatorTokenCreated,
+    #[serde(rename = "operator.token_revoked")]
+    OperatorTokenRevoked,
+    /// A token minted offline (`mayfly store recover-operator`) for a broker whose
+    /// operator tokens were lost.
+    #[serde(rename = "operator.recovered")]
+    OperatorRecovered,
+    #[serde(rename = "target.updated")]
+    TargetUpdated,
+    #[serde(rename = "target.deleted")]
+    TargetDeleted,
+    #[serde(rename = "identity.updated")]
+    IdentityUpdated,
+    #[serde(rename = "identity.deleted")]
+    IdentityDeleted,
 }
 
 impl AuditKind {
@@ -93,6 +109,13 @@ impl AuditKind {
             AuditKind::PolicyRejected => "policy.rejected",
             AuditKind::TargetReconciled => "target.reconciled",
             AuditKind::TargetRootRotated => "target.root_rotated",
+            AuditKind::OperatorTokenCreated => "operator.token_created",
+            AuditKind::OperatorTokenRevoked => "operator.token_revoked",
+            AuditKind::OperatorRecovered => "operator.recovered",
+            AuditKind::TargetUpdated => "target.updated",
+            AuditKind::TargetDeleted => "target.deleted",
+            AuditKind::IdentityUpdated => "identity.updated",
+            AuditKind::IdentityDeleted => "identity.deleted",
         }
     }
 }
@@ -1026,6 +1049,13 @@ mod tests {
             PolicyRejected,
             TargetReconciled,
             TargetRootRotated,
+            OperatorTokenCreated,
+            OperatorTokenRevoked,
+            OperatorRecovered,
+            TargetUpdated,
+            TargetDeleted,
+            IdentityUpdated,
+            IdentityDeleted,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),

@@ -119,6 +119,13 @@ pub enum AuthRejection {
     Malformed(String),
     #[error("operator token is not valid")]
     BadOperatorToken,
+    /// The token is known but past its expiry: say so, so its holder knows to ask for a
+    /// new one rather than suspect a typo. `at` is RFC 3339.
+    #[error("operator token {name:?} expired at {at}; ask an operator for a new one (`mayfly operator token create`)")]
+    OperatorTokenExpired { name: String, at: String },
+    /// The token is known but was revoked. `at` is RFC 3339.
+    #[error("operator token {name:?} was revoked at {at}")]
+    OperatorTokenRevoked { name: String, at: String },
     #[error("token has expired")]
     Expired,
     #[error("token is not valid yet")]
@@ -158,6 +165,8 @@ impl AuthRejection {
             AuthRejection::Missing => "missing_credential",
             AuthRejection::Malformed(_) => "malformed_credential",
             AuthRejection::BadOperatorToken => "bad_operator_token",
+            AuthRejection::OperatorTokenExpired { .. } => "operator_token_expired",
+            AuthRejection::OperatorTokenRevoked { .. } => "operator_token_revoked",
             AuthRejection::Expired => "expired",
             AuthRejection::NotYetValid => "not_yet_valid",
             AuthRejection::WrongAudience => "wrong_audience",

@@ -110,11 +110,48 @@ pub struct SigningKeyRecord {
 }
 
 /// An operator token, kept only as its SHA-256.
+///
+/// A token is *live* while it is neither revoked nor past its expiry; a name is unique
+/// among live tokens (an expired or revoked token keeps its row, so who had it stays
+/// readable). Revoked and expired tokens are refused at authentication with their reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorTokenRecord {
     pub name: String,
     pub token_sha256: Vec<u8>,
     pub created_at: OffsetDateTime,
+    /// `None`: never expires (the token of the first start, and tokens made before
+    /// expiry existed).
+    pub expires_at: Option<OffsetDateTime>,
+    /// Who made it: the operator's actor text, `system:first-start` or `system:recovery`.
+    pub created_by: String,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub revoked_by: Option<String>,
+}
+
+impl OperatorTokenRecord {
+    /// A new, unrevoked token record.
+    pub fn new(
+        name: impl Into<String>,
+        token_sha256: Vec<u8>,
+        created_at: OffsetDateTime,
+        expires_at: Option<OffsetDateTime>,
+        created_by: impl Into<String>,
+    ) -> Self {
+        OperatorTokenRecord {
+            name: name.into(),
+            token_sha256,
+            created_at,
+            expires_at,
+            created_by: created_by.into(),
+            revoked_at: None,
+            revoked_by: None,
+        }
+    }
+
+    /// Neither revoked nor past its expiry at `now`.
+    pub fn is_live_at(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
 }
 
 /// Counts for metrics and health.
@@ -329,12 +366,64 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
+    /// Records the first start's token, unaudited (the chain may not exist yet for a
+    /// caller to name). `Conflict` if the name or hash is taken.
     async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError>;
+    /// The token with this hash, whatever its state (the authenticator tells expired and
+    /// revoked ones apart).
     async fn find_operator_token(
         &self,
         sha256: &[u8],
     ) -> Result<Option<OperatorTokenRecord>, StoreError>;
+    /// Every token ever recorded, revoked and expired ones included: non-zero means the
+    /// broker was bootstrapped, and a start never mints another first token (a broker
+    /// whose tokens are all revoked is recovered offline, deliberately).
     async fn count_operator_tokens(&self) -> Result<u64, StoreError>;
 
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    // --- operator token lifecycle (added after the original contract) ----------------------
+    /// Records a new token with `event`. `Conflict` if a live token (at the record's
+    /// `created_at`) has the name; a token of that name that has expired but was never
+    /// revoked is marked revoked by the new record's creator in the same transaction, so
+    /// the name can be reused without losing who held it before.
+    async fn create_operator_token(
+        &self,
+        token: &OperatorTokenRecord,
+        event: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// Every token, oldest first, revoked ones included.
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError>;
+    /// Revokes the unrevoked token called `name` at `now`, with `event` (its actor is
+    /// recorded as `revoked_by`). `NotFound` if no unrevoked token has the name;
+    /// `Rejected` if it is the broker's last live token and `force` is not set (an
+    /// operator would otherwise lock everyone out; recovery is offline).
+    async fn revoke_operator_token(
+        &self,
+        name: &str,
+        force: bool,
+        now: OffsetDateTime,
+        event: AuditDraft,
+    ) -> Result<OperatorTokenRecord, StoreError>;
+
+    // --- changing and removing identities and targets -----------------------------------
+    /// Replaces the identity's mutable fields (kind, owner, purpose, expiry, labels) with
+    /// `identity`'s; `enabled` and `created_at` are kept. `NotFound` if there is none.
+    async fn update_identity(
+        &self,
+        identity: &Identity,
+        event: AuditDraft,
+    ) -> Result<Identity, StoreError>;
+    /// Deletes an identity that holds no live lease (creating, active or revoking):
+    /// `Rejected` naming how many it holds. Its grants, leases and audit entries stay.
+    async fn delete_identity(&self, id: &str, event: AuditDraft) -> Result<(), StoreError>;
+    /// Replaces the target's mutable fields (actions, TTLs, allow list, settings); `kind`,
+    /// the admin secret and `created_at` are kept. `NotFound` if there is none.
+    async fn update_target(&self, target: &Target, event: AuditDraft)
+        -> Result<Target, StoreError>;
+    /// Deletes a target, with its sealed admin secret, once none of its leases is live
+    /// (creating, active or revoking: a revocation still pending needs the target to
+    /// finish): `Rejected` naming how many are. `Conflict` while a root rotation of it is
+    /// being settled. Its grants, leases and audit entries stay.
+    async fn delete_target(&self, name: &str, event: AuditDraft) -> Result<(), StoreError>;
 }

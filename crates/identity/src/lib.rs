@@ -171,11 +171,13 @@ mod tests {
         let store = Arc::new(TokenStore::default());
         let (token, hash) = generate_operator_token().unwrap();
         store
-            .add_operator_token(&OperatorTokenRecord {
-                name: "root".into(),
-                token_sha256: hash,
-                created_at: mayfly_core::now(),
-            })
+            .add_operator_token(&OperatorTokenRecord::new(
+                "root",
+                hash,
+                mayfly_core::now(),
+                None,
+                "test",
+            ))
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

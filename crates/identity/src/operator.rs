@@ -112,7 +112,23 @@ impl Authenticator for OperatorTokenAuthenticator {
         let hash = hash_operator_token(token);
         match self.store.find_operator_token(&hash).await {
             Ok(Some(record)) if ring_ct_eq(&record.token_sha256, &hash) => {
-                AuthOutcome::Accepted(Proven::Operator { name: record.name })
+                // Whoever presents the token held it once: telling them why it no longer
+                // works (rather than "not valid") saves a hunt for a typo.
+                if let Some(at) = record.revoked_at {
+                    return AuthOutcome::Rejected(AuthRejection::OperatorTokenRevoked {
+                        name: record.name,
+                        at: rfc3339(at),
+                    });
+                }
+                match record.expires_at {
+                    Some(at) if at <= mayfly_core::now() => {
+                        AuthOutcome::Rejected(AuthRejection::OperatorTokenExpired {
+                            name: record.name,
+                            at: rfc3339(at),
+                        })
+                    }
+                    _ => AuthOutcome::Accepted(Proven::Operator { name: record.name }),
+                }
             }
             Ok(_) => AuthOutcome::Rejected(AuthRejection::BadOperatorToken),
             Err(e) => {
@@ -124,6 +140,11 @@ impl Authenticator for OperatorTokenAuthenticator {
             }
         }
     }
+}
+
+fn rfc3339(t: mayfly_core::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 #[cfg(test)]
@@ -141,11 +162,13 @@ mod tests {
         let store = Arc::new(TokenStore::default());
         let (token, hash) = generate_operator_token().unwrap();
         store
-            .add_operator_token(&OperatorTokenRecord {
-                name: name.into(),
-                token_sha256: hash,
-                created_at: mayfly_core::now(),
-            })
+            .add_operator_token(&OperatorTokenRecord::new(
+                name,
+                hash,
+                mayfly_core::now(),
+                None,
+                "test",
+            ))
             .await
             .unwrap();
         (store, token)
@@ -248,6 +271,63 @@ mod tests {
         }
         // Malformed tokens are refused without a store round-trip.
         assert_eq!(store.lookups.load(Ordering::SeqCst), 3);
+    }
+
+    /// A known token past its expiry or revoked is refused with that reason, and the
+    /// reason names the token and when, never its text.
+    #[tokio::test]
+    async fn expired_and_revoked_tokens_are_refused_with_their_reason() {
+        let store = Arc::new(TokenStore::default());
+        let now = mayfly_core::now();
+        let (expired, hash) = generate_operator_token().unwrap();
+        let mut record = OperatorTokenRecord::new(
+            "ci",
+            hash,
+            now - time::Duration::days(2),
+            Some(now - time::Duration::days(1)),
+            "test",
+        );
+        store.add_operator_token(&record).await.unwrap();
+        let (revoked, hash) = generate_operator_token().unwrap();
+        record = OperatorTokenRecord::new("old", hash, now, None, "test");
+        record.revoked_at = Some(now);
+        store.add_operator_token(&record).await.unwrap();
+        let (fresh, hash) = generate_operator_token().unwrap();
+        record = OperatorTokenRecord::new(
+            "fresh",
+            hash,
+            now,
+            Some(now + time::Duration::days(1)),
+            "test",
+        );
+        store.add_operator_token(&record).await.unwrap();
+        let auth = OperatorTokenAuthenticator::new(store);
+        for (token, want) in [
+            (&expired, "operator_token_expired"),
+            (&revoked, "operator_token_revoked"),
+        ] {
+            match auth
+                .authenticate(&Presented {
+                    bearer: Some(token.expose()),
+                })
+                .await
+            {
+                AuthOutcome::Rejected(r) => {
+                    assert_eq!(r.code(), want);
+                    let text = r.to_string();
+                    assert!(text.contains(" at 20"), "{text}");
+                    assert!(!text.contains(token.expose()), "{text}");
+                }
+                other => panic!("{want}: unexpected {other:?}"),
+            }
+        }
+        assert!(matches!(
+            auth.authenticate(&Presented {
+                bearer: Some(fresh.expose())
+            })
+            .await,
+            AuthOutcome::Accepted(Proven::Operator { .. })
+        ));
     }
 
     #[tokio::test]

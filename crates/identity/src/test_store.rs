@@ -242,4 +242,45 @@ impl Store for TokenStore {
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
         unused()
     }
+    async fn create_operator_token(
+        &self,
+        token: &OperatorTokenRecord,
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.add_operator_token(token).await
+    }
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError> {
+        Ok(self.tokens.lock().unwrap().clone())
+    }
+    async fn revoke_operator_token(
+        &self,
+        name: &str,
+        _: bool,
+        now: OffsetDateTime,
+        event: AuditDraft,
+    ) -> Result<OperatorTokenRecord, StoreError> {
+        let mut tokens = self.tokens.lock().unwrap();
+        let token = tokens
+            .iter_mut()
+            .find(|t| t.name == name && t.revoked_at.is_none())
+            .ok_or_else(|| StoreError::NotFound {
+                what: "operator token",
+                id: name.into(),
+            })?;
+        token.revoked_at = Some(now);
+        token.revoked_by = Some(event.actor);
+        Ok(token.clone())
+    }
+    async fn update_identity(&self, _: &Identity, _: AuditDraft) -> Result<Identity, StoreError> {
+        unused()
+    }
+    async fn delete_identity(&self, _: &str, _: AuditDraft) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn update_target(&self, _: &Target, _: AuditDraft) -> Result<Target, StoreError> {
+        unused()
+    }
+    async fn delete_target(&self, _: &str, _: AuditDraft) -> Result<(), StoreError> {
+        unused()
+    }
 }

@@ -363,32 +363,7 @@ fn load_master_key(
         reason,
     };
     match std::fs::File::open(&path) {
-        Ok(mut file) => {
-            // The key unlocks every sealed secret in the store: a copy that group or
-            // others can read is theirs, and one they can write is a key they chose.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = file
-                    .metadata()
-                    .map_err(|e| bad(e.to_string()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(bad(format!(
-                        "group or others can access it (mode {:04o}); run `chmod 600 {}`",
-                        mode & 0o7777,
-                        path.display()
-                    )));
-                }
-            }
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| bad(e.to_string()))?;
-            Ok((
-                MasterKey::from_base64(&text).map_err(|e| bad(e.to_string()))?,
-                None,
-            ))
-        }
+        Ok(file) => Ok((read_key_file(file, &path)?, None)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate().map_err(|e| bad(e.to_string()))?;
             write_private_file(&path, key.to_base64().as_bytes())
@@ -396,6 +371,61 @@ fn load_master_key(
             Ok((key, Some(path)))
         }
         Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Reads a master key file, refusing one that group or others can access.
+fn read_key_file(mut file: std::fs::File, path: &Path) -> Result<MasterKey, StartError> {
+    let bad = |reason: String| StartError::MasterKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    // The key unlocks every sealed secret in the store: a copy that group or others can
+    // read is theirs, and one they can write is a key they chose.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file
+            .metadata()
+            .map_err(|e| bad(e.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "group or others can access it (mode {:04o}); run `chmod 600 {}`",
+                mode & 0o7777,
+                path.display()
+            )));
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| bad(e.to_string()))?;
+    MasterKey::from_base64(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// The master key of an existing deployment, for offline maintenance: from `from_env`
+/// (`MAYFLY_MASTER_KEY`) or the file at `path`. Unlike a first start it never generates
+/// one: a missing key is an error that says where it was looked for.
+pub fn existing_master_key(
+    path: &Path,
+    from_env: Option<SecretString>,
+) -> Result<MasterKey, StartError> {
+    if let Some(text) = from_env {
+        return MasterKey::from_base64(text.expose()).map_err(|e| StartError::MasterKey {
+            path: "MAYFLY_MASTER_KEY".into(),
+            reason: e.to_string(),
+        });
+    }
+    match std::fs::File::open(path) {
+        Ok(file) => read_key_file(file, path),
+        Err(e) => Err(StartError::MasterKey {
+            path: path.display().to_string(),
+            reason: if e.kind() == std::io::ErrorKind::NotFound {
+                "not found: the master key is needed to prove this is the deployment's operator; pass --master-key-file or set MAYFLY_MASTER_KEY".into()
+            } else {
+                e.to_string()
+            },
+        }),
     }
 }
 
@@ -656,11 +686,15 @@ impl Server {
     /// `Ok(false)` when another replica starting at the same moment recorded its own first:
     /// this token then does not work and the other one does.
     pub async fn record_bootstrap_token(&self, token: &SecretString) -> Result<bool, StartError> {
-        let record = OperatorTokenRecord {
-            name: "bootstrap".into(),
-            token_sha256: hash_operator_token(token.expose()),
-            created_at: mayfly_core::now(),
-        };
+        // No expiry: it is the root of trust until the operator replaces it with named,
+        // expiring tokens (`mayfly operator token create`, then revoke `bootstrap`).
+        let record = OperatorTokenRecord::new(
+            "bootstrap",
+            hash_operator_token(token.expose()),
+            mayfly_core::now(),
+            None,
+            "system:first-start",
+        );
         match self.state.store.add_operator_token(&record).await {
             Ok(()) => Ok(true),
             Err(mayfly_core::store::StoreError::Conflict { .. }) => Ok(false),

@@ -24,6 +24,8 @@ use crate::api;
         api::leases::list, api::leases::show, api::leases::renew,
         api::audit::list, api::audit::verify,
         api::leases::revoke, api::system::list_keys,
+        api::operators::create, api::operators::list, api::operators::revoke,
+        api::targets::update, api::targets::delete, api::identities::update, api::identities::delete,
     ),
     components(schemas(
         crate::error::Problem,

@@ -156,6 +156,9 @@ macro_rules! conformance_suite {
             stats_count,
             one_failing_call_leaves_its_batch,
             revoke_by_target_prefix_and_identity_task,
+            operator_token_lifecycle,
+            update_and_delete_identity,
+            update_and_delete_target,
         );
     };
     (@fresh $harness:ty; $($name:ident),* $(,)?) => {
@@ -1883,11 +1886,7 @@ pub async fn operator_tokens(store: Arc<dyn Store>) {
     let store = &*store;
     assert_eq!(store.count_operator_tokens().await.unwrap(), 0);
     let hash = vec![0xab; 32];
-    let tok = OperatorTokenRecord {
-        name: "admin".into(),
-        token_sha256: hash.clone(),
-        created_at: now(),
-    };
+    let tok = OperatorTokenRecord::new("admin", hash.clone(), now(), None, "system:first-start");
     store.add_operator_token(&tok).await.unwrap();
     assert_eq!(
         store.find_operator_token(&hash).await.unwrap(),
@@ -2568,6 +2567,459 @@ pub async fn revocation_queue(store: Arc<dyn Store>) {
             AuditKind::LeaseRevoked
         ]
     );
+    assert_chain_intact(store).await;
+}
+
+// --- operator token lifecycle; changing and deleting identities and targets -----------------
+
+fn token_record(
+    name: &str,
+    byte: u8,
+    at: OffsetDateTime,
+    expires_at: Option<OffsetDateTime>,
+) -> OperatorTokenRecord {
+    OperatorTokenRecord::new(name, vec![byte; 32], at, expires_at, "operator:admin")
+}
+
+fn token_event(kind: AuditKind, name: &str) -> AuditDraft {
+    AuditDraft::new(kind, "operator:admin").detail(json!({ "name": name }))
+}
+
+pub async fn operator_token_lifecycle(store: Arc<dyn Store>) {
+    let store = &*store;
+    let at = now();
+    let day = Duration::days(1);
+    store
+        .add_operator_token(&OperatorTokenRecord::new(
+            "bootstrap",
+            vec![1; 32],
+            at - day,
+            None,
+            "system:first-start",
+        ))
+        .await
+        .unwrap();
+    let ci = token_record("ci", 2, at, Some(at + day * 90));
+    store
+        .create_operator_token(&ci, token_event(AuditKind::OperatorTokenCreated, "ci"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_operator_token(&[2; 32]).await.unwrap(),
+        Some(ci.clone())
+    );
+
+    // A live token's name is taken; the refusal names it, never the hash.
+    let err = store
+        .create_operator_token(
+            &token_record("ci", 3, at, None),
+            token_event(AuditKind::OperatorTokenCreated, "ci"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { id, .. } if id == "ci"),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains("0303"), "{err:?}");
+
+    // An expired, never revoked token gives its name up to a new one and is kept, revoked
+    // by the new one's creator.
+    let old = token_record("deploy", 4, at - day * 10, Some(at - day));
+    store.add_operator_token(&old).await.unwrap();
+    let new = token_record("deploy", 5, at, Some(at + day));
+    store
+        .create_operator_token(&new, token_event(AuditKind::OperatorTokenCreated, "deploy"))
+        .await
+        .unwrap();
+    let old_now = store.find_operator_token(&[4; 32]).await.unwrap().unwrap();
+    assert_eq!(old_now.revoked_at, Some(at));
+    assert_eq!(old_now.revoked_by.as_deref(), Some("operator:admin"));
+    assert!(store
+        .find_operator_token(&[5; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .is_live_at(at));
+
+    // Listing: every token, oldest first, with what was recorded.
+    let listed = store.list_operator_tokens().await.unwrap();
+    let names: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|t| (t.name.as_str(), t.revoked_at.is_some()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("deploy", true),
+            ("bootstrap", false),
+            ("ci", false),
+            ("deploy", false)
+        ]
+    );
+    assert_eq!(listed[2], ci);
+
+    // Revocation: unknown names are NotFound; a revoked token is kept, with who and when.
+    let err = store
+        .revoke_operator_token(
+            "nobody",
+            false,
+            at,
+            token_event(AuditKind::OperatorTokenRevoked, "nobody"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let revoked = store
+        .revoke_operator_token(
+            "ci",
+            false,
+            at,
+            token_event(AuditKind::OperatorTokenRevoked, "ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at));
+    assert_eq!(revoked.revoked_by.as_deref(), Some("operator:admin"));
+    assert_eq!(
+        store.find_operator_token(&[2; 32]).await.unwrap(),
+        Some(revoked)
+    );
+    let err = store
+        .revoke_operator_token(
+            "ci",
+            false,
+            at,
+            token_event(AuditKind::OperatorTokenRevoked, "ci"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { .. }),
+        "revoked twice: {err:?}"
+    );
+    // The name is free again.
+    store
+        .create_operator_token(
+            &token_record("ci", 6, at, Some(at + day)),
+            token_event(AuditKind::OperatorTokenCreated, "ci"),
+        )
+        .await
+        .unwrap();
+
+    // The last live token is kept unless forced. Live now: bootstrap, deploy(5), ci(6).
+    for name in ["bootstrap", "deploy"] {
+        store
+            .revoke_operator_token(
+                name,
+                false,
+                at,
+                token_event(AuditKind::OperatorTokenRevoked, name),
+            )
+            .await
+            .unwrap();
+    }
+    let err = store
+        .revoke_operator_token(
+            "ci",
+            false,
+            at,
+            token_event(AuditKind::OperatorTokenRevoked, "ci"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { reason, .. }) if reason.contains("last live operator token")),
+        "{err:?}"
+    );
+    assert!(store
+        .find_operator_token(&[6; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    store
+        .revoke_operator_token(
+            "ci",
+            true,
+            at,
+            token_event(AuditKind::OperatorTokenRevoked, "ci"),
+        )
+        .await
+        .unwrap();
+    // Every token ever recorded still counts: a start never bootstraps this broker again.
+    assert_eq!(store.count_operator_tokens().await.unwrap(), 5);
+
+    let kinds: Vec<AuditKind> = all_audit(store, AuditFilter::default())
+        .await
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == AuditKind::OperatorTokenCreated)
+            .count(),
+        3
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == AuditKind::OperatorTokenRevoked)
+            .count(),
+        4
+    );
+    assert_chain_intact(store).await;
+}
+
+pub async fn update_and_delete_identity(store: Arc<dyn Store>) {
+    let store = &*store;
+    let at = now();
+    let before = create_identity(store, "agent", "team-a").await;
+    let mut changed = before.clone();
+    changed.owner = "team-b".into();
+    changed.purpose = "new purpose".into();
+    changed.expires_at = Some(at + Duration::days(7));
+    changed.labels = BTreeMap::from([("tier".to_string(), "1".to_string())]);
+    // What update must not touch, even if the caller's copy says otherwise.
+    changed.enabled = false;
+    changed.created_at = at + Duration::days(1);
+    let updated = store
+        .update_identity(
+            &changed,
+            AuditDraft::new(AuditKind::IdentityUpdated, "operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.owner, "team-b");
+    assert_eq!(updated.purpose, "new purpose");
+    assert_eq!(updated.expires_at, changed.expires_at);
+    assert_eq!(updated.labels, changed.labels);
+    assert!(updated.enabled);
+    assert_eq!(updated.created_at, before.created_at);
+    // Readers see the change at once (no stale cached copy).
+    assert_eq!(
+        store.get_identity("agent").await.unwrap(),
+        Some(updated.clone())
+    );
+    let err = store
+        .update_identity(
+            &identity("ghost", "t"),
+            AuditDraft::new(AuditKind::IdentityUpdated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    // Live leases (here an active token and an external one still being revoked) block the
+    // deletion; ended ones do not.
+    let ttl = Duration::minutes(10);
+    let token = issue(store, "agent", "team-b", "job-1", at, ttl, false).await;
+    let external = issue(store, "agent", "team-b", "job-2", at, ttl, true).await;
+    let delete = || AuditDraft::new(AuditKind::IdentityDeleted, "operator");
+    let err = store.delete_identity("agent", delete()).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { reason, .. }) if reason.contains("2 live lease")),
+        "{err:?}"
+    );
+    store
+        .revoke(
+            &LeaseSelector::Identity("agent".into()),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+    let err = store.delete_identity("agent", delete()).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { reason, .. }) if reason.contains("1 live lease")),
+        "a revocation still pending blocks: {err:?}"
+    );
+    store
+        .complete_revocation(external.lease.id, "system:revoker", at)
+        .await
+        .unwrap();
+    store.delete_identity("agent", delete()).await.unwrap();
+    assert_eq!(store.get_identity("agent").await.unwrap(), None);
+    assert!(store.list_identities().await.unwrap().is_empty());
+    let err = store.delete_identity("agent", delete()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    // History stays readable: its grants, leases and audit entries.
+    assert_eq!(
+        lease(store, token.lease.id).await.state,
+        LeaseState::Revoked
+    );
+    assert_eq!(grant_of(store, token.grant.id).await.identity, "agent");
+    let trail = all_audit(
+        store,
+        AuditFilter {
+            identity: Some("agent".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(trail.iter().any(|e| e.kind == AuditKind::LeaseIssued));
+    // The id can be registered again.
+    create_identity(store, "agent", "team-c").await;
+    assert_chain_intact(store).await;
+}
+
+pub async fn update_and_delete_target(store: Arc<dyn Store>) {
+    let store = &*store;
+    let at = now();
+    let created = AuditDraft::new(AuditKind::TargetCreated, "operator");
+    let before = target("billing-api");
+    store
+        .create_target(&before, Some(b"sealed-admin"), created.clone())
+        .await
+        .unwrap();
+    let mut changed = before.clone();
+    changed.actions = vec!["read".into()];
+    changed.default_ttl = Ttl::from_secs(60);
+    changed.max_ttl = Ttl::from_secs(120);
+    changed.allow = vec!["agent".into()];
+    changed.settings = json!({"audience": "new"});
+    // Not changed by an update.
+    changed.kind = "postgres".into();
+    changed.created_at = at + Duration::days(1);
+    let updated = store
+        .update_target(
+            &changed,
+            AuditDraft::new(AuditKind::TargetUpdated, "operator"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.actions, changed.actions);
+    assert_eq!(updated.default_ttl, changed.default_ttl);
+    assert_eq!(updated.max_ttl, changed.max_ttl);
+    assert_eq!(updated.allow, changed.allow);
+    assert_eq!(updated.settings, changed.settings);
+    assert_eq!(updated.kind, "token");
+    assert_eq!(updated.created_at, before.created_at);
+    assert_eq!(
+        store.get_target("billing-api").await.unwrap(),
+        Some(updated)
+    );
+    assert_eq!(
+        store
+            .get_target_secret("billing-api")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"sealed-admin"[..]),
+        "an update keeps the admin secret"
+    );
+    let err = store
+        .update_target(
+            &target("ghost"),
+            AuditDraft::new(AuditKind::TargetUpdated, "operator"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    // The grant fixture's target is billing-api. Live leases block; a pending revocation
+    // too (the revocation worker needs the target to finish it).
+    let ttl = Duration::minutes(10);
+    let token = issue(store, "agent", "team", "job-1", at, ttl, false).await;
+    let external = issue(store, "agent", "team", "job-2", at, ttl, true).await;
+    let other = {
+        let mut g = grant("agent", "team", "job-3", at);
+        g.target = "analytics".into();
+        let l = lease_for(&g, at, at + ttl, at + ttl * 2, false);
+        store
+            .record_grant(&g, Some(&l), grant_events(&g, Some(&l)))
+            .await
+            .unwrap();
+        l
+    };
+    let delete = || AuditDraft::new(AuditKind::TargetDeleted, "operator");
+    let err = store
+        .delete_target("billing-api", delete())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { reason, .. }) if reason.contains("2 live lease")),
+        "{err:?}"
+    );
+    let outcome = store
+        .revoke(
+            &LeaseSelector::Target("billing-api".into()),
+            RevocationReason::Admin,
+            "operator",
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RevokeOutcome {
+            revoked: 1,
+            revoking: 1
+        }
+    );
+    assert_eq!(
+        lease(store, other.id).await.state,
+        LeaseState::Active,
+        "other targets untouched"
+    );
+    let err = store
+        .delete_target("billing-api", delete())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Rejected(CoreError::Invalid { reason, .. }) if reason.contains("1 live lease")),
+        "{err:?}"
+    );
+    store
+        .complete_revocation(external.lease.id, "system:revoker", at)
+        .await
+        .unwrap();
+
+    // A root rotation still being settled blocks too: it holds a secret the target may have.
+    store
+        .begin_root_rotation("billing-api", b"next")
+        .await
+        .unwrap();
+    let err = store
+        .delete_target("billing-api", delete())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    store
+        .abandon_root_rotation(
+            "billing-api",
+            b"next",
+            AuditDraft::new(AuditKind::TargetRootRotated, "operator"),
+        )
+        .await
+        .unwrap();
+
+    store.delete_target("billing-api", delete()).await.unwrap();
+    assert_eq!(store.get_target("billing-api").await.unwrap(), None);
+    assert_eq!(store.get_target_secret("billing-api").await.unwrap(), None);
+    let err = store
+        .delete_target("billing-api", delete())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    // History stays; the name can be used again, without the old secret.
+    assert_eq!(
+        lease(store, token.lease.id).await.state,
+        LeaseState::Revoked
+    );
+    assert_eq!(
+        lease(store, external.lease.id).await.state,
+        LeaseState::Revoked
+    );
+    store
+        .create_target(&target("billing-api"), None, created)
+        .await
+        .unwrap();
+    assert_eq!(store.get_target_secret("billing-api").await.unwrap(), None);
     assert_chain_intact(store).await;
 }
 

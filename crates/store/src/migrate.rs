@@ -166,7 +166,17 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "operator_tokens",
-        cols: &[("name", Text), ("token_sha256", Bytes), ("created_at", Int)],
+        // The hash first: the copy pages by the first column, which must be unique, and
+        // a name is unique only among unrevoked tokens.
+        cols: &[
+            ("token_sha256", Bytes),
+            ("name", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("created_by", Text),
+            ("revoked_at", Int),
+            ("revoked_by", Text),
+        ],
     },
     Table {
         name: "audit",

@@ -255,6 +255,10 @@ pub(crate) fn operator_token_from_row(
         name: text(row, "name")?,
         token_sha256: row.blob("token_sha256")?,
         created_at: ts(row, "created_at")?,
+        expires_at: opt_ts(row, "expires_at")?,
+        created_by: text(row, "created_by")?,
+        revoked_at: opt_ts(row, "revoked_at")?,
+        revoked_by: row.opt_str("revoked_by")?.map(str::to_string),
     })
 }
 

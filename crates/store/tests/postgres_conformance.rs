@@ -384,7 +384,7 @@ async fn concurrent_opens_migrate_once() {
                 .is_some_and(|x| x == "sql")
         })
         .count();
-    assert_eq!(migrations, 2);
+    assert_eq!(migrations, 3);
     assert_eq!(applied, migrations as i64);
 }
 
@@ -777,11 +777,13 @@ async fn copy_sqlite_to_postgres() {
     )
     .await
     .unwrap();
-    src.add_operator_token(&OperatorTokenRecord {
-        name: "admin".into(),
-        token_sha256: vec![1; 32],
-        created_at: now,
-    })
+    src.add_operator_token(&OperatorTokenRecord::new(
+        "admin",
+        vec![1; 32],
+        now,
+        Some(now + time::Duration::days(90)),
+        "operator:admin",
+    ))
     .await
     .unwrap();
     let src_report = src.verify_audit().await.unwrap();
@@ -824,6 +826,10 @@ async fn copy_sqlite_to_postgres() {
     assert_eq!(
         dst.list_signing_keys().await.unwrap(),
         src.list_signing_keys().await.unwrap()
+    );
+    assert_eq!(
+        dst.list_operator_tokens().await.unwrap(),
+        src.list_operator_tokens().await.unwrap()
     );
     assert!(dst.find_operator_token(&[1; 32]).await.unwrap().is_some());
     for id in &lease_ids {

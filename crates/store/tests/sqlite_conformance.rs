@@ -391,3 +391,60 @@ async fn lease_states_read_back_after_bulk_seed() {
     assert!(leases.iter().all(|l| l.state == LeaseState::Active));
     assert_eq!(leases.iter().filter(|l| l.external).count(), 2);
 }
+
+/// A broker made before operator tokens had a lifecycle keeps its first-start token
+/// through the migration: no expiry, unrevoked, and it still counts as the bootstrap.
+#[tokio::test]
+async fn first_start_token_survives_the_lifecycle_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    // The schema as it was before: only the migrations that existed then.
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in [
+        "0001_init.sql",
+        "0002_write_ahead.sql",
+        "0003_root_rotation.sql",
+    ] {
+        std::fs::copy(all.join(name), old.join(name)).unwrap();
+    }
+    let mut c = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run_direct(&mut c)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO operator_tokens (name, token_sha256, created_at) VALUES ('bootstrap', ?1, 1000)",
+    )
+    .bind(vec![7u8; 32])
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    // As the store keeps its own files: owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    let store = SqliteStore::open(path.to_str().unwrap(), Durability::Fsync)
+        .await
+        .unwrap();
+    let token = store.find_operator_token(&[7; 32]).await.unwrap().unwrap();
+    assert_eq!(token.name, "bootstrap");
+    assert_eq!(token.expires_at, None);
+    assert_eq!(token.revoked_at, None);
+    assert_eq!(token.created_by, "system:first-start");
+    assert!(token.is_live_at(mayfly_core::now()));
+    assert_eq!(store.count_operator_tokens().await.unwrap(), 1);
+    assert_eq!(store.list_operator_tokens().await.unwrap(), vec![token]);
+}

@@ -3,7 +3,8 @@
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::Identity;
-use mayfly_server::api::identities::{CreateIdentity, DisableResponse};
+use mayfly_server::api::identities::{CreateIdentity, DisableResponse, UpdateIdentity};
+use mayfly_server::api::DeleteResponse;
 use serde_json::Value;
 
 use super::{api_enum, key_values, Group};
@@ -54,6 +55,39 @@ pub enum IdentityCmd {
     },
     /// How the broker sees the presented credential.
     Whoami,
+    /// Change an identity's owner, purpose, expiry or labels (only what is given changes).
+    Update {
+        /// The identity's name.
+        id: String,
+        /// New accountable person or team.
+        #[arg(long)]
+        owner: Option<String>,
+        /// New purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// New lifetime, counted from now (e.g. 90d); live leases keep their expiry.
+        #[arg(long, conflicts_with = "expires_at")]
+        expires: Option<Ttl>,
+        /// New expiry instant, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// key=value (repeatable); replaces the labels.
+        #[arg(long = "label", conflicts_with = "clear_labels")]
+        labels: Vec<String>,
+        /// Remove every label.
+        #[arg(long)]
+        clear_labels: bool,
+    },
+    /// Delete an identity. Refused while it holds a live lease, unless --revoke-leases:
+    /// it is then disabled (every lease revoked) and deleted once every credential is
+    /// confirmed gone. Its grants, leases and audit entries stay.
+    Delete {
+        /// The identity's name.
+        id: String,
+        /// Disable it and revoke its live leases first.
+        #[arg(long)]
+        revoke_leases: bool,
+    },
 }
 
 const COLUMNS: &[Column<Identity>] = &[
@@ -116,6 +150,50 @@ pub async fn run(group: Group<IdentityCmd>) -> anyhow::Result<()> {
                 .await?,
         ),
         IdentityCmd::Whoami => output::object(out, &client.get::<Value>("/v1/whoami", &[]).await?),
+        IdentityCmd::Update {
+            id,
+            owner,
+            purpose,
+            expires,
+            expires_at,
+            labels,
+            clear_labels,
+        } => {
+            let expires_at = super::expiry(expires, expires_at)?;
+            let body = UpdateIdentity {
+                owner,
+                purpose,
+                expires_at,
+                labels: if clear_labels {
+                    Some(Default::default())
+                } else if labels.is_empty() {
+                    None
+                } else {
+                    Some(key_values("label", &labels)?.into_iter().collect())
+                },
+            };
+            output::object(
+                out,
+                &client
+                    .patch::<_, Value>(&format!("/v1/identities/{id}"), &body)
+                    .await?,
+            );
+        }
+        IdentityCmd::Delete { id, revoke_leases } => {
+            let answer: Answer<DeleteResponse> = client
+                .delete(
+                    &format!("/v1/identities/{id}"),
+                    &[("revoke_leases", revoke_leases.to_string())],
+                )
+                .await?;
+            match out {
+                Format::Json => println!("{}", answer.raw),
+                Format::Table => println!(
+                    "identity {id} deleted; {} lease(s) revoked first",
+                    answer.typed.revoked.total()
+                ),
+            }
+        }
     }
     Ok(())
 }

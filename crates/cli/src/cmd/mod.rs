@@ -9,6 +9,7 @@ pub mod identity;
 pub mod introspect;
 pub mod keys;
 pub mod lease;
+pub mod operator;
 pub mod policy;
 pub mod revoke;
 pub mod serve;
@@ -199,6 +200,25 @@ pub fn uuid(what: &str, text: &str) -> anyhow::Result<mayfly_core::Uuid> {
             "{text:?} is not a {what} id (an id looks like 7c9e6679-7425-40de-944b-e07fc1f90ae7)"
         ))
     })
+}
+
+/// An expiry given as a lifetime from now (`--expires-in 30d`) or an instant
+/// (`--expires-at`, RFC 3339); `None` when neither was given.
+pub fn expiry(
+    lifetime: Option<mayfly_core::duration::Ttl>,
+    at: Option<String>,
+) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    match (lifetime, at) {
+        (Some(ttl), _) => Ok(Some(mayfly_core::now() + ttl.as_time())),
+        (None, Some(text)) => {
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map(Some)
+                .with_context(|| {
+                    format!("--expires-at {text:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z")
+                })
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use mayfly_core::duration::Ttl;
+use mayfly_core::model::Target;
 use mayfly_core::secret::SecretString;
-use mayfly_server::api::targets::{CreateTarget, TargetSummary, TargetView};
+use mayfly_server::api::targets::{CreateTarget, TargetSummary, TargetView, UpdateTarget};
+use mayfly_server::api::DeleteResponse;
 use serde_json::Value;
 
 use super::Group;
@@ -72,6 +74,63 @@ pub enum TargetCmd {
         #[arg(add = super::completions::targets())]
         name: String,
     },
+    /// Change a target's actions, TTLs, allow list or settings (only what is given
+    /// changes). The kind and the admin secret do not change here (rotate-root).
+    Update {
+        /// The target's name.
+        name: String,
+        /// Allowed action (repeatable); replaces the list.
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// TTL of a grant that names none.
+        #[arg(long)]
+        default_ttl: Option<Ttl>,
+        /// For grants from now on; live leases keep their cap.
+        #[arg(long)]
+        max_ttl: Option<Ttl>,
+        /// Identity, `owner:<team>` or `*` allowed to request (repeatable); replaces the list.
+        #[arg(long = "allow", conflicts_with = "clear_allow")]
+        allow: Vec<String>,
+        /// Empty the allow list (nobody may request until policy or a new list says so).
+        #[arg(long)]
+        clear_allow: bool,
+        /// Token audience (token targets); kept with the other settings.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Provider settings as a JSON object; replaces them whole.
+        #[arg(long, conflicts_with = "settings_file")]
+        settings: Option<String>,
+        /// Provider settings from a JSON file; replaces them whole.
+        #[arg(long)]
+        settings_file: Option<std::path::PathBuf>,
+    },
+    /// Delete a target. Refused while any of its leases is live, unless --revoke-leases:
+    /// those are revoked first, and the target goes once every credential is confirmed
+    /// gone. Its grants, leases and audit entries stay.
+    Delete {
+        /// The target's name.
+        name: String,
+        /// Revoke its live leases first.
+        #[arg(long)]
+        revoke_leases: bool,
+    },
+}
+
+/// Settings text from `--settings` or `--settings-file`, as a JSON object.
+fn settings_from(
+    settings: Option<String>,
+    settings_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<serde_json::Map<String, Value>>> {
+    let text = match (settings, settings_file) {
+        (Some(s), _) => s,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    match serde_json::from_str::<Value>(&text).context("settings must be a JSON object")? {
+        Value::Object(m) => Ok(Some(m)),
+        _ => bail!("settings must be a JSON object"),
+    }
 }
 
 /// A listed target: operators see whole targets, workloads summaries (no allow list).
@@ -188,6 +247,70 @@ pub async fn run(group: Group<TargetCmd>) -> anyhow::Result<()> {
                 .post_empty::<Value>(&format!("/v1/targets/{name}/rotate-root"))
                 .await?,
         ),
+        TargetCmd::Update {
+            name,
+            actions,
+            default_ttl,
+            max_ttl,
+            allow,
+            clear_allow,
+            audience,
+            settings,
+            settings_file,
+        } => {
+            let mut settings = settings_from(settings, settings_file)?;
+            if let Some(audience) = audience {
+                // The audience joins the settings given, or else the target's current ones.
+                let mut merged = match settings {
+                    Some(s) => s,
+                    None => {
+                        let current: Target =
+                            client.get(&format!("/v1/targets/{name}"), &[]).await?;
+                        match current.settings {
+                            Value::Object(m) => m,
+                            _ => serde_json::Map::new(),
+                        }
+                    }
+                };
+                merged.insert("audience".into(), Value::String(audience));
+                settings = Some(merged);
+            }
+            let body = UpdateTarget {
+                actions: (!actions.is_empty()).then_some(actions),
+                default_ttl,
+                max_ttl,
+                allow: if clear_allow {
+                    Some(Vec::new())
+                } else {
+                    (!allow.is_empty()).then_some(allow)
+                },
+                settings: settings.map(Value::Object),
+            };
+            output::object(
+                out,
+                &client
+                    .patch::<_, Value>(&format!("/v1/targets/{name}"), &body)
+                    .await?,
+            );
+        }
+        TargetCmd::Delete {
+            name,
+            revoke_leases,
+        } => {
+            let answer: Answer<DeleteResponse> = client
+                .delete(
+                    &format!("/v1/targets/{name}"),
+                    &[("revoke_leases", revoke_leases.to_string())],
+                )
+                .await?;
+            match out {
+                Format::Json => println!("{}", answer.raw),
+                Format::Table => println!(
+                    "target {name} deleted; {} lease(s) revoked first",
+                    answer.typed.revoked.total()
+                ),
+            }
+        }
     }
     Ok(())
 }

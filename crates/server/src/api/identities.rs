@@ -12,7 +12,7 @@ use mayfly_core::{validate, OffsetDateTime};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -144,4 +144,131 @@ pub async fn enable(
     let mut event = AuditDraft::new(AuditKind::IdentityEnabled, caller.0.actor());
     event.identity = Some(id.clone());
     Ok(Json(state.store.enable_identity(&id, event).await?))
+}
+
+/// The fields of an identity that can change in place. Its id and kind are what policy
+/// knows it by (a different kind is a different identity: add one); enabling and
+/// disabling have their own endpoints. Absent fields are kept; `labels` is replaced whole.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Must be in the future. Live leases keep the expiry they were issued with.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Changes an identity's owner, purpose, expiry or labels, audited with what changed.
+#[utoipa::path(patch, path = "/v1/identities/{id}", params(("id" = String, Path, description = "Identity name")), request_body = UpdateIdentity,
+    responses((status = 200, description = "the updated identity", body = Identity), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateIdentity>,
+) -> Result<Json<Identity>, ApiError> {
+    caller.require_operator()?;
+    let UpdateIdentity {
+        owner,
+        purpose,
+        expires_at,
+        labels,
+    } = body;
+    if owner.is_none() && purpose.is_none() && expires_at.is_none() && labels.is_none() {
+        return Err(ApiError::BadRequest {
+            field: None,
+            detail: "nothing to change: give at least one of owner, purpose, expires_at, labels"
+                .into(),
+        });
+    }
+    if let Some(owner) = &owner {
+        validate::text("owner", owner, 256, true)?;
+    }
+    if let Some(purpose) = &purpose {
+        validate::text("purpose", purpose, validate::MAX_PURPOSE_BYTES, true)?;
+    }
+    for (k, v) in labels.iter().flatten() {
+        validate::text("labels", k, 64, true)?;
+        validate::text("labels", v, 256, false)?;
+    }
+    if expires_at.is_some_and(|at| at <= mayfly_core::now()) {
+        return Err(ApiError::field("expires_at", "must be in the future"));
+    }
+    let before = load(&state, &id).await?;
+    let mut after = before.clone();
+    after.owner = owner.unwrap_or(after.owner);
+    after.purpose = purpose.unwrap_or(after.purpose);
+    after.expires_at = expires_at
+        .map(mayfly_core::truncate_ms)
+        .or(after.expires_at);
+    after.labels = labels.unwrap_or(after.labels);
+    let mut event = AuditDraft::new(AuditKind::IdentityUpdated, caller.0.actor()).detail(
+        serde_json::json!({
+            "changed": super::changes(&before, &after, &["owner", "purpose", "expires_at", "labels"]),
+        }),
+    );
+    event.identity = Some(id.clone());
+    event.owner = Some(after.owner.clone());
+    Ok(Json(state.store.update_identity(&after, event).await?))
+}
+
+/// Deletes an identity. Refused (409) while it holds a live lease, unless
+/// `revoke_leases=true`: it is then disabled first (the kill switch: every lease it holds
+/// revoked, no new grant), and deleted once the revocation worker has confirmed every
+/// external credential gone. Its grants, leases and audit entries stay.
+#[utoipa::path(delete, path = "/v1/identities/{id}", params(("id" = String, Path, description = "Identity name"), super::DeleteQuery),
+    responses((status = 200, description = "deleted", body = super::DeleteResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such identity", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "live leases keep the identity", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<super::DeleteQuery>,
+) -> Result<Json<super::DeleteResponse>, ApiError> {
+    caller.require_operator()?;
+    let identity = load(&state, &id).await?;
+    let actor = caller.0.actor();
+    let mut revoked = RevokeOutcome::default();
+    if query.revoke_leases {
+        revoked = state
+            .store
+            .disable_identity(&id, &actor, mayfly_core::now())
+            .await?;
+        state.record_revocation("identity_disabled", revoked);
+        let left = super::wait_for_revocations(|| async {
+            let filter = mayfly_core::store::LeaseFilter {
+                identity: Some(id.clone()),
+                state: Some(mayfly_core::model::LeaseState::Revoking),
+                limit: Some(1000),
+                ..Default::default()
+            };
+            Ok(state.store.list_leases(&filter).await?.len())
+        })
+        .await?;
+        if left > 0 {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "identity {id:?} is disabled, but {left} of its lease(s) are still being revoked (their targets have not confirmed the credentials gone; they are retried in the background, see `mayfly leases --state revoking`); delete again once none is left"
+                ),
+            });
+        }
+    }
+    let mut event = AuditDraft::new(AuditKind::IdentityDeleted, actor)
+        .detail(serde_json::json!({ "revoked_leases": revoked.total() }));
+    event.identity = Some(id.clone());
+    event.owner = Some(identity.owner);
+    state.store.delete_identity(&id, event).await?;
+    Ok(Json(super::DeleteResponse {
+        deleted: id,
+        revoked,
+    }))
 }

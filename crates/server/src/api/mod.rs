@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::{json_rejection, ApiError};
 use crate::state::AppState;
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod grants;
 pub mod identities;
 pub mod leases;
+pub mod operators;
 pub mod system;
 pub mod targets;
 
@@ -116,11 +118,9 @@ pub fn routes() -> Router<AppState> {
             "/v1/identities",
             post(identities::create).get(identities::list),
         )
-        .route("/v1/identities/{id}", get(identities::show))
         .route("/v1/identities/{id}/disable", post(identities::disable))
         .route("/v1/identities/{id}/enable", post(identities::enable))
         .route("/v1/targets", post(targets::create).get(targets::list))
-        .route("/v1/targets/{name}", get(targets::show))
         .route("/v1/targets/{name}/reconcile", post(targets::reconcile))
         .route("/v1/targets/{name}/rotate-root", post(targets::rotate_root))
         .route("/v1/grants", post(grants::request).get(grants::list))
@@ -135,4 +135,86 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/leases/{id}/revoke", post(leases::revoke))
         .route("/v1/keys", get(system::list_keys))
+        .route(
+            "/v1/operator/tokens",
+            post(operators::create).get(operators::list),
+        )
+        .route("/v1/operator/tokens/{name}/revoke", post(operators::revoke))
+        .route(
+            "/v1/targets/{name}",
+            get(targets::show)
+                .patch(targets::update)
+                .delete(targets::delete),
+        )
+        .route(
+            "/v1/identities/{id}",
+            get(identities::show)
+                .patch(identities::update)
+                .delete(identities::delete),
+        )
+}
+
+/// The audit detail of an update: each of `fields` whose JSON form differs between
+/// `before` and `after`, as `{field: {from, to}}`. Only non-secret records are passed.
+pub(crate) fn changes<T: serde::Serialize>(
+    before: &T,
+    after: &T,
+    fields: &[&str],
+) -> serde_json::Value {
+    let (before, after) = (
+        serde_json::to_value(before).unwrap_or_default(),
+        serde_json::to_value(after).unwrap_or_default(),
+    );
+    let mut changed = serde_json::Map::new();
+    for field in fields {
+        let (from, to) = (&before[*field], &after[*field]);
+        if from != to {
+            changed.insert(
+                (*field).to_string(),
+                serde_json::json!({ "from": from, "to": to }),
+            );
+        }
+    }
+    serde_json::Value::Object(changed)
+}
+
+/// Whether delete requests also end the record's live leases first.
+#[derive(Debug, Default, serde::Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Revoke the live leases first (through the ordinary revocation path), then delete
+    /// once none is left. Without it, live leases make the delete a 409.
+    #[serde(default)]
+    pub revoke_leases: bool,
+}
+
+/// What a delete did.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeleteResponse {
+    /// The identity id or target name that was deleted.
+    pub deleted: String,
+    /// Leases ended first (with `revoke_leases`); zero otherwise.
+    pub revoked: mayfly_core::store::RevokeOutcome,
+}
+
+/// How long a delete with `revoke_leases` waits for the revocation worker to confirm
+/// external credentials gone before answering 409 (they are retried in the background).
+pub(crate) const REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `live` (how many of the record's leases are still being revoked) until it is
+/// zero or [`REVOCATION_WAIT`] has passed; returns the last count.
+pub(crate) async fn wait_for_revocations<F, Fut>(mut live: F) -> Result<usize, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + REVOCATION_WAIT;
+    loop {
+        let left = live().await?;
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(left);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::Target;
+use mayfly_core::model::{LeaseSelector, RevocationReason, Target};
 use mayfly_core::policy::{Outcome, PolicyRequest};
 use mayfly_core::provider::{ProviderError, ReconcileReport};
 use mayfly_core::secret::SecretString;
@@ -13,7 +13,7 @@ use mayfly_core::validate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::providers::{admin_secret, secret_context};
@@ -115,6 +115,80 @@ async fn shared_prefix_warnings(
     Ok(warnings)
 }
 
+/// The checks every stored target passes, on create and on update: actions, allow list,
+/// TTLs (against each other, the broker's token lifetime), policy-declared actions.
+fn check_fields(
+    state: &AppState,
+    provider: &dyn mayfly_core::provider::Provider,
+    target: &Target,
+) -> Result<(), ApiError> {
+    if target.actions.is_empty() {
+        return Err(ApiError::field(
+            "actions",
+            "at least one action is required",
+        ));
+    }
+    for action in &target.actions {
+        validate::name("actions", action)?;
+    }
+    for entry in &target.allow {
+        let name = entry.strip_prefix("owner:").unwrap_or(entry);
+        if entry != "*" && validate::text("allow", name, 256, true).is_err() {
+            return Err(ApiError::field("allow", format!("invalid entry {entry:?}")));
+        }
+    }
+    if target.max_ttl.as_secs() == 0 {
+        return Err(ApiError::field("max_ttl", "must be greater than zero"));
+    }
+    if target.default_ttl.as_secs() == 0 || target.default_ttl > target.max_ttl {
+        return Err(ApiError::field(
+            "default_ttl",
+            "must be greater than zero and at most max_ttl",
+        ));
+    }
+    if !provider.external() && target.max_ttl > state.token_max_ttl {
+        return Err(ApiError::field(
+            "max_ttl",
+            format!(
+                "must be at most the broker's token_max_ttl ({})",
+                state.token_max_ttl
+            ),
+        ));
+    }
+    if let Some(cedar) = &state.cedar {
+        let engine = cedar.current();
+        let declared: Vec<&str> = engine.actions().collect();
+        if let Some(missing) = target
+            .actions
+            .iter()
+            .find(|a| !declared.contains(&a.as_str()))
+        {
+            return Err(ApiError::field(
+                "actions",
+                format!("action {missing:?} is not declared in the policy schema; declare it in a .cedarschema fragment in the policy directory"),
+            ));
+        }
+    }
+    if !target.settings.is_object() {
+        return Err(ApiError::field("settings", "must be a JSON object"));
+    }
+    Ok(())
+}
+
+/// The provider's own check of the settings (and admin URL) of a target.
+fn check_settings(
+    provider: &dyn mayfly_core::provider::Provider,
+    target: &Target,
+    admin: Option<&SecretString>,
+) -> Result<(), ApiError> {
+    provider
+        .validate_target(target, admin)
+        .map_err(|e| match e {
+            ProviderError::BadSettings(m) => ApiError::field("settings", m),
+            other => other.into(),
+        })
+}
+
 #[utoipa::path(post, path = "/v1/targets", request_body = CreateTarget,
     responses((status = 201, description = "created", body = CreatedTarget), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn create(
@@ -134,56 +208,6 @@ pub async fn create(
             ),
         )
     })?;
-    if body.actions.is_empty() {
-        return Err(ApiError::field(
-            "actions",
-            "at least one action is required",
-        ));
-    }
-    for action in &body.actions {
-        validate::name("actions", action)?;
-    }
-    for entry in &body.allow {
-        let name = entry.strip_prefix("owner:").unwrap_or(entry);
-        if entry != "*" && validate::text("allow", name, 256, true).is_err() {
-            return Err(ApiError::field("allow", format!("invalid entry {entry:?}")));
-        }
-    }
-    if body.max_ttl.as_secs() == 0 {
-        return Err(ApiError::field("max_ttl", "must be greater than zero"));
-    }
-    if body.default_ttl.as_secs() == 0 || body.default_ttl > body.max_ttl {
-        return Err(ApiError::field(
-            "default_ttl",
-            "must be greater than zero and at most max_ttl",
-        ));
-    }
-    if !provider.external() && body.max_ttl > state.token_max_ttl {
-        return Err(ApiError::field(
-            "max_ttl",
-            format!(
-                "must be at most the broker's token_max_ttl ({})",
-                state.token_max_ttl
-            ),
-        ));
-    }
-    if let Some(cedar) = &state.cedar {
-        let engine = cedar.current();
-        let declared: Vec<&str> = engine.actions().collect();
-        if let Some(missing) = body
-            .actions
-            .iter()
-            .find(|a| !declared.contains(&a.as_str()))
-        {
-            return Err(ApiError::field(
-                "actions",
-                format!("action {missing:?} is not declared in the policy schema; declare it in a .cedarschema fragment in the policy directory"),
-            ));
-        }
-    }
-    if !body.settings.is_object() {
-        return Err(ApiError::field("settings", "must be a JSON object"));
-    }
     let target = Target {
         name: body.name,
         kind: body.kind,
@@ -194,6 +218,7 @@ pub async fn create(
         settings: body.settings,
         created_at: mayfly_core::now(),
     };
+    check_fields(&state, provider.as_ref(), &target)?;
     if provider.external() && body.admin.is_none() {
         return Err(ApiError::field(
             "admin",
@@ -203,12 +228,7 @@ pub async fn create(
             ),
         ));
     }
-    provider
-        .validate_target(&target, body.admin.as_ref())
-        .map_err(|e| match e {
-            ProviderError::BadSettings(m) => ApiError::field("settings", m),
-            other => other.into(),
-        })?;
+    check_settings(provider.as_ref(), &target, body.admin.as_ref())?;
     let warnings = shared_prefix_warnings(&state, &target, body.admin.as_ref()).await?;
     for w in &warnings {
         tracing::warn!(target = %target.name, "{w}");
@@ -424,4 +444,144 @@ pub async fn rotate_root(
             "root rotation task failed: {e}"
         ))),
     }
+}
+
+/// The fields of a target that can change in place. The name and kind are its identity (a
+/// different kind is a different target: delete and add); the admin secret changes only
+/// through `rotate-root`. Absent fields are kept; `settings` is replaced whole.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<Ttl>,
+    /// Applies to grants from now on; live leases keep the cap they were issued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<Ttl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Replaces the provider settings whole (checked by the provider as on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+}
+
+fn target_not_found(name: &str) -> ApiError {
+    ApiError::NotFound {
+        what: "target",
+        id: name.to_string(),
+        field: Some("target"),
+    }
+}
+
+/// Changes a target's actions, TTLs, allow list or settings, audited with what changed.
+#[utoipa::path(patch, path = "/v1/targets/{name}", params(("name" = String, Path, description = "Target name")), request_body = UpdateTarget,
+    responses((status = 200, description = "the updated target", body = Target), (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateTarget>,
+) -> Result<Json<Target>, ApiError> {
+    caller.require_operator()?;
+    let before = state
+        .store
+        .get_target(&name)
+        .await?
+        .ok_or_else(|| target_not_found(&name))?;
+    let mut after = before.clone();
+    let UpdateTarget {
+        actions,
+        default_ttl,
+        max_ttl,
+        allow,
+        settings,
+    } = body;
+    if actions.is_none()
+        && default_ttl.is_none()
+        && max_ttl.is_none()
+        && allow.is_none()
+        && settings.is_none()
+    {
+        return Err(ApiError::BadRequest {
+            field: None,
+            detail: "nothing to change: give at least one of actions, default_ttl, max_ttl, allow, settings".into(),
+        });
+    }
+    after.actions = actions.unwrap_or(after.actions);
+    after.default_ttl = default_ttl.unwrap_or(after.default_ttl);
+    after.max_ttl = max_ttl.unwrap_or(after.max_ttl);
+    after.allow = allow.unwrap_or(after.allow);
+    after.settings = settings.unwrap_or(after.settings);
+    let provider = state
+        .providers
+        .get(&after.kind)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("no provider for {:?}", after.kind)))?;
+    check_fields(&state, provider.as_ref(), &after)?;
+    if after.settings != before.settings {
+        let admin = admin_secret(&state, &name).await?;
+        check_settings(provider.as_ref(), &after, admin.as_ref())?;
+    }
+    let mut event = AuditDraft::new(AuditKind::TargetUpdated, caller.0.actor()).detail(
+        serde_json::json!({
+            "changed": super::changes(&before, &after, &["actions", "default_ttl", "max_ttl", "allow", "settings"]),
+        }),
+    );
+    event.target = Some(name.clone());
+    Ok(Json(state.store.update_target(&after, event).await?))
+}
+
+/// Deletes a target. Refused (409) while any of its leases is live, unless
+/// `revoke_leases=true`: those are then revoked first, and the target is deleted once the
+/// revocation worker has confirmed every external credential gone. Its grants, leases and
+/// audit entries stay.
+#[utoipa::path(delete, path = "/v1/targets/{name}", params(("name" = String, Path, description = "Target name"), super::DeleteQuery),
+    responses((status = 200, description = "deleted", body = super::DeleteResponse), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "no such target", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "live leases (or a root rotation being settled) keep the target", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<super::DeleteQuery>,
+) -> Result<Json<super::DeleteResponse>, ApiError> {
+    caller.require_operator()?;
+    state
+        .store
+        .get_target(&name)
+        .await?
+        .ok_or_else(|| target_not_found(&name))?;
+    let actor = caller.0.actor();
+    let mut revoked = mayfly_core::store::RevokeOutcome::default();
+    if query.revoke_leases {
+        revoked = state
+            .store
+            .revoke(
+                &LeaseSelector::Target(name.clone()),
+                RevocationReason::Admin,
+                &actor,
+                mayfly_core::now(),
+            )
+            .await?;
+        state.record_revocation(RevocationReason::Admin.as_str(), revoked);
+        let left = super::wait_for_revocations(|| async {
+            Ok(state.store.live_provider_states(&name).await?.len())
+        })
+        .await?;
+        if left > 0 {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "target {name:?}: {left} lease(s) are still being revoked (the target has not confirmed their credentials gone; they are retried in the background, see `mayfly leases --state revoking`); delete again once none is left"
+                ),
+            });
+        }
+    }
+    let mut event = AuditDraft::new(AuditKind::TargetDeleted, actor)
+        .detail(serde_json::json!({ "revoked_leases": revoked.total() }));
+    event.target = Some(name.clone());
+    state.store.delete_target(&name, event).await?;
+    Ok(Json(super::DeleteResponse {
+        deleted: name,
+        revoked,
+    }))
 }

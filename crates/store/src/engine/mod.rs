@@ -218,4 +218,43 @@ pub(crate) trait Backend: Send + 'static {
     fn encode_audit(rows: Vec<SealedRow>) -> Result<Self::AuditRows, StoreError>;
     async fn insert_audit(&mut self, rows: Self::AuditRows) -> Result<(), StoreError>;
     async fn set_audit_head(&mut self, head: &Head) -> Result<(), StoreError>;
+
+    // --- operator token lifecycle -------------------------------------------------------
+    /// The unrevoked token called `name`, if any (at most one: a partial unique index).
+    async fn unrevoked_operator_token(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<OperatorTokenRecord>, StoreError>;
+    /// Marks the unrevoked token called `name` revoked; whether there was one.
+    async fn revoke_operator_token(
+        &mut self,
+        name: &str,
+        at: OffsetDateTime,
+        by: &str,
+    ) -> Result<bool, StoreError>;
+    /// Tokens neither revoked nor expired at `now`.
+    async fn count_live_operator_tokens(&mut self, now: OffsetDateTime) -> Result<u64, StoreError>;
+
+    // --- changing and deleting identities and targets -------------------------------------
+    /// Replaces the mutable fields; `None` if there is no such identity.
+    async fn update_identity(
+        &mut self,
+        identity: &Identity,
+    ) -> Result<Option<Identity>, StoreError>;
+    /// Whether there was one to delete.
+    async fn delete_identity(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Replaces the mutable fields; `None` if there is no such target.
+    async fn update_target(&mut self, target: &Target) -> Result<Option<Target>, StoreError>;
+    /// Deletes the target and its sealed secret; whether there was one.
+    async fn delete_target(&mut self, name: &str) -> Result<bool, StoreError>;
+    async fn root_rotation_pending(&mut self, name: &str) -> Result<bool, StoreError>;
+    /// Creating, active and revoking leases of an identity or a target.
+    async fn count_live_leases(&mut self, of: LiveOf<'_>) -> Result<u64, StoreError>;
+}
+
+/// Whose live leases [`Backend::count_live_leases`] counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LiveOf<'a> {
+    Identity(&'a str),
+    Target(&'a str),
 }

@@ -16,7 +16,7 @@ use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
 use tokio::sync::oneshot;
 
 use super::chain::Chain;
-use super::{Backend, Changed, Ended, GrantEnd, GrantMove, LeaseRow};
+use super::{Backend, Changed, Ended, GrantEnd, GrantMove, LeaseRow, LiveOf};
 use crate::events;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -136,6 +136,38 @@ pub(crate) enum Op {
         token: OperatorTokenRecord,
         reply: Reply<()>,
     },
+    CreateOperatorToken {
+        token: OperatorTokenRecord,
+        event: AuditDraft,
+        reply: Reply<()>,
+    },
+    RevokeOperatorToken {
+        name: String,
+        force: bool,
+        now: OffsetDateTime,
+        event: AuditDraft,
+        reply: Reply<OperatorTokenRecord>,
+    },
+    UpdateIdentity {
+        identity: Box<Identity>,
+        event: AuditDraft,
+        reply: Reply<Identity>,
+    },
+    DeleteIdentity {
+        id: String,
+        event: AuditDraft,
+        reply: Reply<()>,
+    },
+    UpdateTarget {
+        target: Box<Target>,
+        event: AuditDraft,
+        reply: Reply<Target>,
+    },
+    DeleteTarget {
+        name: String,
+        event: AuditDraft,
+        reply: Reply<()>,
+    },
 }
 
 /// A decided grant, its lease if one was issued, and their audit events.
@@ -155,6 +187,10 @@ impl Op {
                 Some(Changed::Identity(id.clone()))
             }
             Op::CreateTarget { target, .. } => Some(Changed::Target(target.name.clone())),
+            Op::UpdateIdentity { identity, .. } => Some(Changed::Identity(identity.id.clone())),
+            Op::DeleteIdentity { id, .. } => Some(Changed::Identity(id.clone())),
+            Op::UpdateTarget { target, .. } => Some(Changed::Target(target.name.clone())),
+            Op::DeleteTarget { name, .. } => Some(Changed::Target(name.clone())),
             _ => None,
         }
     }
@@ -184,6 +220,12 @@ impl Op {
             | Op::RenewLease { reply, .. } => send(reply, err),
             Op::ExpireDue { reply, .. } | Op::ClaimRevocations { reply, .. } => send(reply, err),
             Op::CompleteRevocation { reply, .. } => send(reply, err),
+            Op::CreateOperatorToken { reply, .. }
+            | Op::DeleteIdentity { reply, .. }
+            | Op::DeleteTarget { reply, .. } => send(reply, err),
+            Op::RevokeOperatorToken { reply, .. } => send(reply, err),
+            Op::UpdateIdentity { reply, .. } => send(reply, err),
+            Op::UpdateTarget { reply, .. } => send(reply, err),
         }
     }
 }
@@ -464,7 +506,162 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
         Op::AddOperatorToken { token, reply } => {
             answer(reply, b.insert_operator_token(&token).await)
         }
+        Op::CreateOperatorToken {
+            token,
+            event,
+            reply,
+        } => answer(reply, create_operator_token(b, chain, &token, event).await),
+        Op::RevokeOperatorToken {
+            name,
+            force,
+            now,
+            event,
+            reply,
+        } => answer(
+            reply,
+            revoke_operator_token(b, chain, &name, force, now, event).await,
+        ),
+        Op::UpdateIdentity {
+            identity,
+            event,
+            reply,
+        } => {
+            let result = async {
+                let updated = b
+                    .update_identity(&identity)
+                    .await?
+                    .ok_or_else(|| not_found("identity", identity.id.clone()))?;
+                chain.append(event, core_now());
+                Ok(updated)
+            };
+            answer(reply, result.await)
+        }
+        Op::DeleteIdentity { id, event, reply } => {
+            let result = async {
+                refuse_live_leases(b, LiveOf::Identity(&id)).await?;
+                if !b.delete_identity(&id).await? {
+                    return Err(not_found("identity", id));
+                }
+                chain.append(event, core_now());
+                Ok(())
+            };
+            answer(reply, result.await)
+        }
+        Op::UpdateTarget {
+            target,
+            event,
+            reply,
+        } => {
+            let result = async {
+                let updated = b
+                    .update_target(&target)
+                    .await?
+                    .ok_or_else(|| not_found("target", target.name.clone()))?;
+                chain.append(event, core_now());
+                Ok(updated)
+            };
+            answer(reply, result.await)
+        }
+        Op::DeleteTarget { name, event, reply } => {
+            // Not closed here: a grant decided from a target read just before this commit
+            // can still record its lease after it (`record_grant` does not require the
+            // target to exist, and the suite records leases of unregistered targets). For
+            // a database target that lease's revocation then has no target to reach and
+            // stays `revoking`, visible in `mayfly_revoking_leases`.
+            let result = async {
+                require_target(b, &name).await?;
+                refuse_live_leases(b, LiveOf::Target(&name)).await?;
+                // The rotation row names the target (a foreign key) and holds a secret
+                // that may be the one the target now has: it must be settled first.
+                if b.root_rotation_pending(&name).await? {
+                    return Err(StoreError::Conflict {
+                        what: "root rotation (still being settled) of target",
+                        id: name,
+                    });
+                }
+                b.delete_target(&name).await?;
+                chain.append(event, core_now());
+                Ok(())
+            };
+            answer(reply, result.await)
+        }
     }
+}
+
+/// Refuses to remove a record that live leases (creating, active, revoking) still name:
+/// a revocation in progress needs its target, and an operator deleting an identity means
+/// its access to end, which it has not yet.
+async fn refuse_live_leases<B: Backend>(b: &mut B, of: LiveOf<'_>) -> Result<(), StoreError> {
+    let live = b.count_live_leases(of).await?;
+    if live == 0 {
+        return Ok(());
+    }
+    let (field, what, name) = match of {
+        LiveOf::Identity(id) => ("identity", "identity", id),
+        LiveOf::Target(name) => ("target", "target", name),
+    };
+    Err(StoreError::Rejected(CoreError::invalid(
+        field,
+        format!(
+            "{what} {name:?} has {live} live lease(s) (creating, active or still being revoked); \
+             revoke them first (revoke_leases=true), and delete once none is left"
+        ),
+    )))
+}
+
+async fn create_operator_token<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    token: &OperatorTokenRecord,
+    mut event: AuditDraft,
+) -> Result<(), StoreError> {
+    if let Some(held) = b.unrevoked_operator_token(&token.name).await? {
+        if held.is_live_at(token.created_at) {
+            return Err(StoreError::Conflict {
+                what: "live operator token",
+                id: token.name.clone(),
+            });
+        }
+        // Expired, never revoked: retire it so the name can be given again; the row (and
+        // who held the name) stays.
+        b.revoke_operator_token(&token.name, token.created_at, &token.created_by)
+            .await?;
+        if let serde_json::Value::Object(detail) = &mut event.detail {
+            detail.insert("replaced_expired".into(), serde_json::Value::Bool(true));
+        }
+    }
+    b.insert_operator_token(token).await?;
+    chain.append(event, core_now());
+    Ok(())
+}
+
+async fn revoke_operator_token<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    name: &str,
+    force: bool,
+    now: OffsetDateTime,
+    event: AuditDraft,
+) -> Result<OperatorTokenRecord, StoreError> {
+    let mut token = b
+        .unrevoked_operator_token(name)
+        .await?
+        .ok_or_else(|| not_found("operator token", name.to_string()))?;
+    if !force && token.is_live_at(now) && b.count_live_operator_tokens(now).await? <= 1 {
+        return Err(StoreError::Rejected(CoreError::invalid(
+            "name",
+            format!(
+                "operator token {name:?} is the broker's last live operator token; revoking it \
+                 would lock every operator out. Create another first, or force it (recovery \
+                 is then offline: mayfly store recover-operator)"
+            ),
+        )));
+    }
+    b.revoke_operator_token(name, now, &event.actor).await?;
+    token.revoked_at = Some(now);
+    token.revoked_by = Some(event.actor.clone());
+    chain.append(event, now);
+    Ok(token)
 }
 
 /// Records a run of consecutive `record_grant` calls with one insert per table. Calls that

@@ -56,6 +56,7 @@ pub trait Reads: Send + Sync + 'static {
     async fn stats(&self) -> Result<StoreStats, StoreError>;
     /// Closes the connections reads use (after the writer stopped).
     async fn close(&self);
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError>;
 }
 
 /// A store: the engine's writer plus a backend's reads. Backends name it by their reads
@@ -500,5 +501,87 @@ impl<R: Reads> Store for EngineStore<R> {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.reads.stats().await
+    }
+
+    async fn create_operator_token(
+        &self,
+        token: &OperatorTokenRecord,
+        event: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.writer
+            .call(|reply| Op::CreateOperatorToken {
+                token,
+                event,
+                reply,
+            })
+            .await
+    }
+
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError> {
+        self.reads.list_operator_tokens().await
+    }
+
+    async fn revoke_operator_token(
+        &self,
+        name: &str,
+        force: bool,
+        now: OffsetDateTime,
+        event: AuditDraft,
+    ) -> Result<OperatorTokenRecord, StoreError> {
+        let name = name.to_string();
+        self.writer
+            .call(|reply| Op::RevokeOperatorToken {
+                name,
+                force,
+                now,
+                event,
+                reply,
+            })
+            .await
+    }
+
+    async fn update_identity(
+        &self,
+        identity: &Identity,
+        event: AuditDraft,
+    ) -> Result<Identity, StoreError> {
+        let identity = Box::new(identity.clone());
+        self.writer
+            .call(|reply| Op::UpdateIdentity {
+                identity,
+                event,
+                reply,
+            })
+            .await
+    }
+
+    async fn delete_identity(&self, id: &str, event: AuditDraft) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.writer
+            .call(|reply| Op::DeleteIdentity { id, event, reply })
+            .await
+    }
+
+    async fn update_target(
+        &self,
+        target: &Target,
+        event: AuditDraft,
+    ) -> Result<Target, StoreError> {
+        let target = Box::new(target.clone());
+        self.writer
+            .call(|reply| Op::UpdateTarget {
+                target,
+                event,
+                reply,
+            })
+            .await
+    }
+
+    async fn delete_target(&self, name: &str, event: AuditDraft) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.writer
+            .call(|reply| Op::DeleteTarget { name, event, reply })
+            .await
     }
 }

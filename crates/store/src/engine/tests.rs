@@ -200,6 +200,41 @@ impl Backend for Scripted {
     async fn set_audit_head(&mut self, _: &Head) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn unrevoked_operator_token(
+        &mut self,
+        _: &str,
+    ) -> Result<Option<OperatorTokenRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn revoke_operator_token(
+        &mut self,
+        _: &str,
+        _: OffsetDateTime,
+        _: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn count_live_operator_tokens(&mut self, _: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn update_identity(&mut self, _: &Identity) -> Result<Option<Identity>, StoreError> {
+        Ok(None)
+    }
+    async fn delete_identity(&mut self, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn update_target(&mut self, _: &Target) -> Result<Option<Target>, StoreError> {
+        Ok(None)
+    }
+    async fn delete_target(&mut self, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn root_rotation_pending(&mut self, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn count_live_leases(&mut self, _: super::LiveOf<'_>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Reads are not under test; the engine store needs some.
@@ -287,6 +322,9 @@ impl Reads for NoReads {
         Ok(Default::default())
     }
     async fn close(&self) {}
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 fn identity(id: &str) -> Identity {

@@ -405,6 +405,16 @@ impl Reads for PgReads {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>, StoreError> {
+        sqlx::query(sql::LIST_OPERATOR_TOKENS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(operator_token_from_row)
+            .collect()
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let active: i64 = sqlx::query_scalar(sql::COUNT_ACTIVE)
             .fetch_one(&self.pool)

@@ -30,8 +30,11 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::error::{conflict_or, corrupt, map_sqlx};
 use super::sql;
-use crate::engine::{Backend, Ended, GrantEnd, GrantMove, Head, LeaseRow, SealedRow};
-use crate::rows::{identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs};
+use crate::engine::{Backend, Ended, GrantEnd, GrantMove, Head, LeaseRow, LiveOf, SealedRow};
+use crate::rows::{
+    identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
+    target_from_row, to_json, ttl_secs,
+};
 
 /// Reads the head row with `statement` (locking or not).
 async fn load_head(conn: &mut PgConnection, statement: &str) -> Result<Head, StoreError> {
@@ -679,6 +682,10 @@ impl Backend for PgWriter {
             .bind(&token.name)
             .bind(&token.token_sha256)
             .bind(to_unix_ms(token.created_at))
+            .bind(token.expires_at.map(to_unix_ms))
+            .bind(&token.created_by)
+            .bind(token.revoked_at.map(to_unix_ms))
+            .bind(&token.revoked_by)
             .execute(self.conn()?)
             .await
             // Named by the token's name only: the hash identifies a secret.
@@ -734,5 +741,121 @@ impl Backend for PgWriter {
             .await
             .map(|_| ())
             .map_err(map_sqlx)
+    }
+
+    async fn unrevoked_operator_token(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<OperatorTokenRecord>, StoreError> {
+        sqlx::query(sql::UNREVOKED_OPERATOR_TOKEN)
+            .bind(name)
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| operator_token_from_row(&row))
+            .transpose()
+    }
+
+    async fn revoke_operator_token(
+        &mut self,
+        name: &str,
+        at: OffsetDateTime,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(sql::REVOKE_OPERATOR_TOKEN)
+            .bind(name)
+            .bind(to_unix_ms(at))
+            .bind(by)
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn count_live_operator_tokens(&mut self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sql::COUNT_LIVE_OPERATOR_TOKENS)
+            .bind(to_unix_ms(now))
+            .fetch_one(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn update_identity(&mut self, i: &Identity) -> Result<Option<Identity>, StoreError> {
+        sqlx::query(sql::UPDATE_IDENTITY)
+            .bind(&i.id)
+            .bind(identity_kind_text(i)?)
+            .bind(&i.owner)
+            .bind(&i.purpose)
+            .bind(i.expires_at.map(to_unix_ms))
+            .bind(to_json("labels", &i.labels)?)
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| identity_from_row(&row))
+            .transpose()
+    }
+
+    async fn delete_identity(&mut self, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query(sql::DELETE_IDENTITY)
+            .bind(id)
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn update_target(&mut self, t: &Target) -> Result<Option<Target>, StoreError> {
+        sqlx::query(sql::UPDATE_TARGET)
+            .bind(&t.name)
+            .bind(to_json("actions", &t.actions)?)
+            .bind(ttl_secs(t.default_ttl))
+            .bind(ttl_secs(t.max_ttl))
+            .bind(to_json("allow", &t.allow)?)
+            .bind(to_json("settings", &t.settings)?)
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| target_from_row(&row))
+            .transpose()
+    }
+
+    async fn delete_target(&mut self, name: &str) -> Result<bool, StoreError> {
+        sqlx::query(sql::DELETE_TARGET_SECRET)
+            .bind(name)
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        let deleted = sqlx::query(sql::DELETE_TARGET)
+            .bind(name)
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn root_rotation_pending(&mut self, name: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(sql::ROOT_ROTATION_PENDING)
+            .bind(name)
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(found.is_some())
+    }
+
+    async fn count_live_leases(&mut self, of: LiveOf<'_>) -> Result<u64, StoreError> {
+        let (statement, key) = match of {
+            LiveOf::Identity(id) => (sql::COUNT_LIVE_LEASES_OF_IDENTITY, id),
+            LiveOf::Target(name) => (sql::COUNT_LIVE_LEASES_OF_TARGET, name),
+        };
+        let n: i64 = sqlx::query_scalar(statement)
+            .bind(key)
+            .fetch_one(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }

@@ -90,6 +90,12 @@ async fn request_paths_use_indexes() {
         ("revoke by task", sql::REVOKE_BY_TASK.update, 3),
         ("revoke by identity", sql::REVOKE_BY_IDENTITY.update, 3),
         ("revoke by owner", sql::REVOKE_BY_OWNER.update, 3),
+        (
+            "live leases of identity",
+            sql::COUNT_LIVE_LEASES_OF_IDENTITY,
+            1,
+        ),
+        ("live leases of target", sql::COUNT_LIVE_LEASES_OF_TARGET, 1),
         ("revoke grants", revoke_grants, 3),
         ("expire grants", expire_grants, 3),
         ("expire_due", sql::EXPIRE_DUE, 2),

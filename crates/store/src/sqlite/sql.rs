@@ -217,10 +217,20 @@ pub(crate) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys \
 pub(crate) const LIST_SIGNING_KEYS: &str = "SELECT kid, alg, public_jwk, private_sealed, \
      created_at, retired_at, publish_until FROM signing_keys ORDER BY created_at, kid";
 
-pub(crate) const INSERT_OPERATOR_TOKEN: &str =
-    "INSERT INTO operator_tokens (name, token_sha256, created_at) VALUES (?1, ?2, ?3)";
-pub(crate) const FIND_OPERATOR_TOKEN: &str =
-    "SELECT name, token_sha256, created_at FROM operator_tokens WHERE token_sha256 = ?1";
+macro_rules! operator_token_cols {
+    () => {
+        "name, token_sha256, created_at, expires_at, created_by, revoked_at, revoked_by"
+    };
+}
+
+pub(crate) const INSERT_OPERATOR_TOKEN: &str = "INSERT INTO operator_tokens \
+     (name, token_sha256, created_at, expires_at, created_by, revoked_at, revoked_by) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+pub(crate) const FIND_OPERATOR_TOKEN: &str = concat!(
+    "SELECT ",
+    operator_token_cols!(),
+    " FROM operator_tokens WHERE token_sha256 = ?1"
+);
 pub(crate) const COUNT_OPERATOR_TOKENS: &str = "SELECT COUNT(*) FROM operator_tokens";
 
 /// The partial expiry index holds exactly the active leases: the smallest index to count.
@@ -423,3 +433,42 @@ pub(crate) const RECORDED_NAMES: &str = "SELECT json_extract(provider_state, ?3)
      FROM leases INDEXED BY leases_target_live \
      WHERE target = ?1 AND json_extract(provider_state, ?3) IN (SELECT value FROM json_each(?2)) \
      GROUP BY 1";
+
+// --- operator token lifecycle; changing and deleting identities and targets --------------
+
+pub(crate) const LIST_OPERATOR_TOKENS: &str = concat!(
+    "SELECT ",
+    operator_token_cols!(),
+    " FROM operator_tokens ORDER BY created_at, name"
+);
+/// The one unrevoked token of a name (the partial unique index allows no second).
+pub(crate) const UNREVOKED_OPERATOR_TOKEN: &str = concat!(
+    "SELECT ",
+    operator_token_cols!(),
+    " FROM operator_tokens WHERE name = ?1 AND revoked_at IS NULL"
+);
+pub(crate) const REVOKE_OPERATOR_TOKEN: &str = "UPDATE operator_tokens \
+     SET revoked_at = ?2, revoked_by = ?3 WHERE name = ?1 AND revoked_at IS NULL";
+/// Tokens that still authenticate at `?1`.
+pub(crate) const COUNT_LIVE_OPERATOR_TOKENS: &str = "SELECT COUNT(*) FROM operator_tokens \
+     WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)";
+
+pub(crate) const UPDATE_IDENTITY: &str = concat!(
+    "UPDATE identities SET kind = ?2, owner = ?3, purpose = ?4, expires_at = ?5, labels = ?6 ",
+    "WHERE id = ?1 RETURNING ",
+    identity_cols!()
+);
+pub(crate) const DELETE_IDENTITY: &str = "DELETE FROM identities WHERE id = ?1";
+pub(crate) const UPDATE_TARGET: &str = "UPDATE targets SET actions = ?2, default_ttl_s = ?3, \
+     max_ttl_s = ?4, allow = ?5, settings = ?6 WHERE name = ?1 \
+     RETURNING name, kind, actions, default_ttl_s, max_ttl_s, allow, settings, created_at";
+pub(crate) const DELETE_TARGET_SECRET: &str = "DELETE FROM target_secrets WHERE target = ?1";
+pub(crate) const DELETE_TARGET: &str = "DELETE FROM targets WHERE name = ?1";
+pub(crate) const ROOT_ROTATION_PENDING: &str = "SELECT 1 FROM target_rotations WHERE target = ?1";
+/// Live leases (creating, active, revoking) of an identity: its index's leading columns.
+pub(crate) const COUNT_LIVE_LEASES_OF_IDENTITY: &str = "SELECT COUNT(*) FROM leases \
+     WHERE identity = ?1 AND state IN ('creating', 'active', 'revoking')";
+/// Live leases of a target, from the reconciliation index.
+pub(crate) const COUNT_LIVE_LEASES_OF_TARGET: &str = "SELECT COUNT(*) FROM leases \
+     INDEXED BY leases_target_live \
+     WHERE target = ?1 AND state IN ('creating', 'active', 'revoking')";

@@ -28,9 +28,14 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Params};
 use super::error::{conflict_or_rusqlite, map_rusqlite};
 use super::registry::Registry;
 use super::{checkpoint, sql, Durability};
-use crate::engine::{Backend, Changed, Ended, GrantEnd, GrantMove, Head, LeaseRow, SealedRow};
+use crate::engine::{
+    Backend, Changed, Ended, GrantEnd, GrantMove, Head, LeaseRow, LiveOf, SealedRow,
+};
 use crate::errors::corrupt;
-use crate::rows::{identity_from_row, identity_kind_text, lease_from_row, to_json, ttl_secs};
+use crate::rows::{
+    identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
+    target_from_row, to_json, ttl_secs,
+};
 
 pub(crate) struct SqliteWriter {
     conn: Connection,
@@ -108,6 +113,16 @@ impl SqliteWriter {
             leases.push(row.map_err(map_rusqlite)??);
         }
         Ok(leases)
+    }
+
+    /// The single `COUNT(*)` a statement returns.
+    fn count(&self, statement: &str, params: impl Params) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(statement)
+            .and_then(|mut s| s.query_row(params, |row| row.get(0)))
+            .map_err(map_rusqlite)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn text(&self, statement: &str, params: impl Params) -> Result<Option<String>, StoreError> {
@@ -564,7 +579,11 @@ impl Backend for SqliteWriter {
                 s.execute(params![
                     token.name,
                     token.token_sha256,
-                    to_unix_ms(token.created_at)
+                    to_unix_ms(token.created_at),
+                    token.expires_at.map(to_unix_ms),
+                    token.created_by,
+                    token.revoked_at.map(to_unix_ms),
+                    token.revoked_by,
                 ])
             })
             .map(drop)
@@ -601,6 +620,108 @@ impl Backend for SqliteWriter {
             params![i64::try_from(head.seq).unwrap_or(i64::MAX), head.hash],
         )
         .map(drop)
+    }
+
+    async fn unrevoked_operator_token(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<OperatorTokenRecord>, StoreError> {
+        self.conn
+            .prepare_cached(sql::UNREVOKED_OPERATOR_TOKEN)
+            .and_then(|mut s| {
+                s.query_row([name], |row| Ok(operator_token_from_row(row)))
+                    .optional()
+            })
+            .map_err(map_rusqlite)?
+            .transpose()
+    }
+
+    async fn revoke_operator_token(
+        &mut self,
+        name: &str,
+        at: OffsetDateTime,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        self.run(
+            sql::REVOKE_OPERATOR_TOKEN,
+            params![name, to_unix_ms(at), by],
+        )
+        .map(|n| n > 0)
+    }
+
+    async fn count_live_operator_tokens(&mut self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.count(sql::COUNT_LIVE_OPERATOR_TOKENS, params![to_unix_ms(now)])
+    }
+
+    async fn update_identity(&mut self, i: &Identity) -> Result<Option<Identity>, StoreError> {
+        let (kind, labels) = (identity_kind_text(i)?, to_json("labels", &i.labels)?);
+        self.conn
+            .prepare_cached(sql::UPDATE_IDENTITY)
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        i.id,
+                        kind,
+                        i.owner,
+                        i.purpose,
+                        i.expires_at.map(to_unix_ms),
+                        labels
+                    ],
+                    |row| Ok(identity_from_row(row)),
+                )
+                .optional()
+            })
+            .map_err(map_rusqlite)?
+            .transpose()
+    }
+
+    async fn delete_identity(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.run(sql::DELETE_IDENTITY, [id]).map(|n| n > 0)
+    }
+
+    async fn update_target(&mut self, t: &Target) -> Result<Option<Target>, StoreError> {
+        let (actions, allow, settings) = (
+            to_json("actions", &t.actions)?,
+            to_json("allow", &t.allow)?,
+            to_json("settings", &t.settings)?,
+        );
+        self.conn
+            .prepare_cached(sql::UPDATE_TARGET)
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        t.name,
+                        actions,
+                        ttl_secs(t.default_ttl),
+                        ttl_secs(t.max_ttl),
+                        allow,
+                        settings
+                    ],
+                    |row| Ok(target_from_row(row)),
+                )
+                .optional()
+            })
+            .map_err(map_rusqlite)?
+            .transpose()
+    }
+
+    async fn delete_target(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.run(sql::DELETE_TARGET_SECRET, [name])?;
+        self.run(sql::DELETE_TARGET, [name]).map(|n| n > 0)
+    }
+
+    async fn root_rotation_pending(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(sql::ROOT_ROTATION_PENDING)
+            .and_then(|mut s| s.exists([name]))
+            .map_err(map_rusqlite)
+    }
+
+    async fn count_live_leases(&mut self, of: LiveOf<'_>) -> Result<u64, StoreError> {
+        match of {
+            LiveOf::Identity(id) => self.count(sql::COUNT_LIVE_LEASES_OF_IDENTITY, [id]),
+            LiveOf::Target(name) => self.count(sql::COUNT_LIVE_LEASES_OF_TARGET, [name]),
+        }
     }
 }
 
