@@ -58,6 +58,7 @@ pub enum IdentityCmd {
     /// Change an identity's owner, purpose, expiry or labels (only what is given changes).
     Update {
         /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
         /// New accountable person or team.
         #[arg(long)]
@@ -83,6 +84,7 @@ pub enum IdentityCmd {
     /// confirmed gone. Its grants, leases and audit entries stay.
     Delete {
         /// The identity's name.
+        #[arg(add = super::completions::identities())]
         id: String,
         /// Disable it and revoke its live leases first.
         #[arg(long)]

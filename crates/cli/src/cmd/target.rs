@@ -78,6 +78,7 @@ pub enum TargetCmd {
     /// changes). The kind and the admin secret do not change here (rotate-root).
     Update {
         /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
         /// Allowed action (repeatable); replaces the list.
         #[arg(long = "action")]
@@ -109,6 +110,7 @@ pub enum TargetCmd {
     /// gone. Its grants, leases and audit entries stay.
     Delete {
         /// The target's name.
+        #[arg(add = super::completions::targets())]
         name: String,
         /// Revoke its live leases first.
         #[arg(long)]
