@@ -23,6 +23,7 @@ use crate::api;
         api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke, api::grants::explain,
         api::leases::list, api::leases::show, api::leases::renew,
         api::audit::list, api::audit::verify,
+        api::oauth::token, api::oauth::revoke, api::oauth::authorization_server,
     ),
     components(schemas(
         crate::error::Problem,

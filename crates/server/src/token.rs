@@ -34,6 +34,29 @@ pub struct AccessTokenClaims {
     pub grant_id: String,
     pub task: String,
     pub purpose: String,
+    /// RFC 8693 §4.1: who acts for `sub` (nested, the nearest actor outermost); only in
+    /// tokens from a token exchange with an `actor_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
+    /// The key the token is bound to: `jkt` (DPoP, RFC 9449) or `x5t#S256` (mutual TLS,
+    /// RFC 8705). A bound token is useless without that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
+}
+
+impl AccessTokenClaims {
+    /// `DPoP` for a token bound to a DPoP key, else `Bearer` (RFC 9449 §5).
+    pub fn token_type(&self) -> &'static str {
+        token_type(self.cnf.as_ref())
+    }
+}
+
+fn token_type(cnf: Option<&serde_json::Value>) -> &'static str {
+    if cnf.is_some_and(|c| c.get("jkt").is_some()) {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
 }
 
 /// The identities that may introspect this target's tokens: the resource servers the
@@ -88,6 +111,10 @@ impl TokenProvider {
             grant_id: grant.id.to_string(),
             task: grant.task.clone(),
             purpose: grant.purpose.clone(),
+            // Set by a token exchange in the grant's context (never by the requester:
+            // the broker refuses those keys in a request), so renewals keep them.
+            act: grant.context.get("act").cloned(),
+            cnf: grant.context.get("cnf").cloned(),
         };
         let token = self
             .keys
@@ -96,7 +123,7 @@ impl TokenProvider {
         let mut secrets = BTreeMap::new();
         secrets.insert("access_token".to_string(), SecretString::new(token));
         let mut public = serde_json::Map::new();
-        public.insert("token_type".into(), "Bearer".into());
+        public.insert("token_type".into(), claims.token_type().into());
         public.insert(
             "issued_token_type".into(),
             "urn:ietf:params:oauth:token-type:jwt".into(),
