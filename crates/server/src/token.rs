@@ -142,6 +142,48 @@ impl TokenProvider {
     }
 }
 
+impl TokenProvider {
+    /// The settings a token target may carry: `audience`, the binding switches and
+    /// `resource_servers`.
+    fn check_settings(target: &Target) -> Result<(), ProviderError> {
+        match target.settings.get("audience") {
+            None => {}
+            Some(serde_json::Value::String(a)) if !a.is_empty() => {}
+            Some(_) => {
+                return Err(ProviderError::BadSettings(
+                    "audience must be a non-empty string".into(),
+                ))
+            }
+        }
+        // Sender-constrained tokens (`crate::api::oauth`): a typo must not silently issue
+        // bearer tokens from a target meant to require proof of possession.
+        for key in ["proof_of_possession", "dpop_nonce"] {
+            match target.settings.get(key) {
+                None | Some(serde_json::Value::Bool(_)) => {}
+                Some(_) => {
+                    return Err(ProviderError::BadSettings(format!(
+                        "{key} must be true or false"
+                    )))
+                }
+            }
+        }
+        match target.settings.get("resource_servers") {
+            None => Ok(()),
+            Some(serde_json::Value::Array(ids))
+                if ids.iter().all(|id| {
+                    id.as_str()
+                        .is_some_and(|id| mayfly_core::validate::name("resource_servers", id).is_ok())
+                }) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(ProviderError::BadSettings(
+                "resource_servers must be a list of identity names (the services that may introspect this target's tokens)".into(),
+            )),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Provider for TokenProvider {
     fn kind(&self) -> &'static str {
@@ -162,29 +204,7 @@ impl Provider for TokenProvider {
                 "token targets take no admin secret".into(),
             ));
         }
-        match target.settings.get("audience") {
-            None => {}
-            Some(serde_json::Value::String(a)) if !a.is_empty() => {}
-            Some(_) => {
-                return Err(ProviderError::BadSettings(
-                    "audience must be a non-empty string".into(),
-                ))
-            }
-        }
-        match target.settings.get("resource_servers") {
-            None => Ok(()),
-            Some(serde_json::Value::Array(ids))
-                if ids.iter().all(|id| {
-                    id.as_str()
-                        .is_some_and(|id| mayfly_core::validate::name("resource_servers", id).is_ok())
-                }) =>
-            {
-                Ok(())
-            }
-            Some(_) => Err(ProviderError::BadSettings(
-                "resource_servers must be a list of identity names (the services that may introspect this target's tokens)".into(),
-            )),
-        }
+        Self::check_settings(target)
     }
 
     async fn issue(&self, r: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
@@ -217,5 +237,41 @@ impl Provider for TokenProvider {
 
     async fn revoke(&self, _lease: &Lease, _target: TargetAccess<'_>) -> Result<(), ProviderError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_settings_must_be_booleans() {
+        let target = |settings: serde_json::Value| Target {
+            name: "api".into(),
+            kind: "token".into(),
+            actions: vec!["read".into()],
+            default_ttl: mayfly_core::duration::Ttl::from_secs(60),
+            max_ttl: mayfly_core::duration::Ttl::from_secs(600),
+            allow: vec![],
+            settings,
+            created_at: mayfly_core::now(),
+        };
+        let ok = |settings| TokenProvider::check_settings(&target(settings)).is_ok();
+        assert!(ok(
+            serde_json::json!({"proof_of_possession": true, "dpop_nonce": false})
+        ));
+        assert!(!ok(serde_json::json!({"proof_of_possession": "yes"})));
+        assert!(!ok(serde_json::json!({"dpop_nonce": 1})));
+    }
+
+    #[test]
+    fn token_type_follows_the_binding() {
+        assert_eq!(token_type(None), "Bearer");
+        assert_eq!(
+            token_type(Some(&serde_json::json!({"x5t#S256": "t"}))),
+            "Bearer"
+        );
+        assert_eq!(token_type(Some(&serde_json::json!({"jkt": "t"}))), "DPoP");
     }
 }
