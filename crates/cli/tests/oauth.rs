@@ -766,4 +766,37 @@ async fn dpop_binds_the_token_to_the_key_and_a_target_can_require_it() {
     ] {
         assert_eq!(introspect(Some(proof)).await["active"], false, "{name}");
     }
+
+    // Revoking a bound token takes a proof of its key: without one, or with another
+    // key's, it stays active; with the holder's it ends.
+    let revoke_url = f.broker.url("/oauth2/revoke");
+    let revoke = |proof: Option<String>| {
+        let mut req = f
+            .broker
+            .http
+            .post(&revoke_url)
+            .form(&[("token", token.as_str())]);
+        if let Some(p) = proof {
+            req = req.header("DPoP", p);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let revoke_htu = format!("{}/oauth2/revoke", f.iss.trim_end_matches('/'));
+    let other_key = DpopKey::new().proof("POST", &revoke_htu, json!({"ath": ath(&token)}));
+    for (name, proof) in [("no proof", None), ("another key", Some(other_key))] {
+        let (status, body) = revoke(proof).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "{name}: {body}"
+        );
+        assert_eq!(introspect(None).await["active"], true, "{name}");
+    }
+    let proof = key.proof("POST", &revoke_htu, json!({"ath": ath(&token)}));
+    let (status, body) = revoke(Some(proof)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(introspect(None).await["active"], false);
 }

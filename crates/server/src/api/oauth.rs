@@ -822,7 +822,9 @@ pub struct RevokeTokenRequest {
 }
 
 /// RFC 7009 revocation: the holder ends its token early. Holding the token is the
-/// credential (workloads have no client secret), as with presenting it. Its lease ends
+/// credential (workloads have no client secret), as with presenting it; for a DPoP-bound
+/// token, holding its key too: the request must carry a proof of it (`ath` included),
+/// so a copied bound token cannot even be revoked by whoever copied it. Its lease ends
 /// with reason `holder_revoked`, so it introspects inactive at once. A token that is not
 /// (or no longer) valid is answered 200 too (§2.2): the answer reveals nothing.
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "public",
@@ -862,6 +864,35 @@ async fn revoke_token(
     let Ok(lease) = claims.jti.parse::<Uuid>() else {
         return Ok(());
     };
+    if let Some(jkt) = claims
+        .cnf
+        .as_ref()
+        .and_then(|c| c.get("jkt"))
+        .and_then(|j| j.as_str())
+    {
+        let now = mayfly_core::now().unix_timestamp();
+        let refuse = |e: crate::dpop::DpopError| OAuthError::new(e.code(), e.to_string());
+        let mut proofs = headers.get_all("dpop").iter();
+        let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+            return Err(refuse(crate::dpop::DpopError::Malformed(
+                "a DPoP-bound token is revoked with one DPoP proof of its key".into(),
+            )));
+        };
+        let proof = proof
+            .to_str()
+            .map_err(|_| refuse(crate::dpop::DpopError::Malformed("not ASCII".into())))?;
+        let htu = format!("{}/oauth2/revoke", state.issuer.trim_end_matches('/'));
+        let expect = crate::dpop::Expect {
+            htm: "POST",
+            htu: &htu,
+            access_token: Some(token),
+            require_nonce: false,
+        };
+        let proven = state.dpop.verify(proof, &expect, now).map_err(refuse)?;
+        if proven.jkt != jkt {
+            return Err(refuse(crate::dpop::DpopError::WrongKey));
+        }
+    }
     let outcome = state
         .store
         .revoke(
