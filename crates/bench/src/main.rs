@@ -50,6 +50,9 @@ enum Cmd {
     Setup(SetupArgs),
     /// POST /v1/grants as workloads (closed loop, or open loop with --rate).
     Grants(GrantsArgs),
+    /// POST /oauth2/token (RFC 8693 token exchange) as workloads: the grants load and
+    /// fixture, each request exchanging the workload's JWT for a `read` token.
+    Exchange(GrantsArgs),
     /// Leases coming due at a fixed rate while grants continue; lag to `lease.expired`.
     Expiry(ExpiryArgs),
     /// One identity holds K leases; time the kill switch and check nothing stays active.
@@ -245,6 +248,7 @@ fn main() -> Result<()> {
             Cmd::Start(a) => start(a).await,
             Cmd::Setup(a) => setup(&a.c).await,
             Cmd::Grants(a) => grants(a).await,
+            Cmd::Exchange(a) => exchange(a).await,
             Cmd::Expiry(a) => expiry(a).await,
             Cmd::KillSwitch(a) => kill_switch(a).await,
             Cmd::Floor(a) => floor(a),
@@ -906,6 +910,44 @@ async fn grants(a: GrantsArgs) -> Result<()> {
         "grants"
     };
     report(mode, &a.c.label, v.clone(), &human(&v));
+    Ok(())
+}
+
+/// A token-exchange request per iteration: the same workloads, targets and scope as
+/// [`grant_maker`], form-encoded to the OAuth token endpoint.
+fn exchange_maker(c: &Common, tokens: Arc<Vec<String>>, ttl: String, tag: &str) -> Arc<MakeFn> {
+    let targets = c.targets.max(1);
+    let tag = tag.to_string();
+    Arc::new(move |client: &reqwest::Client, base: &str, i: u64| {
+        let w = (i as usize) % tokens.len();
+        let task = format!("{tag}-{i}");
+        let audience = target(w % targets);
+        let form: [(&str, &str); 8] = [
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", tokens[w].as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", &audience),
+            ("scope", "read"),
+            ("purpose", "load test"),
+            ("task", &task),
+            ("ttl", ttl.as_str()),
+        ];
+        client.post(format!("{base}/oauth2/token")).form(&form)
+    })
+}
+
+async fn exchange(a: GrantsArgs) -> Result<()> {
+    let spec = Spec::from(&a.load);
+    let lifetime = (a.load.duration as i64).max(60) + 3600;
+    let tokens = workload_tokens(&a.c, lifetime)?;
+    let tag = format!("exchange-{}", std::process::id());
+    let make = exchange_maker(&a.c, tokens, a.ttl.clone(), &tag);
+    let out = run_load::<()>(spec, &a.c.endpoints(), make, Arc::new(|_, _, _| None)).await?;
+    let v = out.summary(&spec);
+    report("token-exchange", &a.c.label, v.clone(), &human(&v));
     Ok(())
 }
 

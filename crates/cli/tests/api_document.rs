@@ -86,7 +86,13 @@ async fn the_openapi_document_declares_parameters_errors_and_security() {
         "/openapi.json",
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+        "/oauth2/token",
+        "/oauth2/revoke",
     ];
+    // OAuth endpoints answer their own errors as RFC 6749 JSON (clients expect it);
+    // only what the connection layer decides (408) is a problem there.
+    let oauth = ["/oauth2/token", "/oauth2/revoke"];
     let ops = operations(&doc);
     assert!(ops.len() >= 29, "{}", ops.len());
     for (method, path, op) in &ops {
@@ -123,7 +129,14 @@ async fn the_openapi_document_declares_parameters_errors_and_security() {
         }
         for (status, response) in responses {
             let error = status.starts_with('4') || status.starts_with('5');
-            if error && (method.as_str(), path.as_str()) != ("get", "/healthz") {
+            if error && oauth.contains(&path.as_str()) {
+                assert!(
+                    response["content"].get(PROBLEM).is_some()
+                        || response["content"]["application/json"]["schema"]["$ref"]
+                            == "#/components/schemas/OAuthErrorBody",
+                    "{at} {status} is neither an OAuth error nor a problem: {response}"
+                );
+            } else if error && (method.as_str(), path.as_str()) != ("get", "/healthz") {
                 assert!(
                     response["content"].get(PROBLEM).is_some(),
                     "{at} {status} is not problem+json: {response}"

@@ -230,3 +230,149 @@ audit_interval = "1s"
     let after = broker.wait_for_auth_failures(expected).await;
     assert_eq!(after, expected, "each refusal is audited once");
 }
+
+/// RFC 8705: a token exchanged over mutual TLS by the workload its X.509-SVID proves is
+/// bound to that certificate (`cnf.x5t#S256`); without the certificate it is not, and a
+/// target that requires proof of possession then issues nothing.
+#[tokio::test]
+async fn an_exchange_over_mutual_tls_binds_the_token_to_the_certificate() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let authority = ca();
+    let ca_pem = authority.cert.pem();
+    let (server_cert, server_key) = leaf(
+        &authority,
+        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), server_key).unwrap();
+    let config = format!(
+        "[tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\n[[auth.spiffe]]\ntrust_domain = \"prod.acme\"\nx509_bundle_file = \"{d}/ca.pem\"\n\n[[auth.spiffe.rules]]\nidentity = \"payments-api\"\nspiffe_id = \"spiffe://prod.acme/ns/payments/sa/api\"\n",
+        d = dir.display()
+    );
+    let mut broker = Broker::start_in(
+        BIN,
+        &dir,
+        Options {
+            config: Some(config),
+            ..Options::default()
+        },
+    );
+    let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone());
+        if let Some(i) = identity {
+            b = b.identity(i);
+        }
+        b.build().unwrap()
+    };
+    broker.http = client(None);
+    broker.add_identity("payments-api", "team-payments").await;
+    broker.add_token_target("ledger", &["payments-api"]).await;
+    let iss = broker.get("/.well-known/oauth-authorization-server").await["issuer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (name, settings) in [
+        ("broker", json!({"audience": iss})),
+        ("strict-ledger", json!({"proof_of_possession": true})),
+    ] {
+        let (status, body) = broker
+            .post(
+                "/v1/targets",
+                json!({"name": name, "kind": "token", "actions": ["read"], "default_ttl": "5m", "max_ttl": "1h", "allow": ["payments-api"], "settings": settings}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (cert, key) = leaf(
+        &authority,
+        vec![SanType::URI(
+            Ia5String::try_from("spiffe://prod.acme/ns/payments/sa/api").unwrap(),
+        )],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            cert.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let thumbprint = b64.encode(ring::digest::digest(&ring::digest::SHA256, &der));
+    let workload = client(Some(
+        reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap(),
+    ));
+
+    // A token for the broker, got over mutual TLS, is the subject token.
+    let resp = workload
+        .post(broker.url("/v1/grants"))
+        .json(&json!({"target": "broker", "purpose": "exchange", "task": "x-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let granted: Value = resp.json().await.unwrap();
+    let subject = granted["credential"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exchange = |http: reqwest::Client, audience: &'static str| {
+        let form = [
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", subject.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", audience),
+            ("purpose", "settle"),
+            ("task", "x-1"),
+        ];
+        let req = http.post(broker.url("/oauth2/token")).form(&form);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let claims = |token: &Value| -> Value {
+        let payload = token
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap()
+    };
+
+    let (status, body) = exchange(workload.clone(), "ledger").await;
+    assert_eq!(status, 200, "{body}");
+    let bound = claims(&body["access_token"]);
+    assert_eq!(bound["cnf"], json!({"x5t#S256": thumbprint}));
+    let introspected = broker
+        .introspect(body["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(introspected["cnf"], json!({"x5t#S256": thumbprint}));
+
+    // Without the certificate: an unbound token, and none from a target that requires one.
+    let (status, body) = exchange(client(None), "ledger").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(claims(&body["access_token"]).get("cnf").is_none());
+    let (status, body) = exchange(client(None), "strict-ledger").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, body) = exchange(workload.clone(), "strict-ledger").await;
+    assert_eq!(status, 200, "{body}");
+}

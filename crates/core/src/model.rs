@@ -172,6 +172,8 @@ string_enum! {
         Ttl = "ttl",
         Admin = "admin",
         IdentityDisabled = "identity_disabled",
+        /// The holder ended its own token (OAuth 2.0 revocation, RFC 7009).
+        HolderRevoked = "holder_revoked",
     }
 }
 

@@ -70,15 +70,41 @@ pub enum PolicyError {
     Internal(String),
 }
 
+/// May `actor` act for the subject of `grant` (OAuth 2.0 token exchange with an
+/// `actor_token`, RFC 8693)? Asked once per actor in the chain, besides the grant's own
+/// decision, which is made for the subject with every actor in `context.actors`.
+#[derive(Debug)]
+pub struct DelegationRequest<'a> {
+    /// The subject's request, exactly as decided for the grant (principal = the subject).
+    pub grant: &'a PolicyRequest<'a>,
+    /// The acting workload, as its own credential proved it.
+    pub actor: &'a Principal,
+    pub actor_identity: &'a Identity,
+}
+
 /// Decides grants. Must be cheap: it runs on every request.
 pub trait PolicyEngine: Send + Sync {
     fn decide(&self, request: &PolicyRequest<'_>) -> Result<Decision, PolicyError>;
+
+    /// Whether an actor may act for a subject. Default deny: only an engine that can
+    /// express who may act for whom (Cedar's `Action::"act_for"`) ever allows it.
+    fn decide_delegation(&self, request: &DelegationRequest<'_>) -> Result<Decision, PolicyError> {
+        Ok(Decision::deny(
+            "default",
+            "default-deny",
+            format!(
+                "identity {:?} may not act for {:?}: delegation needs a Cedar policy permitting Action::\"act_for\"",
+                request.actor_identity.id, request.grant.identity.id
+            ),
+        ))
+    }
 }
 
 /// Default-deny allow-list on the target: `allow = ["billing-deployer", "owner:payments", "*"]`.
 #[derive(Debug, Default)]
 pub struct TargetAllowList;
 
+// Delegation keeps the trait's default: an allow list names who may ask, not for whom.
 impl PolicyEngine for TargetAllowList {
     fn decide(&self, r: &PolicyRequest<'_>) -> Result<Decision, PolicyError> {
         const ENGINE: &str = "target-allow-list";

@@ -13,6 +13,8 @@
 //! | `context.requested_ttl_seconds` | requested TTL |
 //! | `context.now` | `{timestamp, weekday: "mon".."sun", hour: 0..23}` of the request time in [`LoadOptions::utc_offset`] |
 //! | `context.break_glass`, `context.environment`, `context.source_ip` | the request's JSON `context` object (`false` / `""` / absent by default). Any other key, a wrong type or an unparsable IP is `BadRequest { field: "context.<key>" }`; `source_ip` is normalised to canonical text |
+//! | `context.actors` | the identities acting for the principal (OAuth token exchange with an `actor_token`, RFC 8693), nearest first; `[]` for a direct request. The broker sets it; the grant is decided for the subject with it, and again without it, and must be allowed both ways (a chain only narrows) |
+//! | `Action::"act_for"` | asked once per actor: principal = the actor's `Workload`, resource = the target, context = the request's context plus `subject` (the subject's `Workload`). Allowed only when a permit naming `act_for` itself determines it; default deny |
 //! | `context.approvals` | `{count, approvers}` from [`CedarEngine::decide_with_approvals`]; empty for [`PolicyEngine::decide`]. Callers cannot supply it |
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +29,9 @@ use cedar_policy::{
 use mayfly_core::auth::Principal;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{IdentityKind, Target};
-use mayfly_core::policy::{Decision, Outcome, PolicyEngine, PolicyError, PolicyRequest};
+use mayfly_core::policy::{
+    Decision, DelegationRequest, Outcome, PolicyEngine, PolicyError, PolicyRequest,
+};
 use time::{UtcOffset, Weekday};
 
 use crate::load::{load_sources, Index, LoadOptions, PolicyLoadError, PolicyMeta};
@@ -41,7 +45,10 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// Keys the request's `context` object may carry. Anything else is rejected, so a typo
 /// (`breakglass`) is an error rather than a silently ignored flag.
-pub const CONTEXT_KEYS: [&str; 3] = ["break_glass", "environment", "source_ip"];
+pub const CONTEXT_KEYS: [&str; 4] = ["break_glass", "environment", "source_ip", "actors"];
+
+/// The delegation action: may the principal act for `context.subject`?
+pub const ACT_FOR: &str = "act_for";
 
 /// Per-target slices kept; past this the cache is cleared (targets are few in practice,
 /// the bound only stops unbounded growth from many distinct group combinations).
@@ -189,7 +196,7 @@ impl CedarEngine {
         let resource_uid = uid(&t.target, &r.target.name);
 
         let mut entities = Vec::with_capacity(3 + groups.len());
-        entities.push(self.workload_entity(principal_uid.clone(), r)?);
+        entities.push(self.workload_entity(principal_uid.clone(), r.principal, r.identity)?);
         let group_uids: HashSet<EntityUid> = groups.iter().map(|g| uid(&t.group, g)).collect();
         entities.push(target_entity(
             resource_uid.clone(),
@@ -226,6 +233,113 @@ impl CedarEngine {
         .map_err(internal)?;
 
         let response = self.authorizer.is_authorized(&request, &slice, &entities);
+        Ok(self.conclude(
+            &response,
+            &principal_uid,
+            &action_uid,
+            &resource_uid,
+            r.requested_ttl,
+            approvals,
+        ))
+    }
+
+    /// Whether `d.actor` may act for the subject of `d.grant` on its target: Cedar's
+    /// answer to `principal = actor, action = act_for, resource = target` with the subject
+    /// in `context.subject`, allowed only if a determining permit names `act_for` itself
+    /// (a policy for every action never makes a delegate).
+    pub fn decide_delegation(&self, d: &DelegationRequest<'_>) -> Result<Decision, PolicyError> {
+        let r = d.grant;
+        check_text("purpose", r.purpose)?;
+        check_text("task", r.task)?;
+        if d.actor_identity.id == r.identity.id {
+            return Err(PolicyError::BadRequest {
+                field: "actor_token".into(),
+                reason: format!("names the subject {:?} itself", r.identity.id),
+            });
+        }
+        let extra = RequestContextFields::parse(r.context)?;
+        let groups = target_groups(r.target)?;
+        let slice = self.slice(&r.target.name, &groups, ACT_FOR)?;
+        let t = &self.types;
+        let actor_uid = uid(&t.workload, &d.actor_identity.id);
+        let subject_uid = uid(&t.workload, &r.identity.id);
+        let action_uid = uid(&t.action, ACT_FOR);
+        let resource_uid = uid(&t.target, &r.target.name);
+        let group_uids: HashSet<EntityUid> = groups.iter().map(|g| uid(&t.group, g)).collect();
+        let mut entities = vec![
+            self.workload_entity(actor_uid.clone(), d.actor, d.actor_identity)?,
+            self.workload_entity(subject_uid.clone(), r.principal, r.identity)?,
+            target_entity(resource_uid.clone(), r.target, group_uids.clone())?,
+        ];
+        for g in group_uids {
+            entities.push(Entity::new_no_attrs(g, HashSet::new()));
+        }
+        if !self.action_groups.is_empty() {
+            if let Some(a) = self.action_entities.get(ACT_FOR) {
+                entities.push(a.clone());
+            }
+        }
+        let entities =
+            Entities::from_entities(entities, cfg!(debug_assertions).then_some(&self.schema))
+                .map_err(internal)?;
+        let mut pairs = self.context_pairs(r, &extra, &GivenApprovals::default())?;
+        pairs.push((
+            "subject".to_string(),
+            RestrictedExpression::new_entity_uid(subject_uid.clone()),
+        ));
+        let context = Context::from_pairs(pairs).map_err(internal)?;
+        let request = Request::new(
+            actor_uid.clone(),
+            action_uid.clone(),
+            resource_uid.clone(),
+            context,
+            cfg!(debug_assertions).then_some(&self.schema),
+        )
+        .map_err(internal)?;
+        let response = self.authorizer.is_authorized(&request, &slice, &entities);
+        let mut decision = self.conclude(
+            &response,
+            &actor_uid,
+            &action_uid,
+            &resource_uid,
+            r.requested_ttl,
+            &GivenApprovals::default(),
+        );
+        if decision.outcome != Outcome::Deny {
+            let explicit = response.diagnostics().reason().any(|id| {
+                slice
+                    .policy(id)
+                    .is_some_and(|p| match p.action_constraint() {
+                        ActionConstraint::Eq(a) => a == action_uid,
+                        ActionConstraint::In(list) => list.contains(&action_uid),
+                        ActionConstraint::Any => false,
+                    })
+            });
+            if !explicit {
+                decision = Decision::deny(
+                    ENGINE_NAME,
+                    "default-deny",
+                    format!(
+                        "no policy naming Action::\"act_for\" permits {actor_uid} to act for {subject_uid} on {resource_uid} (policies for every action do not count: {})",
+                        decision.determined_by.join(", ")
+                    ),
+                );
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Turns Cedar's answer into a [`Decision`]: forbids that could not be evaluated deny
+    /// (fail closed); an allow carries the strictest approvals and cap of its permits.
+    fn conclude(
+        &self,
+        response: &cedar_policy::Response,
+        principal_uid: &EntityUid,
+        action_uid: &EntityUid,
+        resource_uid: &EntityUid,
+        requested_ttl: Ttl,
+        approvals: &GivenApprovals,
+    ) -> Decision {
         let mut errored: Vec<(cedar_policy::PolicyId, String)> = response
             .diagnostics()
             .errors()
@@ -243,7 +357,7 @@ impl CedarEngine {
             .filter(|(id, _)| self.meta.get(id).map(|m| m.effect) == Some(Effect::Forbid))
             .collect();
         if !failed_forbids.is_empty() {
-            return Ok(Decision {
+            return Decision {
                 outcome: Outcome::Deny,
                 max_ttl: None,
                 determined_by: failed_forbids.iter().map(|(id, _)| id.to_string()).collect(),
@@ -254,7 +368,7 @@ impl CedarEngine {
                     })
                     .collect(),
                 engine: ENGINE_NAME.into(),
-            });
+            };
         }
 
         let mut determining: Vec<(&cedar_policy::PolicyId, Option<&PolicyMeta>)> = response
@@ -301,20 +415,19 @@ impl CedarEngine {
                     Outcome::Allow
                 };
                 if let Some(cap) = max_ttl {
-                    if r.requested_ttl > cap {
+                    if requested_ttl > cap {
                         reasons.push(format!(
-                            "requested TTL {} is capped at {cap} by policy",
-                            r.requested_ttl
+                            "requested TTL {requested_ttl} is capped at {cap} by policy"
                         ));
                     }
                 }
-                Ok(Decision {
+                Decision {
                     outcome,
                     max_ttl,
                     determined_by,
                     reasons,
                     engine: ENGINE_NAME.into(),
-                })
+                }
             }
             cedar_policy::Decision::Deny => {
                 let mut reasons: Vec<String> = if determining.is_empty() {
@@ -337,7 +450,7 @@ impl CedarEngine {
                         id.to_string()
                     ));
                 }
-                Ok(Decision {
+                Decision {
                     outcome: Outcome::Deny,
                     max_ttl: None,
                     determined_by: if determined_by.is_empty() {
@@ -347,7 +460,7 @@ impl CedarEngine {
                     },
                     reasons,
                     engine: ENGINE_NAME.into(),
-                })
+                }
             }
         }
     }
@@ -426,9 +539,13 @@ impl CedarEngine {
         }
     }
 
-    fn workload_entity(&self, id: EntityUid, r: &PolicyRequest<'_>) -> Result<Entity, PolicyError> {
-        let identity = r.identity;
-        let (method, issuer, subject, claims) = match r.principal {
+    fn workload_entity(
+        &self,
+        id: EntityUid,
+        principal: &Principal,
+        identity: &mayfly_core::model::Identity,
+    ) -> Result<Entity, PolicyError> {
+        let (method, issuer, subject, claims) = match principal {
             Principal::Workload { claims, .. } => (
                 claims.method.as_str(),
                 claims.issuer.as_str(),
@@ -467,6 +584,16 @@ impl CedarEngine {
         extra: &RequestContextFields,
         approvals: &GivenApprovals,
     ) -> Result<Context, PolicyError> {
+        Context::from_pairs(self.context_pairs(r, extra, approvals)?).map_err(internal)
+    }
+
+    /// The `RequestContext` record's fields (`act_for` adds `subject`).
+    fn context_pairs(
+        &self,
+        r: &PolicyRequest<'_>,
+        extra: &RequestContextFields,
+        approvals: &GivenApprovals,
+    ) -> Result<Vec<(String, RestrictedExpression)>, PolicyError> {
         let local = r.now.to_offset(self.utc_offset);
         let clock = RestrictedExpression::new_record([
             ("timestamp".to_string(), long(r.now.unix_timestamp())),
@@ -494,17 +621,25 @@ impl CedarEngine {
             ),
             ("approvals".to_string(), approvals),
             ("environment".to_string(), string(&extra.environment)),
+            (
+                "actors".to_string(),
+                string_set(extra.actors.iter().cloned()),
+            ),
         ];
         if let Some(ip) = &extra.source_ip {
             pairs.push(("source_ip".to_string(), string(ip)));
         }
-        Context::from_pairs(pairs).map_err(internal)
+        Ok(pairs)
     }
 }
 
 impl PolicyEngine for CedarEngine {
     fn decide(&self, request: &PolicyRequest<'_>) -> Result<Decision, PolicyError> {
         self.decide_with_approvals(request, &GivenApprovals::default())
+    }
+
+    fn decide_delegation(&self, request: &DelegationRequest<'_>) -> Result<Decision, PolicyError> {
+        CedarEngine::decide_delegation(self, request)
     }
 }
 
@@ -514,6 +649,7 @@ struct RequestContextFields {
     break_glass: bool,
     environment: String,
     source_ip: Option<String>,
+    actors: Vec<String>,
 }
 
 impl RequestContextFields {
@@ -557,6 +693,18 @@ impl RequestContextFields {
                     })?;
                     // Canonical text, so policies compare one spelling per address.
                     out.source_ip = Some(ip.to_string());
+                }
+                "actors" => {
+                    let items = v.as_array().ok_or_else(|| {
+                        bad(&field, format!("must be an array, got {}", json_type(v)))
+                    })?;
+                    for item in items {
+                        let s = item.as_str().ok_or_else(|| {
+                            bad(&field, "must be an array of identity names".to_string())
+                        })?;
+                        check_text(&field, s)?;
+                        out.actors.push(s.to_string());
+                    }
                 }
                 _ => {
                     return Err(bad(

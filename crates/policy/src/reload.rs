@@ -103,6 +103,13 @@ impl PolicyEngine for ReloadingEngine {
     fn decide(&self, request: &PolicyRequest<'_>) -> Result<Decision, PolicyError> {
         self.current().decide(request)
     }
+
+    fn decide_delegation(
+        &self,
+        request: &mayfly_core::policy::DelegationRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.current().decide_delegation(request)
+    }
 }
 
 fn fingerprint(sources: &[(String, String)]) -> u64 {

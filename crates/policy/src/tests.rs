@@ -1108,3 +1108,120 @@ fn slicing_never_changes_a_decision() {
         .unwrap();
     assert_eq!(d.determined_by, ["ro"], "{d:?}");
 }
+
+/// Delegation (`act_for`): default deny, a permit naming `act_for` allows, a policy for
+/// every action does not, a forbid wins, and the context carries subject and actors.
+#[test]
+fn delegation_needs_a_permit_naming_act_for() {
+    let workload = |id: &str, kind: IdentityKind| {
+        let identity = Identity {
+            id: id.into(),
+            kind,
+            owner: "payments".into(),
+            purpose: "test".into(),
+            expires_at: None,
+            labels: Default::default(),
+            enabled: true,
+            created_at: datetime!(2025-03-04 10:00 UTC),
+        };
+        let principal = Principal::workload(
+            WorkloadClaims {
+                identity: id.into(),
+                method: "oidc".into(),
+                issuer: "https://issuer.test".into(),
+                subject: id.into(),
+                attributes: BTreeMap::new(),
+                expires_at: None,
+            },
+            &identity,
+        );
+        (principal, identity)
+    };
+    let (svc, svc_identity) = workload("billing-svc", IdentityKind::Service);
+    let (agent, agent_identity) = workload("triage-agent", IdentityKind::Agent);
+    let target = Target {
+        name: "billing-api".into(),
+        kind: "token".into(),
+        actions: vec!["read".into(), "write".into()],
+        default_ttl: Ttl::from_secs(300),
+        max_ttl: Ttl::from_secs(3600),
+        allow: vec![],
+        settings: json!({}),
+        created_at: datetime!(2025-03-04 10:00 UTC),
+    };
+    let context = json!({"actors": ["triage-agent"]});
+    let grant = PolicyRequest {
+        principal: &svc,
+        identity: &svc_identity,
+        target: &target,
+        action: "read",
+        purpose: "triage",
+        task: "INC-7",
+        requested_ttl: Ttl::from_secs(300),
+        context: &context,
+        now: datetime!(2025-03-04 10:00 UTC),
+    };
+    let request = mayfly_core::policy::DelegationRequest {
+        grant: &grant,
+        actor: &agent,
+        actor_identity: &agent_identity,
+    };
+    let permit_act_for = r#"@id("agent-for-svc") permit (principal == Workload::"triage-agent", action == Action::"act_for", resource == Target::"billing-api")
+        when { context.subject == Workload::"billing-svc" && context.subject.kind == "service" && context.actors.contains("triage-agent") };"#;
+    let other_subject = permit_act_for.replace("Workload::\"billing-svc\"", "Workload::\"other\"");
+    let cases: &[(&str, Vec<&str>, Outcome)] = &[
+        ("no policies: default deny", vec![], Outcome::Deny),
+        (
+            "a permit naming act_for",
+            vec![permit_act_for],
+            Outcome::Allow,
+        ),
+        (
+            "a permit for every action does not delegate",
+            vec![r#"@id("all") permit (principal, action, resource);"#],
+            Outcome::Deny,
+        ),
+        (
+            "a permit for another subject",
+            vec![&other_subject],
+            Outcome::Deny,
+        ),
+        (
+            "a forbid wins",
+            vec![
+                permit_act_for,
+                r#"@id("no-agents") forbid (principal, action, resource) when { principal.kind == "agent" };"#,
+            ],
+            Outcome::Deny,
+        ),
+    ];
+    for (name, policies, expected) in cases {
+        let sources: Vec<(String, String)> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("p{i}.cedar"), p.to_string()))
+            .collect();
+        let e = CedarEngine::from_sources(sources, LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let decision = e.decide_delegation(&request).unwrap();
+        assert_eq!(decision.outcome, *expected, "{name}: {decision:?}");
+        // The grant itself sees the actors too.
+        e.decide(&grant).unwrap();
+    }
+    // The allow-list engine (no policy directory) never delegates.
+    let decision = mayfly_core::policy::TargetAllowList
+        .decide_delegation(&request)
+        .unwrap();
+    assert_eq!(decision.outcome, Outcome::Deny);
+    // A subject cannot act for itself.
+    let e = engine(&[("p.cedar", permit_act_for)]);
+    let own = mayfly_core::policy::DelegationRequest {
+        grant: &grant,
+        actor: &svc,
+        actor_identity: &svc_identity,
+    };
+    assert!(matches!(
+        e.decide_delegation(&own),
+        Err(PolicyError::BadRequest { .. })
+    ));
+}

@@ -69,7 +69,7 @@ async fn authenticate_certificate(
 
 /// Turns a proven credential into the principal: for a workload, its identity must exist,
 /// be enabled and not be past its expiry date, whichever method proved it.
-async fn bind(
+pub(crate) async fn bind(
     state: &AppState,
     proven: Proven,
 ) -> Result<(Principal, Option<Identity>), AuthRejection> {

@@ -1,7 +1,8 @@
 //! The grant protocol, owned in one place: check a request, decide it by policy, and for
 //! an allowed one write the lease ahead, issue through the provider, activate, and undo
 //! what was made if any step fails. HTTP handlers, and later approvals and token
-//! exchange, call [`request_grant`] and [`renew`]; none of them repeats a step.
+//! exchange ([`exchange`]), call [`request_grant`] and [`renew`]; none of them repeats a
+//! step.
 //!
 //! Errors are [`BrokerError`]s; the HTTP edge maps them to problem+json once
 //! (`crate::error`), deciding there what a caller may see of a target's failure.
@@ -9,9 +10,10 @@
 use std::net::IpAddr;
 
 use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::auth::Principal;
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{Grant, GrantState, Identity, Lease, LeaseState, Target};
-use mayfly_core::policy::{Decision, Outcome, PolicyError, PolicyRequest};
+use mayfly_core::policy::{Decision, DelegationRequest, Outcome, PolicyError, PolicyRequest};
 use mayfly_core::provider::{IssueRequest, IssuedCredential, ProviderError, TargetAccess};
 use mayfly_core::store::StoreError;
 use mayfly_core::{validate, CoreError, OffsetDateTime, Uuid};
@@ -82,6 +84,40 @@ pub struct GrantRequest {
     pub context: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Context keys only the broker sets: a request that sends one is refused, so a caller
+/// can neither pose as another address nor forge a delegation chain or a key binding
+/// (`act` and `cnf` become claims of an issued token).
+const BROKER_CONTEXT_KEYS: [&str; 4] = ["source_ip", "actors", "act", "cnf"];
+
+/// What an OAuth 2.0 token exchange (RFC 8693, `crate::api::oauth`) adds to a grant
+/// request. The exchange is a grant like any other (the same checks, policy, lease, audit
+/// and revocation); everything here only narrows it:
+/// - `scopes` (actions of a token target; empty means all of them) are decided one by one
+///   and the grant gets those policy allows, space-separated in its `action`;
+/// - each of `actors` must be allowed to act for the subject on the target
+///   ([`mayfly_core::policy::PolicyEngine::decide_delegation`], default deny), and each
+///   scope must be allowed both with the actors in `context.actors` and for the subject
+///   alone, so a chain never gets more than its subject could;
+/// - `not_after` caps the lifetime (the expiry of a Mayfly token being exchanged again);
+/// - `act` (RFC 8693 §4.1, nested for chains) and `cnf` (RFC 9449 / RFC 8705 key binding)
+///   are recorded in the grant's context, so audit shows them and the token carries them.
+#[derive(Clone, Debug, Default)]
+pub struct Exchange {
+    pub scopes: Vec<String>,
+    /// Nearest first.
+    pub actors: Vec<Actor>,
+    pub act: Option<serde_json::Value>,
+    pub cnf: Option<serde_json::Value>,
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// A workload acting for the subject of an exchange, as its credential proved it.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub principal: Principal,
+    pub identity: Identity,
+}
+
 /// What became of an allowed, pending or denied request. Refusals before a decision
 /// (bad input, unknown target, another identity) are `Err`, and audited.
 pub enum GrantOutcome {
@@ -106,14 +142,47 @@ pub async fn request_grant(
     peer: Option<IpAddr>,
     body: GrantRequest,
 ) -> Result<GrantOutcome, BrokerError> {
+    request_grant_with(state, caller, peer, body, None).await
+}
+
+/// A token exchange as a grant: [`request_grant`] with what [`Exchange`] narrows. Only
+/// `Issued` or `Denied` come back (nobody waits at a token endpoint for an approval, so a
+/// scope that needs one is not granted).
+pub async fn exchange(
+    state: &AppState,
+    caller: &Caller,
+    peer: Option<IpAddr>,
+    body: GrantRequest,
+    exchange: &Exchange,
+) -> Result<GrantOutcome, BrokerError> {
+    request_grant_with(state, caller, peer, body, Some(exchange)).await
+}
+
+async fn request_grant_with(
+    state: &AppState,
+    caller: &Caller,
+    peer: Option<IpAddr>,
+    body: GrantRequest,
+    exchange: Option<&Exchange>,
+) -> Result<GrantOutcome, BrokerError> {
     let now = mayfly_core::now();
-    let (checked, context, mut decision) = match evaluate(state, caller, &body, peer, now).await {
+    let evaluated = evaluate(state, caller, &body, peer, now, exchange).await;
+    let (checked, mut context, mut decision) = match evaluated {
         Ok(v) => v,
         Err(e) => {
             record_rejection(state, caller, Some(&body), &ApiError::from(e.clone())).await;
             return Err(e);
         }
     };
+    if let (Some(x), serde_json::Value::Object(map)) = (exchange, &mut context) {
+        // After the decision: policy saw the actors, the token gets the chain and binding.
+        if let Some(act) = &x.act {
+            map.insert("act".into(), act.clone());
+        }
+        if let Some(cnf) = &x.cnf {
+            map.insert("cnf".into(), cnf.clone());
+        }
+    }
     if decision.outcome != Outcome::Deny {
         decision
             .reasons
@@ -136,7 +205,12 @@ pub async fn request_grant(
         created_at: now,
         updated_at: now,
     };
-    let actor = caller.0.actor();
+    // A delegated exchange is done by its nearest actor for the subject: the audit's
+    // `actor` names the whole chain ("identity:agent for identity:service").
+    let mut actor = caller.0.actor();
+    for a in exchange.iter().flat_map(|x| x.actors.iter()).rev() {
+        actor = format!("{} for {actor}", a.principal.actor());
+    }
     let requested = AuditDraft::new(AuditKind::GrantRequested, &actor)
         .for_grant(&grant)
         .detail(serde_json::json!({
@@ -210,7 +284,7 @@ pub async fn explain(
     body: &GrantRequest,
 ) -> Result<Explained, BrokerError> {
     let now = mayfly_core::now();
-    let (checked, _, mut decision) = evaluate(state, caller, body, peer, now).await?;
+    let (checked, _, mut decision) = evaluate(state, caller, body, peer, now, None).await?;
     let granted_ttl = matches!(
         decision.outcome,
         Outcome::Allow | Outcome::RequireApproval { .. }
@@ -232,8 +306,12 @@ pub async fn explain(
 struct Checked {
     identity: Identity,
     target: Target,
+    /// One action; for an exchange, the scopes asked for and then those allowed,
+    /// space-separated.
     action: String,
     ttl: Ttl,
+    /// No credential outlives this (an exchanged token's expiry).
+    not_after: Option<OffsetDateTime>,
 }
 
 async fn check(
@@ -241,6 +319,7 @@ async fn check(
     caller: &Caller,
     body: &GrantRequest,
     now: OffsetDateTime,
+    exchange: Option<&Exchange>,
 ) -> Result<Checked, BrokerError> {
     let identity_id = match (caller.0.identity(), &body.identity) {
         (Some(own), None) => own.to_string(),
@@ -293,9 +372,10 @@ async fn check(
             id: body.target.clone(),
             field: Some("target"),
         })?;
-    let action = match &body.action {
-        Some(a) if target.actions.contains(a) => a.clone(),
-        Some(a) => {
+    let action = match (exchange, &body.action) {
+        (Some(x), _) => exchange_scopes(&target, &x.scopes)?,
+        (None, Some(a)) if target.actions.contains(a) => a.clone(),
+        (None, Some(a)) => {
             return Err(BrokerError::field(
                 "action",
                 format!(
@@ -305,8 +385,8 @@ async fn check(
                 ),
             ))
         }
-        None if target.actions.len() == 1 => target.actions[0].clone(),
-        None => {
+        (None, None) if target.actions.len() == 1 => target.actions[0].clone(),
+        (None, None) => {
             return Err(BrokerError::field(
                 "action",
                 format!(
@@ -329,7 +409,36 @@ async fn check(
         target,
         action,
         ttl,
+        not_after: exchange.and_then(|x| x.not_after),
     })
+}
+
+/// The scopes an exchange asks for, checked against the target: all its actions when none
+/// are named. Only token targets take part: an exchange issues an access token.
+fn exchange_scopes(target: &Target, scopes: &[String]) -> Result<String, BrokerError> {
+    if target.kind != "token" {
+        return Err(BrokerError::field(
+            "audience",
+            format!(
+                "target {:?} issues {} credentials; token exchange issues access tokens only",
+                target.name, target.kind
+            ),
+        ));
+    }
+    if scopes.is_empty() {
+        return Ok(target.actions.join(" "));
+    }
+    if let Some(unknown) = scopes.iter().find(|s| !target.actions.contains(s)) {
+        return Err(BrokerError::field(
+            "scope",
+            format!(
+                "{unknown:?} is not a scope of target {:?}; it has: {}",
+                target.name,
+                target.actions.join(", ")
+            ),
+        ));
+    }
+    Ok(scopes.join(" "))
 }
 
 /// Audits a rejected request (nothing else is stored) and passes the error on.
@@ -382,12 +491,16 @@ async fn evaluate(
     body: &GrantRequest,
     peer: Option<IpAddr>,
     now: OffsetDateTime,
+    exchange: Option<&Exchange>,
 ) -> Result<(Checked, serde_json::Value, Decision), BrokerError> {
-    let checked = check(state, caller, body, now).await?;
-    if body.context.contains_key("source_ip") {
+    let checked = check(state, caller, body, now, exchange).await?;
+    if let Some(key) = BROKER_CONTEXT_KEYS
+        .iter()
+        .find(|k| body.context.contains_key(**k))
+    {
         return Err(BrokerError::field(
-            "context.source_ip",
-            "is set by the broker from the connection; do not send it",
+            &format!("context.{key}"),
+            "is set by the broker; do not send it",
         ));
     }
     let mut context = body.context.clone();
@@ -396,6 +509,9 @@ async fn evaluate(
             "source_ip".into(),
             serde_json::Value::String(ip.to_string()),
         );
+    }
+    if let Some(x) = exchange {
+        return decide_exchange(state, caller, checked, body, context, x, now);
     }
     let context = serde_json::Value::Object(context);
     let decision = state.policy.decide(&PolicyRequest {
@@ -410,6 +526,122 @@ async fn evaluate(
         now,
     })?;
     Ok((checked, context, decision))
+}
+
+/// An exchange's decision: each actor may act for the subject (else the request is refused
+/// as `delegation_denied`, recording nothing but the refusal), then each scope, with the
+/// actors and for the subject alone; the grant gets the scopes allowed every way, under
+/// the strictest cap. Approval-bound scopes are not granted here.
+fn decide_exchange(
+    state: &AppState,
+    caller: &Caller,
+    mut checked: Checked,
+    body: &GrantRequest,
+    mut context: serde_json::Map<String, serde_json::Value>,
+    x: &Exchange,
+    now: OffsetDateTime,
+) -> Result<(Checked, serde_json::Value, Decision), BrokerError> {
+    let alone = serde_json::Value::Object(context.clone());
+    let actor_ids: Vec<serde_json::Value> = x
+        .actors
+        .iter()
+        .map(|a| a.identity.id.clone().into())
+        .collect();
+    if !x.actors.is_empty() {
+        context.insert("actors".into(), serde_json::Value::Array(actor_ids));
+    }
+    let context = serde_json::Value::Object(context);
+    let scopes: Vec<String> = checked.action.split(' ').map(str::to_string).collect();
+    fn policy_request<'a>(
+        (caller, checked, body, now): (&'a Caller, &'a Checked, &'a GrantRequest, OffsetDateTime),
+        action: &'a str,
+        context: &'a serde_json::Value,
+    ) -> PolicyRequest<'a> {
+        PolicyRequest {
+            principal: &caller.0,
+            identity: &checked.identity,
+            target: &checked.target,
+            action,
+            purpose: &body.purpose,
+            task: &body.task,
+            requested_ttl: checked.ttl,
+            context,
+            now,
+        }
+    }
+    let first = scopes.first().map(String::as_str).unwrap_or_default();
+    let parts = (caller, &checked, body, now);
+    for actor in &x.actors {
+        let grant = policy_request(parts, first, &context);
+        let delegation = state.policy.decide_delegation(&DelegationRequest {
+            grant: &grant,
+            actor: &actor.principal,
+            actor_identity: &actor.identity,
+        })?;
+        if delegation.outcome != Outcome::Allow {
+            return Err(BrokerError::Forbidden {
+                code: "delegation_denied",
+                detail: format!(
+                    "identity {:?} may not act for {:?} on target {:?}: {}",
+                    actor.identity.id,
+                    checked.identity.id,
+                    checked.target.name,
+                    delegation.reasons.join("; ")
+                ),
+            });
+        }
+    }
+    let mut allowed = Vec::new();
+    let mut combined = Decision {
+        outcome: Outcome::Deny,
+        max_ttl: None,
+        determined_by: Vec::new(),
+        reasons: Vec::new(),
+        engine: String::new(),
+    };
+    for scope in &scopes {
+        let mut decisions = vec![state
+            .policy
+            .decide(&policy_request(parts, scope, &context))?];
+        if !x.actors.is_empty() {
+            decisions.push(state.policy.decide(&policy_request(parts, scope, &alone))?);
+        }
+        let granted = decisions.iter().all(|d| d.outcome == Outcome::Allow);
+        for d in &decisions {
+            combined.engine.clone_from(&d.engine);
+            for by in &d.determined_by {
+                let by = format!("{scope}: {by}");
+                if !combined.determined_by.contains(&by) {
+                    combined.determined_by.push(by);
+                }
+            }
+            if granted {
+                combined.max_ttl = match (combined.max_ttl, d.max_ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            } else {
+                let why = match d.outcome {
+                    Outcome::RequireApproval { .. } => {
+                        "needs an approval; ask through POST /v1/grants".to_string()
+                    }
+                    _ => d.reasons.join("; "),
+                };
+                combined
+                    .reasons
+                    .push(format!("scope {scope} not granted: {why}"));
+            }
+        }
+        if granted {
+            allowed.push(scope.clone());
+        }
+    }
+    combined.reasons.dedup();
+    if !allowed.is_empty() {
+        combined.outcome = Outcome::Allow;
+        checked.action = allowed.join(" ");
+    }
+    Ok((checked, context, combined))
 }
 
 /// The TTL a grant gets and the lease's renewal cap: the minimum of the request, the
@@ -455,6 +687,21 @@ fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> G
                 "granted TTL {left} instead of {ttl}: identity {:?} expires at {}",
                 checked.identity.id,
                 rfc3339(expires).unwrap_or_default()
+            ));
+        }
+        ttl = ttl.min(left);
+        cap = cap.min(left);
+    }
+    if let Some(not_after) = checked.not_after {
+        let left = Ttl::from_secs(
+            u64::try_from((not_after - now).whole_seconds())
+                .unwrap_or(0)
+                .max(1),
+        );
+        if left < ttl {
+            clamped.push(format!(
+                "granted TTL {left} instead of {ttl}: the exchanged token expires at {}",
+                rfc3339(not_after).unwrap_or_default()
             ));
         }
         ttl = ttl.min(left);

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod auth_failures;
 pub mod broker;
 pub mod conn;
+pub mod dpop;
 pub mod error;
 pub mod keys;
 pub mod metrics;
@@ -652,6 +653,7 @@ impl Server {
             token_max_ttl: config.token_max_ttl,
             expiry_wake: tokio::sync::Notify::new(),
             next_expiry_wake_ms: AtomicI64::new(0),
+            dpop: dpop::DpopVerifier::new(),
         }));
         let policy_reload = config.policy.reload_interval;
         let exclusive_store = backend == mayfly_store::Backend::Sqlite;

@@ -26,6 +26,7 @@ use crate::api;
         api::leases::revoke, api::system::list_keys,
         api::operators::create, api::operators::list, api::operators::revoke,
         api::targets::update, api::targets::delete, api::identities::update, api::identities::delete,
+        api::oauth::token, api::oauth::revoke, api::oauth::authorization_server,
     ),
     components(schemas(
         crate::error::Problem,

@@ -61,6 +61,8 @@ pub struct Inner {
     /// When the expiry scheduler will next wake (unix ms), so a grant wakes it only if
     /// its lease expires sooner; waking it on every grant would cost two queries each.
     pub next_expiry_wake_ms: AtomicI64,
+    /// DPoP proof checks (RFC 9449): the jti replay cache and the server-nonce key.
+    pub dpop: crate::dpop::DpopVerifier,
 }
 
 impl Inner {

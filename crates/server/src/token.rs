@@ -34,6 +34,29 @@ pub struct AccessTokenClaims {
     pub grant_id: String,
     pub task: String,
     pub purpose: String,
+    /// RFC 8693 §4.1: who acts for `sub` (nested, the nearest actor outermost); only in
+    /// tokens from a token exchange with an `actor_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
+    /// The key the token is bound to: `jkt` (DPoP, RFC 9449) or `x5t#S256` (mutual TLS,
+    /// RFC 8705). A bound token is useless without that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
+}
+
+impl AccessTokenClaims {
+    /// `DPoP` for a token bound to a DPoP key, else `Bearer` (RFC 9449 §5).
+    pub fn token_type(&self) -> &'static str {
+        token_type(self.cnf.as_ref())
+    }
+}
+
+fn token_type(cnf: Option<&serde_json::Value>) -> &'static str {
+    if cnf.is_some_and(|c| c.get("jkt").is_some()) {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
 }
 
 /// The identities that may introspect this target's tokens: the resource servers the
@@ -88,6 +111,10 @@ impl TokenProvider {
             grant_id: grant.id.to_string(),
             task: grant.task.clone(),
             purpose: grant.purpose.clone(),
+            // Set by a token exchange in the grant's context (never by the requester:
+            // the broker refuses those keys in a request), so renewals keep them.
+            act: grant.context.get("act").cloned(),
+            cnf: grant.context.get("cnf").cloned(),
         };
         let token = self
             .keys
@@ -96,7 +123,7 @@ impl TokenProvider {
         let mut secrets = BTreeMap::new();
         secrets.insert("access_token".to_string(), SecretString::new(token));
         let mut public = serde_json::Map::new();
-        public.insert("token_type".into(), "Bearer".into());
+        public.insert("token_type".into(), claims.token_type().into());
         public.insert(
             "issued_token_type".into(),
             "urn:ietf:params:oauth:token-type:jwt".into(),
@@ -118,6 +145,48 @@ impl TokenProvider {
 /// The credential kind of the broker's own signed tokens.
 pub const KIND: &str = "token";
 
+impl TokenProvider {
+    /// The settings a token target may carry: `audience`, the binding switches and
+    /// `resource_servers`.
+    fn check_settings(target: &Target) -> Result<(), ProviderError> {
+        match target.settings.get("audience") {
+            None => {}
+            Some(serde_json::Value::String(a)) if !a.is_empty() => {}
+            Some(_) => {
+                return Err(ProviderError::BadSettings(
+                    "audience must be a non-empty string".into(),
+                ))
+            }
+        }
+        // Sender-constrained tokens (`crate::api::oauth`): a typo must not silently issue
+        // bearer tokens from a target meant to require proof of possession.
+        for key in ["proof_of_possession", "dpop_nonce"] {
+            match target.settings.get(key) {
+                None | Some(serde_json::Value::Bool(_)) => {}
+                Some(_) => {
+                    return Err(ProviderError::BadSettings(format!(
+                        "{key} must be true or false"
+                    )))
+                }
+            }
+        }
+        match target.settings.get("resource_servers") {
+            None => Ok(()),
+            Some(serde_json::Value::Array(ids))
+                if ids.iter().all(|id| {
+                    id.as_str()
+                        .is_some_and(|id| mayfly_core::validate::name("resource_servers", id).is_ok())
+                }) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(ProviderError::BadSettings(
+                "resource_servers must be a list of identity names (the services that may introspect this target's tokens)".into(),
+            )),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Provider for TokenProvider {
     fn kind(&self) -> &'static str {
@@ -138,29 +207,7 @@ impl Provider for TokenProvider {
                 "token targets take no admin secret".into(),
             ));
         }
-        match target.settings.get("audience") {
-            None => {}
-            Some(serde_json::Value::String(a)) if !a.is_empty() => {}
-            Some(_) => {
-                return Err(ProviderError::BadSettings(
-                    "audience must be a non-empty string".into(),
-                ))
-            }
-        }
-        match target.settings.get("resource_servers") {
-            None => Ok(()),
-            Some(serde_json::Value::Array(ids))
-                if ids.iter().all(|id| {
-                    id.as_str()
-                        .is_some_and(|id| mayfly_core::validate::name("resource_servers", id).is_ok())
-                }) =>
-            {
-                Ok(())
-            }
-            Some(_) => Err(ProviderError::BadSettings(
-                "resource_servers must be a list of identity names (the services that may introspect this target's tokens)".into(),
-            )),
-        }
+        Self::check_settings(target)
     }
 
     async fn issue(&self, r: IssueRequest<'_>) -> Result<IssuedCredential, ProviderError> {
@@ -193,5 +240,41 @@ impl Provider for TokenProvider {
 
     async fn revoke(&self, _lease: &Lease, _target: TargetAccess<'_>) -> Result<(), ProviderError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_settings_must_be_booleans() {
+        let target = |settings: serde_json::Value| Target {
+            name: "api".into(),
+            kind: "token".into(),
+            actions: vec!["read".into()],
+            default_ttl: mayfly_core::duration::Ttl::from_secs(60),
+            max_ttl: mayfly_core::duration::Ttl::from_secs(600),
+            allow: vec![],
+            settings,
+            created_at: mayfly_core::now(),
+        };
+        let ok = |settings| TokenProvider::check_settings(&target(settings)).is_ok();
+        assert!(ok(
+            serde_json::json!({"proof_of_possession": true, "dpop_nonce": false})
+        ));
+        assert!(!ok(serde_json::json!({"proof_of_possession": "yes"})));
+        assert!(!ok(serde_json::json!({"dpop_nonce": 1})));
+    }
+
+    #[test]
+    fn token_type_follows_the_binding() {
+        assert_eq!(token_type(None), "Bearer");
+        assert_eq!(
+            token_type(Some(&serde_json::json!({"x5t#S256": "t"}))),
+            "Bearer"
+        );
+        assert_eq!(token_type(Some(&serde_json::json!({"jkt": "t"}))), "DPoP");
     }
 }

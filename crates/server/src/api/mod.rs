@@ -16,6 +16,7 @@ pub mod audit;
 pub mod grants;
 pub mod identities;
 pub mod leases;
+pub mod oauth;
 pub mod operators;
 pub mod system;
 pub mod targets;
@@ -112,6 +113,12 @@ pub fn routes() -> Router<AppState> {
             get(system::openid_configuration),
         )
         .route("/oauth2/introspect", post(system::introspect))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::authorization_server),
+        )
         .route("/v1/whoami", get(system::whoami))
         .route("/v1/keys/rotate", post(system::rotate_keys))
         .route(

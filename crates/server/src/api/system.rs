@@ -65,14 +65,8 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "public", responses((status = 200, description = "discovery metadata", body = Object)))]
 pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let iss = state.issuer.trim_end_matches('/');
-    Json(serde_json::json!({
-        "issuer": state.issuer,
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "introspection_endpoint": format!("{iss}/oauth2/introspect"),
-        "access_token_signing_alg_values_supported": ["EdDSA"],
-        "service_documentation": format!("{iss}/openapi.json"),
-    }))
+    // The OAuth metadata (RFC 8414) is the one source, so the two documents agree.
+    Json(serde_json::Value::Object(super::oauth::metadata(&state)))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "public", responses((status = 200, description = "this document", body = Object)))]
@@ -108,6 +102,12 @@ pub async fn rotate_keys(
 pub struct IntrospectRequest {
     pub token: String,
     pub token_type_hint: Option<String>,
+    /// A DPoP proof the resource server received with the token, and that request's
+    /// method and URL: a DPoP-bound token is then active only if the proof is fresh and
+    /// made with its key (`crate::api::oauth::dpop_binding_holds`).
+    pub dpop_proof: Option<String>,
+    pub htm: Option<String>,
+    pub htu: Option<String>,
 }
 
 /// RFC 7662 token introspection: `active` is true only for a token this broker signed,
@@ -143,6 +143,16 @@ pub async fn introspect(
     if !may_introspect(&state, &caller, &claims, &lease.target).await? {
         return Ok(inactive);
     }
+    if !super::oauth::dpop_binding_holds(
+        &state,
+        &claims,
+        &req.token,
+        req.dpop_proof.as_deref(),
+        req.htm.as_deref(),
+        req.htu.as_deref(),
+    ) {
+        return Ok(inactive);
+    }
     let identity_usable = state
         .store
         .get_identity(&claims.sub)
@@ -154,7 +164,7 @@ pub async fn introspect(
     let mut body = serde_json::to_value(&claims).unwrap_or_default();
     if let serde_json::Value::Object(map) = &mut body {
         map.insert("active".into(), true.into());
-        map.insert("token_type".into(), "Bearer".into());
+        map.insert("token_type".into(), claims.token_type().into());
     }
     Ok(Json(body))
 }
