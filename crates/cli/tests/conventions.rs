@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use common::issuer::Issuer;
 use common::pg::{superuser_or_skip, PgFixture};
-use common::{Broker, Options, BIN};
+use common::{Broker, BIN};
 use serde_json::Value;
 
 fn stdout(o: &Output) -> String {
@@ -262,14 +262,7 @@ async fn a_grant_waiting_for_approval_exits_7() {
     )
     .unwrap();
     let config = format!("[policy]\ndir = \"{}\"\n", policies.display());
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["svc"]).await;
     let args = [
@@ -389,14 +382,7 @@ async fn a_workload_revokes_its_own_task_and_nothing_wider() {
     let issuer = Issuer::new();
     let dir = tempfile::tempdir().unwrap().keep();
     let config = issuer.config(&dir.join("jwks.json"), &[("ci", "repo:acme/ci")]);
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     broker.add_identity("ci", "team").await;
     broker.add_identity("svc", "team").await;
     broker.add_token_target("api", &["ci", "svc"]).await;

@@ -213,14 +213,7 @@ async fn a_tls_client_that_never_finishes_the_handshake_is_dropped() {
         "[tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\n[http]\nhandshake_timeout = \"1s\"\n",
         d = dir.display()
     );
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     assert!(broker.addr.starts_with("https://"), "{}", broker.addr);
     let mut stream = connect(&broker).await;
     // The start of a TLS record, and then nothing.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Broker, Options, BIN};
+use common::{Broker, BIN};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -77,14 +77,7 @@ audit_interval = "1s"
 "#,
         d = dir.display()
     );
-    let mut broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let mut broker = Broker::start_with_config(BIN, &dir, config);
     assert!(broker.addr.starts_with("https://"), "{}", broker.addr);
     let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
     let client = |identity: Option<reqwest::Identity>| {
@@ -253,14 +246,7 @@ async fn an_exchange_over_mutual_tls_binds_the_token_to_the_certificate() {
         "[tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\n[[auth.spiffe]]\ntrust_domain = \"prod.acme\"\nx509_bundle_file = \"{d}/ca.pem\"\n\n[[auth.spiffe.rules]]\nidentity = \"payments-api\"\nspiffe_id = \"spiffe://prod.acme/ns/payments/sa/api\"\n",
         d = dir.display()
     );
-    let mut broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let mut broker = Broker::start_with_config(BIN, &dir, config);
     let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
     let client = |identity: Option<reqwest::Identity>| {
         let mut b = reqwest::Client::builder()

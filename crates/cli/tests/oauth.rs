@@ -8,7 +8,7 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use common::issuer::Issuer;
-use common::{Broker, Options, BIN};
+use common::{Broker, BIN};
 use serde_json::{json, Value};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -56,14 +56,7 @@ async fn fixture() -> Fixture {
         ],
     );
     config.push_str(&format!("\n[policy]\ndir = \"{}\"\n", policies.display()));
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     for (id, kind) in [
         ("billing-svc", "service"),
         ("triage-agent", "agent"),

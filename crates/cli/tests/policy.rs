@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually_every, Broker, Options, BIN};
+use common::{eventually_every, Broker, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -58,14 +58,7 @@ async fn cedar_decides_grants_and_hot_reloads() {
         "[policy]\ndir = \"{}\"\nreload_interval = \"1s\"\n",
         policies.display()
     );
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     broker.add_identity("billing-ci", "team-billing").await;
     broker.add_identity("web-ci", "team-web").await;
     // The allow list is not consulted once Cedar decides: it is empty here.

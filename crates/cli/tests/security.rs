@@ -23,14 +23,7 @@ async fn broker_with_workloads(extra: &str) -> (Broker, Issuer) {
         ("stranger", "stranger"),
     ];
     let config = format!("{}\n{extra}", issuer.config(&dir.join("jwks.json"), &rules));
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     for (id, _) in rules {
         broker.add_identity(id, "team").await;
     }

@@ -178,14 +178,7 @@ spiffe_id_pattern = "spiffe://prod.acme/ns/payments/sa/*"
 "#,
         bundle.display()
     );
-    let broker = Broker::start_in(
-        BIN,
-        &dir,
-        Options {
-            config: Some(config),
-            ..Options::default()
-        },
-    );
+    let broker = Broker::start_with_config(BIN, &dir, config);
     broker.add_identity("payments-api", "team-payments").await;
     broker.add_token_target("ledger", &["payments-api"]).await;
 

@@ -50,6 +50,18 @@ impl Broker {
         Broker::start_in(bin, &dir, Options::default())
     }
 
+    /// Starts `bin` as a broker on `dir` with `config` as its `mayfly.toml`.
+    pub fn start_with_config(bin: impl AsRef<Path>, dir: &Path, config: String) -> Broker {
+        Broker::start_in(
+            bin,
+            dir,
+            Options {
+                config: Some(config),
+                ..Options::default()
+            },
+        )
+    }
+
     /// Starts (or restarts) `bin` as a broker on an existing data dir.
     pub fn start_in(bin: impl AsRef<Path>, dir: &Path, opts: Options) -> Broker {
         let bin = bin.as_ref().to_path_buf();

@@ -799,7 +799,9 @@ async fn load_usable(state: &AppState, id: &str) -> Result<Identity, OAuthError>
 /// One audit entry for a refused token request the broker did not see (bad form, bad
 /// token, unknown target). Never the token: only the error and who it was, if known.
 async fn audit_rejection(state: &AppState, subject: Option<&Principal>, e: &OAuthError) {
-    state.metrics.grant(crate::metrics::UNLABELLED_TARGET, "rejected");
+    state
+        .metrics
+        .grant(crate::metrics::UNLABELLED_TARGET, "rejected");
     let actor = subject.map_or_else(|| "anonymous".to_string(), Principal::actor);
     let mut event = AuditDraft::new(AuditKind::GrantRejected, actor).detail(serde_json::json!({
         "endpoint": "/oauth2/token",
