@@ -64,6 +64,10 @@ pub enum AuditKind {
     TargetReconciled,
     #[serde(rename = "target.root_rotated")]
     TargetRootRotated,
+    #[serde(rename = "task.opened")]
+    TaskOpened,
+    #[serde(rename = "task.ended")]
+    TaskEnded,
 }
 
 impl AuditKind {
@@ -93,6 +97,8 @@ impl AuditKind {
             AuditKind::PolicyRejected => "policy.rejected",
             AuditKind::TargetReconciled => "target.reconciled",
             AuditKind::TargetRootRotated => "target.root_rotated",
+            AuditKind::TaskOpened => "task.opened",
+            AuditKind::TaskEnded => "task.ended",
         }
     }
 }
@@ -1026,6 +1032,8 @@ mod tests {
             PolicyRejected,
             TargetReconciled,
             TargetRootRotated,
+            TaskOpened,
+            TaskEnded,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),
