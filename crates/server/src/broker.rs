@@ -61,6 +61,41 @@ impl BrokerError {
     }
 }
 
+/// A `task` that is the id of a task record binds the grant to that task: it must be the
+/// identity's own, open and before its deadline. Any other text is the free task label of
+/// a grant without a record.
+async fn check_task_record(
+    state: &AppState,
+    identity: &str,
+    task: &str,
+    now: OffsetDateTime,
+) -> Result<(), BrokerError> {
+    let Ok(id) = Uuid::parse_str(task) else {
+        return Ok(());
+    };
+    let Some(record) = state.store.get_task(id).await? else {
+        return Ok(());
+    };
+    if record.identity != identity {
+        return Err(BrokerError::Forbidden {
+            code: "not_your_task",
+            detail: format!("task {id} is another identity's"),
+        });
+    }
+    if record.state != mayfly_core::model::TaskState::Open || record.deadline <= now {
+        let why = if record.state == mayfly_core::model::TaskState::Open {
+            "passed its deadline".to_string()
+        } else {
+            format!("has ended ({})", record.state)
+        };
+        return Err(BrokerError::Forbidden {
+            code: "task_ended",
+            detail: format!("task {id} {why}"),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
@@ -72,7 +107,8 @@ pub struct GrantRequest {
     pub action: Option<String>,
     /// Why access is needed (at most 1 KiB).
     pub purpose: String,
-    /// The task this access serves; revocation by task ends it.
+    /// The task this access serves: the id of a task record (`POST /v1/tasks`), which must
+    /// be the identity's own and open, or (deprecated) free text naming the task.
     pub task: String,
     /// Requested lifetime; defaults to the target's `default_ttl`.
     pub ttl: Option<Ttl>,
@@ -284,6 +320,7 @@ async fn check(
             detail: format!("identity {:?}: {why}", identity.id),
         });
     }
+    check_task_record(state, &identity.id, &body.task, now).await?;
     let target = state
         .store
         .get_target(&body.target)
