@@ -283,3 +283,59 @@ async fn bad_task_requests_are_refused() {
         .await;
     assert_eq!(status, 403, "{problem}");
 }
+
+#[tokio::test]
+async fn mayfly_tasks_lists_shows_and_ends() {
+    let issuer = Issuer::new();
+    let broker = broker(&issuer).await;
+    let me = issuer.token(DEPLOYER);
+    let task = open(&broker, &me, json!({"purpose": "cli", "deadline": "10m"})).await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let (status, issued) = grant_in(&broker, &me, &id).await;
+    assert_eq!(status, 201, "{issued}");
+
+    let out = broker.cli(&["tasks", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // JSON lines: one task a line.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let listed: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{stdout}");
+    assert_eq!(listed[0]["id"], id.as_str(), "{stdout}");
+
+    let out = broker.cli(&["task", "show", &id, "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["leases"].as_array().unwrap().len(), 1, "{shown}");
+
+    let out = broker.cli(&["task", "complete", &id, "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ended["task"]["state"], "completed", "{ended}");
+    assert_eq!(ended["revoked"]["revoked"], 1, "{ended}");
+
+    // Ending it again, or a malformed id: one line on stderr, non-zero exit.
+    for args in [
+        vec!["task", "fail", id.as_str()],
+        vec!["task", "show", "nope"],
+    ] {
+        let out = broker.cli(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
