@@ -26,6 +26,7 @@ use cmd::policy::PolicyCmd;
 use cmd::revoke::RevokeArgs;
 use cmd::store::StoreCmd;
 use cmd::target::TargetCmd;
+use cmd::task::TasksArgs;
 use cmd::Group;
 
 /// The broker keeps no large state in memory, but bursts (a 100,000-lease kill switch, a
@@ -62,6 +63,10 @@ enum Command {
     Leases(LeasesArgs),
     /// Extend a lease (never beyond its cap).
     Renew(RenewArgs),
+    /// List task records, or open, show, complete or fail one (`tasks show ID`; `task` works
+    /// too). Ending a task revokes every lease in it.
+    #[command(visible_alias = "task")]
+    Tasks(TasksArgs),
     /// Revoke a grant or lease, or everything of a task, identity, owner, target or prefix.
     Revoke(RevokeArgs),
     /// The audit chain.
@@ -156,6 +161,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Grants(args) => cmd::grant::grants(args).await.map(done),
         Command::Leases(args) => cmd::lease::leases(args).await.map(done),
         Command::Renew(args) => cmd::lease::renew(args).await.map(done),
+        Command::Tasks(args) => cmd::task::run(args).await.map(done),
         Command::Revoke(args) => cmd::revoke::run(args).await.map(done),
         Command::Audit(group) => cmd::audit::run(group).await,
         Command::Keys(group) => cmd::keys::run(group).await.map(done),

@@ -80,6 +80,10 @@ pub enum AuditKind {
     IdentityUpdated,
     #[serde(rename = "identity.deleted")]
     IdentityDeleted,
+    #[serde(rename = "task.opened")]
+    TaskOpened,
+    #[serde(rename = "task.ended")]
+    TaskEnded,
 }
 
 impl AuditKind {
@@ -116,6 +120,8 @@ impl AuditKind {
             AuditKind::TargetDeleted => "target.deleted",
             AuditKind::IdentityUpdated => "identity.updated",
             AuditKind::IdentityDeleted => "identity.deleted",
+            AuditKind::TaskOpened => "task.opened",
+            AuditKind::TaskEnded => "task.ended",
         }
     }
 }
@@ -1056,6 +1062,8 @@ mod tests {
             TargetDeleted,
             IdentityUpdated,
             IdentityDeleted,
+            TaskOpened,
+            TaskEnded,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),

@@ -168,6 +168,8 @@ string_enum! {
     RevocationReason {
         TaskComplete = "task_complete",
         TaskFailed = "task_failed",
+        /// The task record's deadline passed.
+        TaskTimeout = "task_timeout",
         Timeout = "timeout",
         Ttl = "ttl",
         Admin = "admin",
@@ -218,6 +220,53 @@ impl LeaseState {
     pub fn is_terminal(self) -> bool {
         !LeaseState::ALL.iter().any(|&to| self.can_become(to))
     }
+}
+
+string_enum! {
+    /// Where a task record is in its life. Only `open` tasks take grants; the others are
+    /// final and their leases are revoked.
+    TaskState {
+        Open = "open",
+        Completed = "completed",
+        Failed = "failed",
+        /// The deadline passed before the task ended.
+        TimedOut = "timed_out",
+    }
+}
+
+impl TaskState {
+    /// The reason the leases of a task ending in this state are revoked with.
+    pub fn revocation_reason(self) -> Option<RevocationReason> {
+        match self {
+            TaskState::Open => None,
+            TaskState::Completed => Some(RevocationReason::TaskComplete),
+            TaskState::Failed => Some(RevocationReason::TaskFailed),
+            TaskState::TimedOut => Some(RevocationReason::TaskTimeout),
+        }
+    }
+}
+
+/// A unit of work of one identity: every grant naming it (its `task` is the task's id)
+/// ends when the task ends, fails or reaches its deadline, and so do its child tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Uuid,
+    pub identity: String,
+    /// Owner of the identity when the task was opened.
+    pub owner: String,
+    pub purpose: String,
+    /// The task this one is a step of; it ends when its parent ends.
+    pub parent: Option<Uuid>,
+    pub state: TaskState,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub deadline: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<OffsetDateTime>,
 }
 
 /// A request for access and its outcome: who, to what, why, for how long.

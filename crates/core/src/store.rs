@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::audit::{AuditDraft, AuditEvent, VerifyReport};
 use crate::model::{
-    Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+    Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task,
+    TaskState,
 };
 use crate::CoreError;
 
@@ -75,6 +76,14 @@ pub struct AuditFilter {
     pub grant_id: Option<Uuid>,
     /// Only entries with a larger sequence number (for paging and following).
     pub after_seq: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// Filter for listing tasks, newest first. Empty fields match everything.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TaskFilter {
+    pub identity: Option<String>,
+    pub state: Option<TaskState>,
     pub limit: Option<u32>,
 }
 
@@ -346,6 +355,33 @@ pub trait Store: Send + Sync {
         key: &str,
         names: &[String],
     ) -> Result<std::collections::BTreeMap<String, bool>, StoreError>;
+
+    // --- tasks --------------------------------------------------------------------------
+    /// Opens a task, with `event`. `Conflict` if the id is taken; with a parent, `NotFound`
+    /// if there is none and `Rejected` unless it is open and of the same identity.
+    async fn create_task(&self, task: &Task, event: AuditDraft) -> Result<(), StoreError>;
+    async fn get_task(&self, id: Uuid) -> Result<Option<Task>, StoreError>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
+    /// Ends an open task and every open task below it in `to` (not `open`), and revokes
+    /// every live lease of each with `to`'s reason, audited, in one transaction. Returns the
+    /// task as ended and what the revocation did. `NotFound` if there is no such task;
+    /// `Rejected` if it has already ended.
+    async fn end_task(
+        &self,
+        id: Uuid,
+        to: TaskState,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Task, RevokeOutcome), StoreError>;
+    /// Times out up to `limit` open tasks whose deadline is at or before `now` (with their
+    /// children and leases, as [`Store::end_task`]); returns the ids it ended.
+    async fn expire_due_tasks(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
+    /// The earliest deadline among open tasks, from the index (no scan).
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 
     // --- audit --------------------------------------------------------------------------
     /// Appends events that accompany no state change (rejected requests, failed logins).

@@ -29,6 +29,44 @@ fn unused<T>() -> Result<T, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for TokenStore {
+    async fn create_task(
+        &self,
+        _: &mayfly_core::model::Task,
+        _: AuditDraft,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn get_task(
+        &self,
+        _: mayfly_core::Uuid,
+    ) -> Result<Option<mayfly_core::model::Task>, StoreError> {
+        unused()
+    }
+    async fn list_tasks(
+        &self,
+        _: &mayfly_core::store::TaskFilter,
+    ) -> Result<Vec<mayfly_core::model::Task>, StoreError> {
+        unused()
+    }
+    async fn end_task(
+        &self,
+        _: mayfly_core::Uuid,
+        _: mayfly_core::model::TaskState,
+        _: &str,
+        _: OffsetDateTime,
+    ) -> Result<(mayfly_core::model::Task, RevokeOutcome), StoreError> {
+        unused()
+    }
+    async fn expire_due_tasks(
+        &self,
+        _: OffsetDateTime,
+        _: u32,
+    ) -> Result<Vec<mayfly_core::Uuid>, StoreError> {
+        unused()
+    }
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        unused()
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -63,6 +63,75 @@ impl BrokerError {
     }
 }
 
+/// A `task` that is the id of a task record binds the grant to that task: it must be the
+/// identity's own, open and before its deadline. Any other text is the free task label of
+/// a grant without a record.
+async fn check_task_record(
+    state: &AppState,
+    identity: &str,
+    task: &str,
+    now: OffsetDateTime,
+) -> Result<(), BrokerError> {
+    let Ok(id) = Uuid::parse_str(task) else {
+        return Ok(());
+    };
+    let Some(record) = state.store.get_task(id).await? else {
+        return Ok(());
+    };
+    if record.identity != identity {
+        return Err(BrokerError::Forbidden {
+            code: "not_your_task",
+            detail: format!("task {id} is another identity's"),
+        });
+    }
+    if record.state != mayfly_core::model::TaskState::Open || record.deadline <= now {
+        let why = if record.state == mayfly_core::model::TaskState::Open {
+            "passed its deadline".to_string()
+        } else {
+            format!("has ended ({})", record.state)
+        };
+        return Err(BrokerError::Forbidden {
+            code: "task_ended",
+            detail: format!("task {id} {why}"),
+        });
+    }
+    Ok(())
+}
+
+/// The task record may have ended between the check before issuance and the lease's
+/// commit; ending a task revokes only the leases committed before it. So the task is read
+/// again after the commit, and a lease that joined an ended task is revoked at once with the
+/// task's reason.
+async fn still_in_open_task(
+    state: &AppState,
+    outcome: GrantOutcome,
+) -> Result<GrantOutcome, BrokerError> {
+    let GrantOutcome::Issued(issued) = &outcome else {
+        return Ok(outcome);
+    };
+    let Ok(id) = Uuid::parse_str(&issued.grant.task) else {
+        return Ok(outcome);
+    };
+    let Some(task) = state.store.get_task(id).await? else {
+        return Ok(outcome);
+    };
+    let Some(reason) = task.state.revocation_reason() else {
+        return Ok(outcome);
+    };
+    let selector = mayfly_core::model::LeaseSelector::Lease(issued.lease.id);
+    let revoked = state
+        .store
+        .revoke(&selector, reason, "system:task", mayfly_core::now())
+        .await?;
+    if revoked.revoking > 0 {
+        state.revoker_wake.notify_one();
+    }
+    Err(BrokerError::Forbidden {
+        code: "task_ended",
+        detail: format!("task {id} has ended ({})", task.state),
+    })
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
@@ -74,7 +143,8 @@ pub struct GrantRequest {
     pub action: Option<String>,
     /// Why access is needed (at most 1 KiB).
     pub purpose: String,
-    /// The task this access serves; revocation by task ends it.
+    /// The task this access serves: the id of a task record (`POST /v1/tasks`), which must
+    /// be the identity's own and open, or (deprecated) free text naming the task.
     pub task: String,
     /// Requested lifetime; defaults to the target's `default_ttl`.
     pub ttl: Option<Ttl>,
@@ -252,17 +322,22 @@ async fn request_grant_with(
                 .providers
                 .get(&approved.checked.target.kind)
                 .is_some_and(|p| p.external());
-            if !external {
-                return issue(state, approved).await;
-            }
-            // From the write-ahead lease to its activation the issuance runs as a task of
-            // its own: a client that disconnects drops the caller, and must not leave a
-            // `creating` lease (and maybe a user on the target) for the next start-up to
-            // clean up. The task finishes, and records the outcome, either way.
-            let state = state.clone();
-            tokio::spawn(async move { issue(&state, approved).await })
-                .await
-                .map_err(|e| BrokerError::Internal(format!("the issuance task failed: {e}")))?
+            let outcome = if !external {
+                issue(state, approved).await?
+            } else {
+                // From the write-ahead lease to its activation the issuance runs as a task
+                // of its own: a client that disconnects drops the caller, and must not
+                // leave a `creating` lease (and maybe a user on the target) for the next
+                // start-up to clean up. The task finishes, and records the outcome, either
+                // way.
+                let spawned = state.clone();
+                tokio::spawn(async move { issue(&spawned, approved).await })
+                    .await
+                    .map_err(|e| {
+                        BrokerError::Internal(format!("the issuance task failed: {e}"))
+                    })??
+            };
+            still_in_open_task(state, outcome).await
         }
     }
 }
@@ -363,6 +438,7 @@ async fn check(
             detail: format!("identity {:?}: {why}", identity.id),
         });
     }
+    check_task_record(state, &identity.id, &body.task, now).await?;
     let target = state
         .store
         .get_target(&body.target)

@@ -5,7 +5,8 @@
 //! due instant, sleeps until then (at most a second, so leases written by other replicas
 //! are noticed), and ends what is due in batches. Nothing is held in memory per lease, so
 //! millions of leases cost nothing here, and leases that expired while the broker was
-//! down are ended on the first pass after start.
+//! down are ended on the first pass after start. Task deadlines are driven the same way by
+//! the index on open tasks' deadlines.
 
 use std::time::Duration;
 
@@ -49,10 +50,37 @@ pub async fn run_expiry(state: AppState) {
                 }
             }
         }
+        // Task deadlines: a due task times out with its children and every lease in them.
+        match state
+            .store
+            .expire_due_tasks(mayfly_core::now(), BATCH)
+            .await
+        {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::debug!(count = ended.len(), "tasks timed out");
+                state.revoker_wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "task deadline pass failed; retrying");
+                backoff = true;
+            }
+        }
+        let next_task = state.store.next_task_deadline().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read next task deadline");
+            None
+        });
         let sleep = if backoff {
             MAX_SLEEP
         } else {
-            match state.store.next_expiry().await {
+            match state
+                .store
+                .next_expiry()
+                .await
+                .map(|next| match (next, next_task) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }) {
                 Ok(Some(next)) => {
                     let until = (next - mayfly_core::now()).as_seconds_f64().max(0.0);
                     Duration::from_secs_f64(until).min(MAX_SLEEP)

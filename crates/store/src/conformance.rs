@@ -24,11 +24,11 @@ use mayfly_core::audit::{
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{
     Grant, GrantState, Identity, IdentityKind, Lease, LeaseSelector, LeaseState, RevocationReason,
-    Target,
+    Target, Task, TaskState,
 };
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
-    Store, StoreError,
+    Store, StoreError, TaskFilter,
 };
 use mayfly_core::{now, CoreError, OffsetDateTime, Uuid};
 use serde_json::json;
@@ -159,6 +159,7 @@ macro_rules! conformance_suite {
             operator_token_lifecycle,
             update_and_delete_identity,
             update_and_delete_target,
+            tasks_end_with_their_leases_and_children,
         );
     };
     (@fresh $harness:ty; $($name:ident),* $(,)?) => {
@@ -3137,5 +3138,186 @@ pub async fn revoke_by_target_prefix_and_identity_task(store: Arc<dyn Store>) {
         let want = usize::from(ended.contains(&i.lease.id));
         assert_eq!(revoked, want, "lease on {}", i.lease.target);
     }
+    assert_chain_intact(store).await;
+}
+
+fn task(identity: &str, parent: Option<Uuid>, at: OffsetDateTime, deadline: Duration) -> Task {
+    Task {
+        id: Uuid::new_v4(),
+        identity: identity.into(),
+        owner: "team".into(),
+        purpose: "nightly export".into(),
+        parent,
+        state: TaskState::Open,
+        // Whole milliseconds, as stored.
+        deadline: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(at + deadline)),
+        created_at: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(at)),
+        ended_at: None,
+    }
+}
+
+async fn open_task(store: &dyn Store, t: &Task) -> Result<(), StoreError> {
+    let mut event = AuditDraft::new(AuditKind::TaskOpened, format!("identity:{}", t.identity))
+        .detail(json!({"purpose": t.purpose}));
+    event.identity = Some(t.identity.clone());
+    event.task = Some(t.id.to_string());
+    store.create_task(t, event).await
+}
+
+/// Tasks: created, read and listed; a child only under an open parent of the same
+/// identity; ending a task ends its open children and revokes every live lease of each
+/// with the end state's reason, audited; an ended task cannot end again; the deadline
+/// sweep times out only due tasks and reports the next deadline.
+pub async fn tasks_end_with_their_leases_and_children(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "w1", "team").await;
+    create_identity(store, "w2", "team").await;
+    let at = now();
+
+    let parent = task("w1", None, at, Duration::minutes(30));
+    open_task(store, &parent).await.unwrap();
+    assert_eq!(
+        store.get_task(parent.id).await.unwrap(),
+        Some(parent.clone())
+    );
+    assert!(matches!(
+        open_task(store, &parent).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let child = task("w1", Some(parent.id), at, Duration::minutes(20));
+    open_task(store, &child).await.unwrap();
+    let foreign_child = task("w2", Some(parent.id), at, Duration::minutes(20));
+    assert!(matches!(
+        open_task(store, &foreign_child).await,
+        Err(StoreError::Rejected(_))
+    ));
+    let orphan = task("w1", Some(Uuid::new_v4()), at, Duration::minutes(20));
+    assert!(matches!(
+        open_task(store, &orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let other = task("w2", None, at, Duration::minutes(5));
+    open_task(store, &other).await.unwrap();
+
+    let listed = store
+        .list_tasks(&TaskFilter {
+            identity: Some("w1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.id).collect::<HashSet<_>>(),
+        HashSet::from([parent.id, child.id])
+    );
+    assert_eq!(
+        store.next_task_deadline().await.unwrap(),
+        Some(other.deadline)
+    );
+
+    let in_parent = issue(
+        store,
+        "w1",
+        "team",
+        &parent.id.to_string(),
+        at,
+        Duration::minutes(10),
+        false,
+    )
+    .await;
+    let in_child = issue(
+        store,
+        "w1",
+        "team",
+        &child.id.to_string(),
+        at,
+        Duration::minutes(10),
+        true,
+    )
+    .await;
+    let in_other = issue(
+        store,
+        "w2",
+        "team",
+        &other.id.to_string(),
+        at,
+        Duration::minutes(10),
+        false,
+    )
+    .await;
+
+    let end = at + Duration::seconds(1);
+    let (ended, outcome) = store
+        .end_task(parent.id, TaskState::Completed, "identity:w1", end)
+        .await
+        .unwrap();
+    assert_eq!(ended.state, TaskState::Completed);
+    assert_eq!(
+        outcome,
+        RevokeOutcome {
+            revoked: 1,
+            revoking: 1
+        }
+    );
+    let child_now = store.get_task(child.id).await.unwrap().unwrap();
+    assert_eq!(child_now.state, TaskState::Completed);
+    assert!(child_now.ended_at.is_some());
+    let l = lease(store, in_parent.lease.id).await;
+    assert_eq!(
+        (l.state, l.revocation_reason),
+        (LeaseState::Revoked, Some(RevocationReason::TaskComplete))
+    );
+    let l = lease(store, in_child.lease.id).await;
+    assert_eq!(
+        (l.state, l.revocation_reason),
+        (LeaseState::Revoking, Some(RevocationReason::TaskComplete))
+    );
+    assert_eq!(
+        lease(store, in_other.lease.id).await.state,
+        LeaseState::Active
+    );
+    assert!(matches!(
+        store
+            .end_task(parent.id, TaskState::Failed, "identity:w1", end)
+            .await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert!(matches!(
+        store
+            .end_task(Uuid::new_v4(), TaskState::Failed, "identity:w1", end)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // A child cannot open under an ended parent.
+    let late = task("w1", Some(parent.id), at, Duration::minutes(1));
+    assert!(matches!(
+        open_task(store, &late).await,
+        Err(StoreError::Rejected(_))
+    ));
+
+    let ended_events: Vec<AuditEvent> = all_audit(store, AuditFilter::default())
+        .await
+        .into_iter()
+        .filter(|e| e.kind == AuditKind::TaskEnded)
+        .collect();
+    assert_eq!(ended_events.len(), 2, "the task and its child each audited");
+
+    // The sweep: nothing due before the deadline, then exactly the due task.
+    assert!(store.expire_due_tasks(at, 10).await.unwrap().is_empty());
+    let swept = store
+        .expire_due_tasks(at + Duration::minutes(6), 10)
+        .await
+        .unwrap();
+    assert_eq!(swept, vec![other.id]);
+    assert_eq!(
+        store.get_task(other.id).await.unwrap().unwrap().state,
+        TaskState::TimedOut
+    );
+    let l = lease(store, in_other.lease.id).await;
+    assert_eq!(
+        (l.state, l.revocation_reason),
+        (LeaseState::Revoked, Some(RevocationReason::TaskTimeout))
+    );
+    assert_eq!(store.next_task_deadline().await.unwrap(), None);
     assert_chain_intact(store).await;
 }

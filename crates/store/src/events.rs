@@ -3,7 +3,7 @@
 //! in the same vocabulary).
 
 use mayfly_core::audit::{AuditDraft, AuditKind};
-use mayfly_core::model::{Lease, RevocationReason};
+use mayfly_core::model::{Lease, RevocationReason, Task, TaskState};
 use mayfly_core::store::RevokeOutcome;
 use mayfly_core::OffsetDateTime;
 
@@ -86,5 +86,30 @@ pub(crate) fn revocation_failed(
             "next_attempt_at": rfc3339(next_attempt),
         }));
     event.owner = Some(owner);
+    event
+}
+
+/// A task (`id`: the one ended, or a task below it that ends with it) moved to `to`;
+/// written before the per-lease revocation events it causes.
+pub(crate) fn task_ended(
+    root: &Task,
+    id: mayfly_core::Uuid,
+    to: TaskState,
+    outcome: RevokeOutcome,
+    actor: &str,
+) -> AuditDraft {
+    let mut detail = serde_json::json!({
+        "state": to.as_str(),
+        "reason": to.revocation_reason().map(RevocationReason::as_str),
+        "revoked": outcome.revoked,
+        "revoking": outcome.revoking,
+    });
+    if id != root.id {
+        detail["ended_with"] = serde_json::json!(root.id.to_string());
+    }
+    let mut event = AuditDraft::new(AuditKind::TaskEnded, actor).detail(detail);
+    event.identity = Some(root.identity.clone());
+    event.owner = Some(root.owner.clone());
+    event.task = Some(id.to_string());
     event
 }

@@ -35,6 +35,7 @@ pub struct CopyReport {
     pub target_secrets: u64,
     /// Root rotations not yet resolved: both candidates must survive the copy.
     pub target_rotations: u64,
+    pub tasks: u64,
     pub grants: u64,
     pub leases: u64,
     pub signing_keys: u64,
@@ -109,6 +110,20 @@ const TABLES: &[Table] = &[
     Table {
         name: "target_rotations",
         cols: &[("target", Text), ("sealed", Bytes), ("started_at", Int)],
+    },
+    Table {
+        name: "tasks",
+        cols: &[
+            ("id", Text),
+            ("identity", Text),
+            ("owner", Text),
+            ("purpose", Text),
+            ("parent", Text),
+            ("state", Text),
+            ("deadline", Int),
+            ("created_at", Int),
+            ("ended_at", Int),
+        ],
     },
     Table {
         name: "grants",
@@ -592,6 +607,7 @@ async fn copy_in_transaction(src: &mut Raw, dst: &mut Raw) -> Result<CopyReport,
             "targets" => &mut report.targets,
             "target_secrets" => &mut report.target_secrets,
             "target_rotations" => &mut report.target_rotations,
+            "tasks" => &mut report.tasks,
             "grants" => &mut report.grants,
             "leases" => &mut report.leases,
             "signing_keys" => &mut report.signing_keys,

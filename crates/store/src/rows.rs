@@ -10,7 +10,7 @@
 use std::str::FromStr;
 
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::{Grant, Identity, Lease, Target};
+use mayfly_core::model::{Grant, Identity, Lease, Target, Task};
 use mayfly_core::store::{OperatorTokenRecord, PendingRootRotation, SigningKeyRecord, StoreError};
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -269,5 +269,22 @@ pub(crate) fn root_rotation_from_row(
         target: text(row, "target")?,
         sealed: row.blob("sealed")?,
         started_at: ts(row, "started_at")?,
+    })
+}
+
+pub(crate) fn task_from_row(row: &impl Columns) -> Result<Task, StoreError> {
+    Ok(Task {
+        id: uuid(row, "id")?,
+        identity: text(row, "identity")?,
+        owner: text(row, "owner")?,
+        purpose: text(row, "purpose")?,
+        parent: match row.opt_str("parent")? {
+            Some(p) => Some(Uuid::parse_str(p).map_err(|e| corrupt("parent", e))?),
+            None => None,
+        },
+        state: parsed(row, "state")?,
+        deadline: ts(row, "deadline")?,
+        created_at: ts(row, "created_at")?,
+        ended_at: opt_ts(row, "ended_at")?,
     })
 }

@@ -15,6 +15,7 @@ pub mod revoke;
 pub mod serve;
 pub mod store;
 pub mod target;
+pub mod task;
 
 use anyhow::Context;
 use clap::Subcommand;

@@ -20,6 +20,7 @@ pub mod oauth;
 pub mod operators;
 pub mod system;
 pub mod targets;
+pub mod tasks;
 
 /// `Json` whose rejections are problem+json naming the field.
 pub struct ApiJson<T>(pub T);
@@ -142,6 +143,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/leases/{id}/revoke", post(leases::revoke))
         .route("/v1/keys", get(system::list_keys))
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::show))
+        .route("/v1/tasks/{id}/complete", post(tasks::complete))
+        .route("/v1/tasks/{id}/fail", post(tasks::fail))
         .route(
             "/v1/operator/tokens",
             post(operators::create).get(operators::list),

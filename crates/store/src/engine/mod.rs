@@ -28,7 +28,7 @@ mod tests;
 mod writer;
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{OffsetDateTime, Uuid};
@@ -200,6 +200,23 @@ pub(crate) trait Backend: Send + 'static {
         error: &str,
         next_attempt: OffsetDateTime,
     ) -> Result<Option<LeaseRow>, StoreError>;
+
+    // --- tasks ------------------------------------------------------------------------
+    /// `Conflict` naming the task when the id is taken.
+    async fn insert_task(&mut self, task: &Task) -> Result<(), StoreError>;
+    /// The task, locked against concurrent change until the batch ends where the database
+    /// needs that to be said.
+    async fn task_for_update(&mut self, id: Uuid) -> Result<Option<Task>, StoreError>;
+    /// Moves the open task `id` and every open task below it to `to`; the ids it moved.
+    async fn end_task_tree(
+        &mut self,
+        id: Uuid,
+        to: TaskState,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError>;
+    /// Up to `limit` open tasks whose deadline is at or before `now`, earliest first.
+    async fn due_tasks(&mut self, now: OffsetDateTime, limit: u32)
+        -> Result<Vec<Uuid>, StoreError>;
 
     // --- keys and operator tokens -------------------------------------------------------
     async fn retire_active_key(

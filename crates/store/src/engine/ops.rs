@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, RevokeOutcome, SigningKeyRecord, StoreError};
 use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
@@ -168,6 +168,23 @@ pub(crate) enum Op {
         event: AuditDraft,
         reply: Reply<()>,
     },
+    CreateTask {
+        task: Box<Task>,
+        event: AuditDraft,
+        reply: Reply<()>,
+    },
+    EndTask {
+        id: Uuid,
+        to: TaskState,
+        actor: String,
+        now: OffsetDateTime,
+        reply: Reply<(Task, RevokeOutcome)>,
+    },
+    ExpireDueTasks {
+        now: OffsetDateTime,
+        limit: u32,
+        reply: Reply<Vec<Uuid>>,
+    },
 }
 
 /// A decided grant, its lease if one was issued, and their audit events.
@@ -211,7 +228,10 @@ impl Op {
             | Op::RevocationFailed { reply, .. }
             | Op::AppendAudit { reply, .. }
             | Op::AddSigningKey { reply, .. }
-            | Op::AddOperatorToken { reply, .. } => send(reply, err),
+            | Op::AddOperatorToken { reply, .. }
+            | Op::CreateTask { reply, .. } => send(reply, err),
+            Op::EndTask { reply, .. } => send(reply, err),
+            Op::ExpireDueTasks { reply, .. } => send(reply, err),
             Op::RecordGrant(record) => send(record.reply, err),
             Op::EnableIdentity { reply, .. } => send(reply, err),
             Op::DisableIdentity { reply, .. } | Op::Revoke { reply, .. } => send(reply, err),
@@ -449,6 +469,27 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
         }
         Op::ExpireDue { now, limit, reply } => {
             answer(reply, expire_due(b, chain, now, limit).await)
+        }
+        Op::CreateTask { task, event, reply } => {
+            answer(reply, create_task(b, chain, &task, event).await)
+        }
+        Op::EndTask {
+            id,
+            to,
+            actor,
+            now,
+            reply,
+        } => answer(reply, end_task(b, chain, id, to, &actor, now).await),
+        Op::ExpireDueTasks { now, limit, reply } => {
+            let result = async {
+                let mut ended = Vec::new();
+                for id in b.due_tasks(now, limit).await? {
+                    end_task(b, chain, id, TaskState::TimedOut, "system:expiry", now).await?;
+                    ended.push(id);
+                }
+                Ok(ended)
+            };
+            answer(reply, result.await)
         }
         Op::ClaimRevocations {
             now,
@@ -801,6 +842,78 @@ async fn disable_identity<B: Backend>(
     chain.append(events::identity_disabled(id, owner, outcome, actor), now);
     finish_revocation(b, chain, &ended, reason, &selector, actor, now).await?;
     Ok(outcome)
+}
+
+async fn create_task<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    task: &Task,
+    event: AuditDraft,
+) -> Result<(), StoreError> {
+    if let Some(parent_id) = task.parent {
+        let parent = b
+            .task_for_update(parent_id)
+            .await?
+            .ok_or_else(|| not_found("task", parent_id.to_string()))?;
+        if parent.identity != task.identity {
+            return Err(
+                CoreError::invalid("parent", "the parent task is another identity's").into(),
+            );
+        }
+        if parent.state != TaskState::Open {
+            return Err(CoreError::invalid(
+                "parent",
+                format!("the parent task has ended ({})", parent.state),
+            )
+            .into());
+        }
+    }
+    b.insert_task(task).await?;
+    chain.append(event, core_now());
+    Ok(())
+}
+
+/// Ends the task and its open descendants, then revokes the leases of each with the end
+/// state's reason: the task events come first, then the per-lease events they cause.
+async fn end_task<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    id: Uuid,
+    to: TaskState,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<(Task, RevokeOutcome), StoreError> {
+    let Some(reason) = to.revocation_reason() else {
+        return Err(CoreError::invalid("state", "a task can only end in an ended state").into());
+    };
+    let task = b
+        .task_for_update(id)
+        .await?
+        .ok_or_else(|| not_found("task", id.to_string()))?;
+    if task.state != TaskState::Open {
+        return Err(CoreError::invalid(
+            "task",
+            format!("task {id} has already ended ({})", task.state),
+        )
+        .into());
+    }
+    let ended_ids = b.end_task_tree(id, to, now).await?;
+    let mut outcome = RevokeOutcome::default();
+    for task_id in &ended_ids {
+        let selector = LeaseSelector::Task(task_id.to_string());
+        let ended = b.end_leases(&selector, reason, now).await?;
+        let counts = count(&ended);
+        outcome.revoked += counts.revoked;
+        outcome.revoking += counts.revoking;
+        chain.append(events::task_ended(&task, *task_id, to, counts, actor), now);
+        finish_revocation(b, chain, &ended, reason, &selector, actor, now).await?;
+    }
+    let task = Task {
+        state: to,
+        ended_at: Some(now),
+        ..task
+    };
+    Ok((task, outcome))
 }
 
 async fn revoke<B: Backend>(

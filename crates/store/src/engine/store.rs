@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 
 use mayfly_core::audit::{AuditDraft, AuditEvent, VerifyReport};
-use mayfly_core::model::{Grant, Identity, Lease, LeaseSelector, RevocationReason, Target};
+use mayfly_core::model::{
+    Grant, Identity, Lease, LeaseSelector, RevocationReason, Target, Task, TaskState,
+};
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation, RevokeOutcome,
-    SigningKeyRecord, Store, StoreError, StoreStats,
+    SigningKeyRecord, Store, StoreError, StoreStats, TaskFilter,
 };
 use mayfly_core::{OffsetDateTime, Uuid};
 
@@ -23,6 +25,9 @@ use super::writer::WriterHandle;
 #[async_trait::async_trait]
 pub trait Reads: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
+    async fn get_task(&self, id: Uuid) -> Result<Option<Task>, StoreError>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError>;
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
     async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -92,6 +97,54 @@ impl<R: Reads> Store for EngineStore<R> {
             ));
         }
         self.reads.ping().await
+    }
+
+    async fn create_task(&self, task: &Task, event: AuditDraft) -> Result<(), StoreError> {
+        let task = Box::new(task.clone());
+        self.writer
+            .call(|reply| Op::CreateTask { task, event, reply })
+            .await
+    }
+
+    async fn get_task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        self.reads.get_task(id).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.reads.list_tasks(filter).await
+    }
+
+    async fn end_task(
+        &self,
+        id: Uuid,
+        to: TaskState,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Task, RevokeOutcome), StoreError> {
+        let actor = actor.to_string();
+        self.writer
+            .call(|reply| Op::EndTask {
+                id,
+                to,
+                actor,
+                now,
+                reply,
+            })
+            .await
+    }
+
+    async fn expire_due_tasks(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.writer
+            .call(|reply| Op::ExpireDueTasks { now, limit, reply })
+            .await
+    }
+
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.reads.next_task_deadline().await
     }
 
     async fn create_identity(

@@ -235,6 +235,26 @@ impl Backend for Scripted {
     async fn count_live_leases(&mut self, _: super::LiveOf<'_>) -> Result<u64, StoreError> {
         Ok(0)
     }
+    async fn insert_task(&mut self, _: &mayfly_core::model::Task) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn task_for_update(
+        &mut self,
+        _: Uuid,
+    ) -> Result<Option<mayfly_core::model::Task>, StoreError> {
+        Ok(None)
+    }
+    async fn end_task_tree(
+        &mut self,
+        _: Uuid,
+        _: mayfly_core::model::TaskState,
+        _: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn due_tasks(&mut self, _: OffsetDateTime, _: u32) -> Result<Vec<Uuid>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Reads are not under test; the engine store needs some.
@@ -244,6 +264,18 @@ struct NoReads;
 impl Reads for NoReads {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn get_task(&self, _: Uuid) -> Result<Option<mayfly_core::model::Task>, StoreError> {
+        Ok(None)
+    }
+    async fn list_tasks(
+        &self,
+        _: &mayfly_core::store::TaskFilter,
+    ) -> Result<Vec<mayfly_core::model::Task>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(None)
     }
     async fn get_identity(&self, _: &str) -> Result<Option<Identity>, StoreError> {
         Ok(None)

@@ -398,6 +398,49 @@ pub(crate) fn list_audit(
     q
 }
 
+// --- tasks ------------------------------------------------------------------------------
+
+macro_rules! task_cols {
+    () => {
+        "id, identity, owner, purpose, parent, state, deadline, created_at, ended_at"
+    };
+}
+pub(crate) const TASK_COLS: &str = task_cols!();
+pub(crate) const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (",
+    task_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+);
+pub(crate) const GET_TASK: &str = concat!("SELECT ", task_cols!(), " FROM tasks WHERE id = $1");
+/// Locks the row so that concurrent ends of one task serialise.
+pub(crate) const GET_TASK_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    task_cols!(),
+    " FROM tasks WHERE id = $1 FOR UPDATE"
+);
+/// Ends the task `$1` and every open task below it; the ids it ended.
+pub(crate) const END_TASK_TREE: &str = "WITH RECURSIVE tree(id) AS ( \
+       SELECT id FROM tasks WHERE id = $1 \
+       UNION SELECT t.id FROM tasks t JOIN tree ON t.parent = tree.id) \
+     UPDATE tasks SET state = $2, ended_at = $3 \
+     WHERE state = 'open' AND id IN (SELECT id FROM tree) RETURNING id";
+/// `SKIP LOCKED`: replicas sweeping at once take different tasks.
+pub(crate) const DUE_TASKS: &str = "SELECT id FROM tasks \
+     WHERE state = 'open' AND deadline <= $1 ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED";
+pub(crate) const NEXT_TASK_DEADLINE: &str = "SELECT MIN(deadline) FROM tasks WHERE state = 'open'";
+
+/// Tasks, newest first, by identity and/or state.
+pub(crate) fn list_tasks(identity: Option<&str>, state: Option<&str>) -> ListQuery {
+    let mut q = ListQuery::new(
+        format!("SELECT {TASK_COLS} FROM tasks"),
+        &[("identity", identity), ("state", state)],
+    );
+    let n = q.next();
+    q.sql
+        .push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
+    q
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

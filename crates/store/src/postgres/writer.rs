@@ -21,7 +21,7 @@
 //! per column (`UNNEST`), so a run of grants or a bulk revocation is one round trip.
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
@@ -33,7 +33,7 @@ use super::sql;
 use crate::engine::{Backend, Ended, GrantEnd, GrantMove, Head, LeaseRow, LiveOf, SealedRow};
 use crate::rows::{
     identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
-    target_from_row, to_json, ttl_secs,
+    target_from_row, task_from_row, to_json, ttl_secs,
 };
 
 /// Reads the head row with `statement` (locking or not).
@@ -858,4 +858,68 @@ impl Backend for PgWriter {
             .map_err(map_sqlx)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+    async fn insert_task(&mut self, t: &Task) -> Result<(), StoreError> {
+        let id = t.id.to_string();
+        sqlx::query(sql::INSERT_TASK)
+            .bind(&id)
+            .bind(&t.identity)
+            .bind(&t.owner)
+            .bind(&t.purpose)
+            .bind(t.parent.map(|p| p.to_string()))
+            .bind(t.state.as_str())
+            .bind(to_unix_ms(t.deadline))
+            .bind(to_unix_ms(t.created_at))
+            .bind(t.ended_at.map(to_unix_ms))
+            .execute(self.conn()?)
+            .await
+            .map_err(|e| conflict_or(e, "task", &id))?;
+        Ok(())
+    }
+
+    async fn task_for_update(&mut self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        sqlx::query(sql::GET_TASK_FOR_UPDATE)
+            .bind(id.to_string())
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    async fn end_task_tree(
+        &mut self,
+        id: Uuid,
+        to: TaskState,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(sql::END_TASK_TREE)
+            .bind(id.to_string())
+            .bind(to.as_str())
+            .bind(to_unix_ms(now))
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        parse_ids(ids)
+    }
+
+    async fn due_tasks(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(sql::DUE_TASKS)
+            .bind(to_unix_ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        parse_ids(ids)
+    }
+}
+
+fn parse_ids(ids: Vec<String>) -> Result<Vec<Uuid>, StoreError> {
+    ids.iter()
+        .map(|t| Uuid::parse_str(t).map_err(|e| corrupt("task id", e)))
+        .collect()
 }

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::audit::{AuditEvent, VerifyReport};
-use mayfly_core::model::{Grant, Identity, Lease, Target};
+use mayfly_core::model::{Grant, Identity, Lease, Target, Task};
 use mayfly_core::store::{
     AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation,
-    SigningKeyRecord, StoreError, StoreStats,
+    SigningKeyRecord, StoreError, StoreStats, TaskFilter,
 };
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -32,7 +32,7 @@ use self::writer::SqliteWriter;
 use crate::engine::{self, EngineStore, Placement, Reads};
 use crate::rows::{
     grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
-    root_rotation_from_row, signing_key_from_row, target_from_row,
+    root_rotation_from_row, signing_key_from_row, target_from_row, task_from_row,
 };
 
 /// Default and maximum page size of the `list_*` calls.
@@ -347,6 +347,41 @@ fn limit(l: Option<u32>) -> i64 {
 
 #[async_trait::async_trait]
 impl Reads for SqliteReads {
+    async fn get_task(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        sqlx::query(sql::GET_TASK)
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        let q = sql::list_tasks(filter.identity.as_deref(), filter.state.map(|s| s.as_str()));
+        let mut query = sqlx::query(&q.sql);
+        for b in &q.binds {
+            query = query.bind(b.as_str());
+        }
+        query
+            .bind(limit(filter.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
+    async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let ms: Option<i64> = sqlx::query_scalar(sql::NEXT_TASK_DEADLINE)
+            .fetch_one(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(ms.map(from_unix_ms))
+    }
+
     async fn close(&self) {
         self.read.close().await;
     }

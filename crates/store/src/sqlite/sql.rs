@@ -472,3 +472,46 @@ pub(crate) const COUNT_LIVE_LEASES_OF_IDENTITY: &str = "SELECT COUNT(*) FROM lea
 pub(crate) const COUNT_LIVE_LEASES_OF_TARGET: &str = "SELECT COUNT(*) FROM leases \
      INDEXED BY leases_target_live \
      WHERE target = ?1 AND state IN ('creating', 'active', 'revoking')";
+// --- tasks ------------------------------------------------------------------------------
+
+macro_rules! task_cols {
+    () => {
+        "id, identity, owner, purpose, parent, state, deadline, created_at, ended_at"
+    };
+}
+pub(crate) const TASK_COLS: &str = task_cols!();
+pub(crate) const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (",
+    task_cols!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+);
+pub(crate) const GET_TASK: &str = concat!("SELECT ", task_cols!(), " FROM tasks WHERE id = ?1");
+/// Ends the task `?1` and every open task below it; the ids it ended.
+pub(crate) const END_TASK_TREE: &str = "WITH RECURSIVE tree(id) AS ( \
+       SELECT id FROM tasks WHERE id = ?1 \
+       UNION SELECT t.id FROM tasks t JOIN tree ON t.parent = tree.id) \
+     UPDATE tasks SET state = ?2, ended_at = ?3 \
+     WHERE state = 'open' AND id IN (SELECT id FROM tree) RETURNING id";
+pub(crate) const DUE_TASKS: &str = "SELECT id FROM tasks INDEXED BY tasks_open_deadline \
+     WHERE state = 'open' AND deadline <= ?1 ORDER BY deadline LIMIT ?2";
+pub(crate) const NEXT_TASK_DEADLINE: &str =
+    "SELECT MIN(deadline) FROM tasks INDEXED BY tasks_open_deadline WHERE state = 'open'";
+
+/// Tasks, newest first, by identity and/or state.
+pub(crate) fn list_tasks(identity: Option<&str>, state: Option<&str>) -> ListQuery {
+    let mut q = ListQuery {
+        sql: format!("SELECT {TASK_COLS} FROM tasks"),
+        binds: Vec::new(),
+    };
+    let mut conds = Vec::new();
+    for (col, val) in [("identity", identity), ("state", state)] {
+        if let Some(v) = val {
+            conds.push(format!("{col} = ?"));
+            q.binds.push(v.to_string());
+        }
+    }
+    push_where(&mut q.sql, &conds);
+    q.sql
+        .push_str(" ORDER BY created_at DESC, rowid DESC LIMIT ?");
+    q
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target,
+    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
@@ -34,7 +34,7 @@ use crate::engine::{
 use crate::errors::corrupt;
 use crate::rows::{
     identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
-    target_from_row, to_json, ttl_secs,
+    target_from_row, task_from_row, to_json, ttl_secs,
 };
 
 pub(crate) struct SqliteWriter {
@@ -636,6 +636,39 @@ impl Backend for SqliteWriter {
             .transpose()
     }
 
+    async fn insert_task(&mut self, t: &Task) -> Result<(), StoreError> {
+        let id = t.id.to_string();
+        self.conn
+            .prepare_cached(sql::INSERT_TASK)
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    t.identity,
+                    t.owner,
+                    t.purpose,
+                    t.parent.map(|p| p.to_string()),
+                    t.state.as_str(),
+                    to_unix_ms(t.deadline),
+                    to_unix_ms(t.created_at),
+                    t.ended_at.map(to_unix_ms),
+                ])
+            })
+            .map(drop)
+            .map_err(|e| conflict_or_rusqlite(e, "task", &id))
+    }
+
+    async fn task_for_update(&mut self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        // The batch holds SQLite's write lock: nothing else can change the row meanwhile.
+        self.conn
+            .prepare_cached(sql::GET_TASK)
+            .and_then(|mut s| {
+                s.query_row([id.to_string()], |row| Ok(task_from_row(row)))
+                    .optional()
+            })
+            .map_err(map_rusqlite)?
+            .transpose()
+    }
+
     async fn revoke_operator_token(
         &mut self,
         name: &str,
@@ -722,6 +755,42 @@ impl Backend for SqliteWriter {
             LiveOf::Identity(id) => self.count(sql::COUNT_LIVE_LEASES_OF_IDENTITY, [id]),
             LiveOf::Target(name) => self.count(sql::COUNT_LIVE_LEASES_OF_TARGET, [name]),
         }
+    }
+
+    async fn end_task_tree(
+        &mut self,
+        id: Uuid,
+        to: TaskState,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.ids(
+            sql::END_TASK_TREE,
+            params![id.to_string(), to.as_str(), to_unix_ms(now)],
+        )
+    }
+
+    async fn due_tasks(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.ids(sql::DUE_TASKS, params![to_unix_ms(now), limit])
+    }
+}
+
+impl SqliteWriter {
+    /// The ids (first column) of every row a statement returns.
+    fn ids(&self, statement: &str, params: impl Params) -> Result<Vec<Uuid>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(statement).map_err(map_rusqlite)?;
+        let rows = stmt
+            .query_map(params, |row| row.get::<_, String>(0))
+            .map_err(map_rusqlite)?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let text = row.map_err(map_rusqlite)?;
+            ids.push(Uuid::parse_str(&text).map_err(|e| corrupt("task id", e))?);
+        }
+        Ok(ids)
     }
 }
 
