@@ -253,7 +253,7 @@ async fn exit_codes_tell_failures_apart() {
 
 #[tokio::test]
 async fn a_grant_waiting_for_approval_exits_7() {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
@@ -380,7 +380,7 @@ async fn credentials_print_for_eval_and_times_read_as_rfc3339() {
 #[tokio::test]
 async fn a_workload_revokes_its_own_task_and_nothing_wider() {
     let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let config = issuer.config(&dir.join("jwks.json"), &[("ci", "repo:acme/ci")]);
     let broker = Broker::start_with_config(BIN, &dir, config);
     broker.add_identity("ci", "team").await;

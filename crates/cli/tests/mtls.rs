@@ -231,7 +231,7 @@ audit_interval = "1s"
 async fn an_exchange_over_mutual_tls_binds_the_token_to_the_certificate() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let authority = ca();
     let ca_pem = authority.cert.pem();
     let (server_cert, server_key) = leaf(

@@ -42,7 +42,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = common::scratch_dir();
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("oauth.cedar"), POLICIES).unwrap();
