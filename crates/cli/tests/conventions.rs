@@ -439,10 +439,7 @@ async fn database_credentials_are_refused_as_a_token_and_exported_whole() {
         return;
     };
     let f = PgFixture::create(&mut su, "conv").await;
-    let broker = Broker::start(BIN);
-    broker.add_identity("etl", "team").await;
-    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
-    assert_eq!(status, 201, "{target}");
+    let (broker, _) = common::pg::broker_with_target(&f, "etl", "team").await;
     let request = [
         "request",
         "--identity",

@@ -41,10 +41,7 @@ async fn postgres_credentials_live_and_die_with_their_lease() {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
-    let broker = Broker::start(BIN);
-    broker.add_identity("etl", "team-data").await;
-    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
-    assert_eq!(status, 201, "{target}");
+    let (broker, target) = common::pg::broker_with_target(&f, "etl", "team-data").await;
     assert!(
         !target.to_string().contains("pw_"),
         "the admin secret came back: {target}"
@@ -248,10 +245,7 @@ async fn reconcile_removes_only_what_mayfly_made_for_the_target() {
         return;
     };
     let f = PgFixture::create(&mut su, "dyn").await;
-    let broker = Broker::start(BIN);
-    broker.add_identity("etl", "team-data").await;
-    let (status, created) = broker.post("/v1/targets", f.target("pg")).await;
-    assert_eq!(status, 201, "{created}");
+    let (broker, created) = common::pg::broker_with_target(&f, "etl", "team-data").await;
     assert!(created.get("warnings").is_none(), "{created}");
     let (status, created) = broker.post("/v1/targets", f.target("pg-b")).await;
     assert_eq!(status, 201, "{created}");

@@ -323,10 +323,7 @@ async fn a_database_target_outlives_its_pending_revocations() {
         return;
     };
     let f = PgFixture::create(&mut su, "del").await;
-    let broker = Broker::start(BIN);
-    broker.add_identity("etl", "team-data").await;
-    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
-    assert_eq!(status, 201, "{target}");
+    let (broker, _) = common::pg::broker_with_target(&f, "etl", "team-data").await;
     let grant = |task: &'static str| {
         let broker = &broker;
         async move {

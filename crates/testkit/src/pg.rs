@@ -143,6 +143,21 @@ impl PgFixture {
     }
 }
 
+/// A fresh broker of `bin` with identity `identity` (owned by `owner`) and the fixture's
+/// target `pg` ([`PgFixture::target`]); also the target as the broker answered its creation.
+pub async fn broker_with_target(
+    bin: impl AsRef<Path>,
+    f: &PgFixture,
+    identity: &str,
+    owner: &str,
+) -> (Broker, Value) {
+    let broker = Broker::start(bin);
+    broker.add_identity(identity, owner).await;
+    let (status, target) = broker.post("/v1/targets", f.target("pg")).await;
+    assert_eq!(status, 201, "{target}");
+    (broker, target)
+}
+
 /// A broker with identity `etl` and this fixture's target `pg`, stopped and started again
 /// on the same data directory to abort (`MAYFLY_CRASH_AT`) at `point`: the set-up of
 /// every crash test. Returns the crashing broker (its `dir` is the data directory) and the

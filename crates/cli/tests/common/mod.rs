@@ -17,6 +17,15 @@ pub fn start_replica(url: &str, key: &str, token: Option<String>) -> Broker {
 pub mod pg {
     pub use mayfly_testkit::pg::{scram_matches, superuser_or_skip, PgFixture};
 
+    /// [`mayfly_testkit::pg::broker_with_target`] for [`super::BIN`].
+    pub async fn broker_with_target(
+        f: &PgFixture,
+        identity: &str,
+        owner: &str,
+    ) -> (super::Broker, serde_json::Value) {
+        mayfly_testkit::pg::broker_with_target(super::BIN, f, identity, owner).await
+    }
+
     /// [`mayfly_testkit::pg::broker_crashing_at`] for [`super::BIN`].
     pub async fn broker_crashing_at(f: &PgFixture, point: &str) -> (super::Broker, String) {
         mayfly_testkit::pg::broker_crashing_at(super::BIN, f, point).await
