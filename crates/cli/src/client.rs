@@ -11,6 +11,8 @@ use crate::failure::{humanize, Failure};
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// A task token, sent as `Txn-Token` with every request (`mayfly exec`).
+    task_token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -24,8 +26,30 @@ impl Client {
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
+            task_token: None,
             http,
         })
+    }
+
+    /// The same client, presenting `task_token` (the task's `Txn-Token`) on every request.
+    pub fn with_task_token(mut self, task_token: String) -> Self {
+        self.task_token = Some(task_token);
+        self
+    }
+
+    /// Presents `token` from now on (a workload's identity token read again, say).
+    pub fn set_token(&mut self, token: String) {
+        self.token = Some(token);
+    }
+
+    fn authorized(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(t) = &self.task_token {
+            req = req.header("Txn-Token", t);
+        }
+        req
     }
 
     pub async fn get<T: DeserializeOwned>(
@@ -80,11 +104,8 @@ impl Client {
         path: &str,
         form: &[(&str, &str)],
     ) -> anyhow::Result<T> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        self.finish(req).await
+        let req = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.finish(self.authorized(req)).await
     }
 
     async fn send<T: DeserializeOwned>(
@@ -94,13 +115,11 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> anyhow::Result<T> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .query(query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.authorized(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .query(query),
+        );
         if let Some(b) = body {
             req = req.json(&b);
         }

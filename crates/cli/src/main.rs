@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cmd::audit::AuditCmd;
+use cmd::exec::ExecArgs;
 use cmd::grant::{GrantsArgs, RequestArgs};
 use cmd::identity::IdentityCmd;
 use cmd::introspect::IntrospectArgs;
@@ -67,6 +68,10 @@ enum Command {
     /// too). Ending a task revokes every lease in it.
     #[command(visible_alias = "task")]
     Tasks(TasksArgs),
+    /// Run one command as one task: credentials for each --target in its environment only,
+    /// renewed while it runs, revoked when it ends (`mayfly exec --target db --purpose …
+    /// -- psql`).
+    Exec(Box<ExecArgs>),
     /// Revoke a grant or lease, or everything of a task, identity, owner, target or prefix.
     Revoke(RevokeArgs),
     /// The audit chain.
@@ -162,6 +167,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Leases(args) => cmd::lease::leases(args).await.map(done),
         Command::Renew(args) => cmd::lease::renew(args).await.map(done),
         Command::Tasks(args) => cmd::task::run(args).await.map(done),
+        Command::Exec(args) => cmd::exec::run(*args).await,
         Command::Revoke(args) => cmd::revoke::run(args).await.map(done),
         Command::Audit(group) => cmd::audit::run(group).await,
         Command::Keys(group) => cmd::keys::run(group).await.map(done),

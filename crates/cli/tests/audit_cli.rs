@@ -107,6 +107,8 @@ async fn cli_walkthrough_and_json_output() {
             "grant.requested",
             "grant.decided",
             "lease.issued",
+            // The introspection above: a use of the token.
+            "token.introspected",
             "lease.revoked"
         ]
     );

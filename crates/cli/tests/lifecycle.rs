@@ -151,6 +151,7 @@ async fn token_grant_lifecycle() {
             "grant.requested",
             "grant.decided",
             "lease.issued",
+            "token.introspected", // the introspection above: a use
             "lease.renewed",
             "lease.renewed",
             "lease.revoked"

@@ -277,11 +277,40 @@ async fn bad_task_requests_are_refused() {
         assert_eq!(ctype, "application/problem+json");
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
-    // An operator has no identity to open a task for.
-    let (status, problem) = broker
-        .post("/v1/tasks", json!({"purpose": "x", "deadline": "5m"}))
+    // An operator names the identity a task is for; a workload may not name another.
+    for (body, status_wanted, field) in [
+        (json!({"purpose": "x", "deadline": "5m"}), 400, "identity"),
+        (
+            json!({"identity": "nobody", "purpose": "x", "deadline": "5m"}),
+            404,
+            "identity",
+        ),
+    ] {
+        let (status, problem) = broker.post("/v1/tasks", body).await;
+        assert_eq!(status, status_wanted, "{problem}");
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    let (status, opened) = broker
+        .post(
+            "/v1/tasks",
+            json!({"identity": "billing-ci", "purpose": "x", "deadline": "5m"}),
+        )
         .await;
-    assert_eq!(status, 403, "{problem}");
+    assert_eq!(status, 201, "{opened}");
+    assert_eq!(opened["task"]["identity"], "billing-ci");
+    let (status, problem) = call(
+        &broker,
+        Method::POST,
+        "/v1/tasks",
+        &me,
+        Some(json!({"identity": "billing-ci", "purpose": "x", "deadline": "5m"})),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("not_your_identity")),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -338,4 +367,146 @@ async fn mayfly_tasks_lists_shows_and_ends() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
+}
+
+/// A JWT's header and claims, unverified (the broker's signature is checked by the broker).
+fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let mut next = || -> Value {
+        serde_json::from_slice(&b64.decode(parts.next().unwrap()).unwrap()).unwrap()
+    };
+    (next(), next())
+}
+
+/// `POST /v1/grants` by `who` with the task token in the `Txn-Token` header.
+async fn grant_with_task_token(
+    broker: &Broker,
+    who: &str,
+    task_token: &str,
+    body: Value,
+) -> (u16, Value) {
+    let resp = broker
+        .http
+        .post(broker.url("/v1/grants"))
+        .bearer_auth(who)
+        .header("Txn-Token", task_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// The task token opening a task returns: a Transaction-Token-shaped JWT (`txn`, `sub`,
+/// `purp`, `azd`) that binds a grant to its task; the token issued in it carries `txn`;
+/// the task's deadline cuts the TTL. Another identity's, a forged one, an access token in
+/// its place or one naming a different task than `task` are refused, and nothing is issued.
+#[tokio::test]
+async fn task_tokens_bind_grants_to_their_task() {
+    let issuer = Issuer::new();
+    let broker = broker(&issuer).await;
+    let me = issuer.token(DEPLOYER);
+    let other = issuer.token(CI);
+    let (status, opened) = call(
+        &broker,
+        Method::POST,
+        "/v1/tasks",
+        &me,
+        Some(json!({"purpose": "nightly export", "deadline": "2m"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{opened}");
+    let task_id = opened["task"]["id"].as_str().unwrap().to_string();
+    let task_token = opened["task_token"].as_str().unwrap().to_string();
+    let (header, claims) = jwt_parts(&task_token);
+    assert_eq!(header["typ"], "txntoken+jwt", "{header}");
+    assert_eq!(claims["txn"], task_id.as_str());
+    assert_eq!(claims["sub"], "billing-deployer");
+    assert_eq!(claims["purp"], "nightly export");
+    assert_eq!(claims["azd"]["owner"], "team-billing");
+    let deadline = time::OffsetDateTime::parse(
+        opened["task"]["deadline"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(claims["exp"], deadline.unix_timestamp());
+    // Shown once, at opening.
+    let shown = broker.get(&format!("/v1/tasks/{task_id}")).await;
+    assert!(shown.get("task_token").is_none(), "{shown}");
+
+    let body =
+        json!({"target": "billing-api", "action": "read", "purpose": "export", "ttl": "10m"});
+    let (status, issued) = grant_with_task_token(&broker, &me, &task_token, body.clone()).await;
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(issued["grant"]["task"], task_id.as_str());
+    let granted = issued["grant"]["granted_ttl"].as_str().unwrap();
+    assert!(
+        granted.ends_with('s') || granted == "2m",
+        "cut at the deadline: {granted}"
+    );
+    let reasons = issued["grant"]["decision"]["reasons"].to_string();
+    assert!(
+        reasons.contains(&format!("task {task_id} ends at")),
+        "{reasons}"
+    );
+    let access_token = issued["credential"]["access_token"].as_str().unwrap();
+    let (_, access) = jwt_parts(access_token);
+    assert_eq!(access["txn"], task_id.as_str(), "{access}");
+    assert_eq!(
+        broker.introspect(access_token).await["txn"],
+        task_id.as_str()
+    );
+
+    let refusals = [
+        (
+            &other,
+            task_token.clone(),
+            body.clone(),
+            403,
+            "not_your_task",
+        ),
+        (
+            &me,
+            format!("{}x", &task_token[..task_token.len() - 2]),
+            body.clone(),
+            400,
+            "Txn-Token",
+        ),
+        (
+            &me,
+            access_token.to_string(),
+            body.clone(),
+            400,
+            "Txn-Token",
+        ),
+        (
+            &me,
+            task_token.clone(),
+            json!({"target": "billing-api", "action": "read", "purpose": "export", "task": "another"}),
+            400,
+            "task",
+        ),
+    ];
+    let leases_before = broker.get("/v1/leases").await.as_array().unwrap().len();
+    for (who, token, body, want, says) in refusals {
+        let (status, problem) = grant_with_task_token(&broker, who, &token, body).await;
+        assert_eq!(status, want, "{problem}");
+        let named = format!(
+            "{} {} {}",
+            problem["code"], problem["field"], problem["detail"]
+        );
+        assert!(named.contains(says), "{says}: {problem}");
+    }
+    let leases_after = broker.get("/v1/leases").await.as_array().unwrap().len();
+    assert_eq!(
+        leases_before, leases_after,
+        "a refused request issued something"
+    );
+
+    // The introspection of the task's token is its use, in the task's story.
+    let story = broker.audit(&format!("task={task_id}")).await;
+    let kinds: Vec<&str> = story.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"token.introspected"), "{kinds:?}");
 }

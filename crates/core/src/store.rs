@@ -365,11 +365,13 @@ pub trait Store: Send + Sync {
     /// Ends an open task and every open task below it in `to` (not `open`), and revokes
     /// every live lease of each with `to`'s reason, audited, in one transaction. Returns the
     /// task as ended and what the revocation did. `NotFound` if there is no such task;
-    /// `Rejected` if it has already ended.
+    /// `Rejected` if it has already ended. `exit_status` is what the ending side reports
+    /// (a wrapped command's exit status); it is audited with the end.
     async fn end_task(
         &self,
         id: Uuid,
         to: TaskState,
+        exit_status: Option<i32>,
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<(Task, RevokeOutcome), StoreError>;

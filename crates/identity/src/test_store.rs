@@ -52,6 +52,7 @@ impl Store for TokenStore {
         &self,
         _: mayfly_core::Uuid,
         _: mayfly_core::model::TaskState,
+        _: Option<i32>,
         _: &str,
         _: OffsetDateTime,
     ) -> Result<(mayfly_core::model::Task, RevokeOutcome), StoreError> {

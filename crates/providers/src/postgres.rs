@@ -179,9 +179,18 @@ fn batch<'t>(templates: impl Iterator<Item = &'t Template>, values: &Values<'_>)
 }
 
 /// The role comment that marks a role as made by Mayfly for `target` (a second proof,
-/// next to the store's record, before reconciliation may drop it).
-fn marker(target: &str, lease: uuid::Uuid) -> String {
-    format!("{}{lease}", marker_prefix(target))
+/// next to the store's record, before reconciliation may drop it), naming the task record
+/// the grant belongs to (`txn`) when it has one, so a DBA sees which task a role serves.
+fn marker(target: &str, lease: uuid::Uuid, txn: Option<uuid::Uuid>) -> String {
+    match txn {
+        Some(txn) => format!("{}{lease} txn={txn}", marker_prefix(target)),
+        None => format!("{}{lease}", marker_prefix(target)),
+    }
+}
+
+/// The task record a grant belongs to, as the broker recorded it in the grant's context.
+fn grant_txn(grant: &mayfly_core::model::Grant) -> Option<uuid::Uuid> {
+    grant.context.get("txn")?.as_str()?.parse().ok()
 }
 
 /// What a role's comment starts with when Mayfly made it for `target`.
@@ -197,8 +206,7 @@ fn creation_batch(
     grants: &[Template],
     values: Values<'_>,
     password: &SecretString,
-    target: &str,
-    lease: uuid::Uuid,
+    marker: &str,
 ) -> Result<(SecretString, SecretString), ProviderError> {
     let verifier = verifier::scram_sha256(password)?;
     let values = Values {
@@ -209,7 +217,7 @@ fn creation_batch(
     let comment = format!(
         "COMMENT ON ROLE {} IS '{}'",
         quote_ident(values.name),
-        marker(target, lease).replace('\'', "''")
+        marker.replace('\'', "''")
     );
     let create = batch(config.creation.iter(), &values);
     let grant = batch(grants.iter(), &values);
@@ -377,8 +385,7 @@ impl PostgresProvider {
             grants,
             values,
             &password,
-            ctx.name(),
-            r.lease_id,
+            &marker(ctx.name(), r.lease_id, grant_txn(r.grant)),
         )?;
         let mut conn = self.connect(ctx).await?;
         let turn = self.privilege_turn(ctx, !grants.is_empty()).await;
@@ -708,8 +715,7 @@ mod tests {
             config.grants_for("read").unwrap(),
             values,
             &password,
-            "pg-main",
-            lease,
+            &marker("pg-main", lease, None),
         )
         .unwrap();
         let text = text.expose();
@@ -737,8 +743,12 @@ mod tests {
     #[test]
     fn only_this_targets_marker_counts() {
         let lease = uuid::Uuid::new_v4();
-        assert!(marker("pg-main", lease).starts_with(&marker_prefix("pg-main")));
-        assert!(!marker("pg-main-2", lease).starts_with(&marker_prefix("pg-main")));
-        assert!(!marker("pg-mai", lease).starts_with(&marker_prefix("pg-main")));
+        for txn in [None, Some(uuid::Uuid::new_v4())] {
+            assert!(marker("pg-main", lease, txn).starts_with(&marker_prefix("pg-main")));
+            assert!(!marker("pg-main-2", lease, txn).starts_with(&marker_prefix("pg-main")));
+            assert!(!marker("pg-mai", lease, txn).starts_with(&marker_prefix("pg-main")));
+        }
+        let txn = uuid::Uuid::new_v4();
+        assert!(marker("pg-main", lease, Some(txn)).ends_with(&format!(" txn={txn}")));
     }
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::auth::Principal;
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::{Grant, GrantState, Identity, Lease, LeaseState, Target};
+use mayfly_core::model::{Grant, GrantState, Identity, Lease, LeaseState, Target, Task};
 use mayfly_core::policy::{Decision, DelegationRequest, Outcome, PolicyError, PolicyRequest};
 use mayfly_core::provider::{IssueRequest, IssuedCredential, ProviderError, TargetAccess};
 use mayfly_core::store::StoreError;
@@ -71,12 +71,12 @@ async fn check_task_record(
     identity: &str,
     task: &str,
     now: OffsetDateTime,
-) -> Result<(), BrokerError> {
+) -> Result<Option<Task>, BrokerError> {
     let Ok(id) = Uuid::parse_str(task) else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(record) = state.store.get_task(id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     if record.identity != identity {
         return Err(BrokerError::Forbidden {
@@ -95,7 +95,7 @@ async fn check_task_record(
             detail: format!("task {id} {why}"),
         });
     }
-    Ok(())
+    Ok(Some(record))
 }
 
 /// The task record may have ended between the check before issuance and the lease's
@@ -144,7 +144,9 @@ pub struct GrantRequest {
     /// Why access is needed (at most 1 KiB).
     pub purpose: String,
     /// The task this access serves: the id of a task record (`POST /v1/tasks`), which must
-    /// be the identity's own and open, or (deprecated) free text naming the task.
+    /// be the identity's own and open, or (deprecated) free text naming the task. May be
+    /// omitted when the request carries the task's token in the `Txn-Token` header.
+    #[serde(default)]
     pub task: String,
     /// Requested lifetime; defaults to the target's `default_ttl`.
     pub ttl: Option<Ttl>,
@@ -157,7 +159,8 @@ pub struct GrantRequest {
 /// Context keys only the broker sets: a request that sends one is refused, so a caller
 /// can neither pose as another address nor forge a delegation chain or a key binding
 /// (`act` and `cnf` become claims of an issued token).
-const BROKER_CONTEXT_KEYS: [&str; 4] = ["source_ip", "actors", "act", "cnf"];
+/// `txn` names the task record the grant belongs to (a claim of its token).
+const BROKER_CONTEXT_KEYS: [&str; 5] = ["source_ip", "actors", "act", "cnf", "txn"];
 
 /// What an OAuth 2.0 token exchange (RFC 8693, `crate::api::oauth`) adds to a grant
 /// request. The exchange is a grant like any other (the same checks, policy, lease, audit
@@ -244,6 +247,10 @@ async fn request_grant_with(
             return Err(e);
         }
     };
+    if let (Some(task), serde_json::Value::Object(map)) = (&checked.task, &mut context) {
+        // After the decision (policy knows the task as `task`): the credential carries it.
+        map.insert("txn".into(), task.id.to_string().into());
+    }
     if let (Some(x), serde_json::Value::Object(map)) = (exchange, &mut context) {
         // After the decision: policy saw the actors, the token gets the chain and binding.
         if let Some(act) = &x.act {
@@ -387,6 +394,8 @@ struct Checked {
     ttl: Ttl,
     /// No credential outlives this (an exchanged token's expiry).
     not_after: Option<OffsetDateTime>,
+    /// The task record the grant belongs to: no credential outlives its deadline.
+    task: Option<Task>,
 }
 
 async fn check(
@@ -438,7 +447,7 @@ async fn check(
             detail: format!("identity {:?}: {why}", identity.id),
         });
     }
-    check_task_record(state, &identity.id, &body.task, now).await?;
+    let task = check_task_record(state, &identity.id, &body.task, now).await?;
     let target = state
         .store
         .get_target(&body.target)
@@ -486,6 +495,7 @@ async fn check(
         action,
         ttl,
         not_after: exchange.and_then(|x| x.not_after),
+        task,
     })
 }
 
@@ -751,33 +761,32 @@ fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> G
         ttl = ttl.min(policy_cap);
         cap = cap.min(policy_cap);
     }
-    if let Some(expires) = checked.identity.expires_at {
-        // `check` refused an identity already past its expiry, so this is at least 1 s.
-        let left = Ttl::from_secs(
-            u64::try_from((expires - now).whole_seconds())
-                .unwrap_or(0)
-                .max(1),
-        );
+    // Each end point that comes before the TTL runs out cuts it, and the renewal cap, and
+    // says so. `check` refused an identity past its expiry and a task past its deadline;
+    // an end point at most a second away still grants 1 s. The cut is rounded down to
+    // whole seconds, except at a task's deadline: there the task's own timeout revokes
+    // its leases (`task_timeout`), so the lease may end the fraction of a second after it.
+    let deadlines = [
+        checked.identity.expires_at.map(|at| {
+            let why = format!("identity {:?} expires at", checked.identity.id);
+            (at, why, false)
+        }),
+        checked
+            .task
+            .as_ref()
+            .map(|t| (t.deadline, format!("task {} ends at", t.id), true)),
+        checked
+            .not_after
+            .map(|at| (at, "the exchanged token expires at".to_string(), false)),
+    ];
+    for (until, why, round_up) in deadlines.into_iter().flatten() {
+        let left = until - now;
+        let whole = left.whole_seconds() + i64::from(round_up && left.subsec_nanoseconds() > 0);
+        let left = Ttl::from_secs(u64::try_from(whole).unwrap_or(0).max(1));
         if left < ttl {
             clamped.push(format!(
-                "granted TTL {left} instead of {ttl}: identity {:?} expires at {}",
-                checked.identity.id,
-                rfc3339(expires).unwrap_or_default()
-            ));
-        }
-        ttl = ttl.min(left);
-        cap = cap.min(left);
-    }
-    if let Some(not_after) = checked.not_after {
-        let left = Ttl::from_secs(
-            u64::try_from((not_after - now).whole_seconds())
-                .unwrap_or(0)
-                .max(1),
-        );
-        if left < ttl {
-            clamped.push(format!(
-                "granted TTL {left} instead of {ttl}: the exchanged token expires at {}",
-                rfc3339(not_after).unwrap_or_default()
+                "granted TTL {left} instead of {ttl}: {why} {}",
+                rfc3339(until).unwrap_or_default()
             ));
         }
         ttl = ttl.min(left);

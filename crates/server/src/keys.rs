@@ -63,7 +63,14 @@ pub enum TokenCheckError {
     UnknownKey,
     #[error("bad signature")]
     BadSignature,
+    /// Signed by the broker, but a different kind of token (its `typ`): an access token is
+    /// not a task token, nor the other way round.
+    #[error("not a token of this kind")]
+    WrongType,
 }
+
+/// The `typ` of an access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 
 impl Keyring {
     /// Loads the key set, creating the first key on first start.
@@ -140,8 +147,18 @@ impl Keyring {
 
     /// Signs claims as a compact JWS with `typ: at+jwt` (RFC 9068).
     pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, serde_json::Error> {
+        self.sign_typed(ACCESS_TOKEN_TYPE, claims)
+    }
+
+    /// Signs claims as a compact JWS with the given `typ`, which [`Keyring::verify_typed`]
+    /// requires: one key signs several kinds of token, and the type keeps them apart.
+    pub fn sign_typed<T: serde::Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, serde_json::Error> {
         let set = self.current();
-        let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": set.active.kid});
+        let header = serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": set.active.kid});
         let mut token = B64.encode(serde_json::to_vec(&header)?);
         token.push('.');
         token.push_str(&B64.encode(serde_json::to_vec(claims)?));
@@ -151,9 +168,18 @@ impl Keyring {
         Ok(token)
     }
 
-    /// Checks a token's signature against the published keys and returns its claims.
-    /// Expiry and revocation are the caller's to check.
+    /// Checks an access token's signature against the published keys and returns its
+    /// claims. Expiry and revocation are the caller's to check.
     pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenCheckError> {
+        self.verify_typed(ACCESS_TOKEN_TYPE, token)
+    }
+
+    /// [`Keyring::verify`] for a token of type `typ` (the header's `typ`).
+    pub fn verify_typed<T: DeserializeOwned>(
+        &self,
+        typ: &str,
+        token: &str,
+    ) -> Result<T, TokenCheckError> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -181,6 +207,10 @@ impl Keyring {
         UnparsedPublicKey::new(&ED25519, public)
             .verify(&token.as_bytes()[..signed_len], &signature)
             .map_err(|_| TokenCheckError::BadSignature)?;
+        // Checked after the signature, so only the broker's own tokens learn their type.
+        if header.get("typ").and_then(|t| t.as_str()) != Some(typ) {
+            return Err(TokenCheckError::WrongType);
+        }
         serde_json::from_slice(&B64.decode(c).map_err(|_| TokenCheckError::Malformed)?)
             .map_err(|_| TokenCheckError::Malformed)
     }

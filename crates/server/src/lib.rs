@@ -38,6 +38,7 @@ pub mod openapi;
 pub mod providers;
 pub mod scheduler;
 pub mod state;
+pub mod task_token;
 pub mod tls;
 pub mod token;
 

@@ -34,6 +34,10 @@ pub struct AccessTokenClaims {
     pub grant_id: String,
     pub task: String,
     pub purpose: String,
+    /// The task record the token was issued in (the `txn` of its task token, as in OAuth
+    /// Transaction Tokens); absent for a grant with a free `task` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
     /// RFC 8693 §4.1: who acts for `sub` (nested, the nearest actor outermost); only in
     /// tokens from a token exchange with an `actor_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +119,11 @@ impl TokenProvider {
             // the broker refuses those keys in a request), so renewals keep them.
             act: grant.context.get("act").cloned(),
             cnf: grant.context.get("cnf").cloned(),
+            txn: grant
+                .context
+                .get("txn")
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
         };
         let token = self
             .keys

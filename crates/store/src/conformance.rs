@@ -3248,7 +3248,7 @@ pub async fn tasks_end_with_their_leases_and_children(store: Arc<dyn Store>) {
 
     let end = at + Duration::seconds(1);
     let (ended, outcome) = store
-        .end_task(parent.id, TaskState::Completed, "identity:w1", end)
+        .end_task(parent.id, TaskState::Completed, Some(0), "identity:w1", end)
         .await
         .unwrap();
     assert_eq!(ended.state, TaskState::Completed);
@@ -3278,13 +3278,13 @@ pub async fn tasks_end_with_their_leases_and_children(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store
-            .end_task(parent.id, TaskState::Failed, "identity:w1", end)
+            .end_task(parent.id, TaskState::Failed, None, "identity:w1", end)
             .await,
         Err(StoreError::Rejected(_))
     ));
     assert!(matches!(
         store
-            .end_task(Uuid::new_v4(), TaskState::Failed, "identity:w1", end)
+            .end_task(Uuid::new_v4(), TaskState::Failed, None, "identity:w1", end)
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -3301,6 +3301,14 @@ pub async fn tasks_end_with_their_leases_and_children(store: Arc<dyn Store>) {
         .filter(|e| e.kind == AuditKind::TaskEnded)
         .collect();
     assert_eq!(ended_events.len(), 2, "the task and its child each audited");
+    let exit_statuses: Vec<Option<i64>> = ended_events
+        .iter()
+        .map(|e| e.detail.get("exit_status").and_then(|s| s.as_i64()))
+        .collect();
+    assert!(
+        exit_statuses.contains(&Some(0)) && exit_statuses.contains(&None),
+        "the exit status is reported on the ended task, not its child: {exit_statuses:?}"
+    );
 
     // The sweep: nothing due before the deadline, then exactly the due task.
     assert!(store.expire_due_tasks(at, 10).await.unwrap().is_empty());

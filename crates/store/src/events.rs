@@ -94,7 +94,7 @@ pub(crate) fn revocation_failed(
 pub(crate) fn task_ended(
     root: &Task,
     id: mayfly_core::Uuid,
-    to: TaskState,
+    (to, exit_status): (TaskState, Option<i32>),
     outcome: RevokeOutcome,
     actor: &str,
 ) -> AuditDraft {
@@ -106,6 +106,8 @@ pub(crate) fn task_ended(
     });
     if id != root.id {
         detail["ended_with"] = serde_json::json!(root.id.to_string());
+    } else if let Some(status) = exit_status {
+        detail["exit_status"] = serde_json::json!(status);
     }
     let mut event = AuditDraft::new(AuditKind::TaskEnded, actor).detail(detail);
     event.identity = Some(root.identity.clone());

@@ -226,15 +226,13 @@ fn not_a_token(target: &str, kind: &str) -> anyhow::Error {
     ))
 }
 
-/// The credential as `export NAME='value'` lines, named as each kind's own clients read
-/// them from the environment (libpq's PG*, the mysql client's MYSQL_* and USER), plus
-/// DATABASE_URL, which most frameworks read.
-fn env_lines(
-    kind: &str,
-    credential: &serde_json::Map<String, Value>,
-) -> anyhow::Result<Vec<String>> {
-    let names: &[(&str, &str)] = match kind {
-        // Not MAYFLY_TOKEN: that is the caller's own credential for the broker, which the
+/// The environment variables a credential of `kind` is given in, with the credential
+/// field each holds: named as each kind's own clients read them (libpq's PG*, the mysql
+/// client's MYSQL_*), plus DATABASE_URL, which most frameworks read. `None` for a
+/// kind without a standard mapping.
+pub(crate) fn env_names(kind: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    Some(match kind {
+        // Not MAYFLY_TOKEN: that is the caller's own credential for the broker, which an
         // `eval` would replace, and the next `mayfly` command would then present the
         // target's token to the broker.
         "token" => &[("MAYFLY_ACCESS_TOKEN", "access_token")],
@@ -249,31 +247,67 @@ fn env_lines(
         "mariadb" => &[
             ("MYSQL_HOST", "host"),
             ("MYSQL_TCP_PORT", "port"),
-            ("USER", "username"),
+            // The mysql client reads no user name from the environment on Unix (`USER`
+            // is Windows-only, and setting it would change who the command thinks it
+            // is): MYSQL_USER is the name applications and images use, for `-u`.
+            ("MYSQL_USER", "username"),
             ("MYSQL_PWD", "password"),
+            ("MYSQL_DATABASE", "database"),
             ("DATABASE_URL", "dsn"),
         ],
-        other => {
-            return Err(usage(format!(
-                "--env-format knows token, postgres and mariadb credentials, not {other}; use --output json"
-            )))
-        }
+        _ => return None,
+    })
+}
+
+/// The fields a credential of `kind` has (what `--env NAME=FIELD` may name); `None` for a
+/// kind this client does not know, whose fields are seen only once it is issued.
+pub(crate) fn credential_fields(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "token" => &[
+            "access_token",
+            "token_type",
+            "expires_in",
+            "scope",
+            "audience",
+        ],
+        "postgres" | "mariadb" => &["username", "password", "host", "port", "database", "dsn"],
+        _ => return None,
+    })
+}
+
+/// A credential field as the text an environment variable holds; `None` when absent.
+pub(crate) fn field_text(
+    credential: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Option<String> {
+    match credential.get(field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// The credential as `export NAME='value'` lines ([`env_names`]).
+fn env_lines(
+    kind: &str,
+    credential: &serde_json::Map<String, Value>,
+) -> anyhow::Result<Vec<String>> {
+    let Some(names) = env_names(kind) else {
+        return Err(usage(format!(
+            "--env-format knows token, postgres and mariadb credentials, not {kind}; use --output json"
+        )));
     };
     Ok(names
         .iter()
         .filter_map(|(var, field)| {
-            let value = match credential.get(*field)? {
-                Value::String(s) => s.clone(),
-                Value::Null => return None,
-                other => other.to_string(),
-            };
+            let value = field_text(credential, field)?;
             Some(format!("export {var}={}", shell_quote(&value)))
         })
         .collect())
 }
 
 /// `value` as one single-quoted shell word: nothing inside is expanded.
-fn shell_quote(value: &str) -> String {
+pub(crate) fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 

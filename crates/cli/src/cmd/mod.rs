@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod completions;
+pub mod exec;
 pub mod grant;
 pub mod identity;
 pub mod introspect;

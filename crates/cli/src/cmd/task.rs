@@ -31,8 +31,12 @@ pub struct TasksArgs {
 
 #[derive(Subcommand)]
 pub enum TasksCmd {
-    /// Open a task for the calling workload; prints it (its `id` is the `--task` of grants).
+    /// Open a task for the calling workload; prints it (its `id` is the `--task` of grants,
+    /// its `task_token` their `Txn-Token` header).
     Open {
+        /// The identity the task is for (operators; a workload opens its own).
+        #[arg(long, add = super::completions::identities())]
+        identity: Option<String>,
         /// Why the task runs; audited.
         #[arg(long)]
         purpose: String,
@@ -83,12 +87,14 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         Some(TasksCmd::Open {
+            identity,
             purpose,
             deadline,
             parent,
         }) => {
             let parent = parent.map(|p| uuid("task", &p)).transpose()?;
             let body = CreateTaskRequest {
+                identity,
                 purpose,
                 deadline,
                 parent,

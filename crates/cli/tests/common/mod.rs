@@ -31,3 +31,7 @@ pub mod pg {
         mayfly_testkit::pg::broker_crashing_at(super::BIN, f, point).await
     }
 }
+
+pub mod maria {
+    pub use mayfly_testkit::mariadb::{superuser, superuser_or_skip, MariaFixture};
+}

@@ -94,6 +94,7 @@ pub async fn request(
     State(state): State<AppState>,
     caller: Caller,
     peer: PeerIp,
+    headers: axum::http::HeaderMap,
     body: Result<ApiJson<GrantRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     // Even a request that does not parse is audited (and nothing else is stored).
@@ -101,6 +102,13 @@ pub async fn request(
         Ok(ApiJson(body)) => body,
         Err(e) => {
             broker::record_rejection(&state, &caller, None, &e).await;
+            return Err(e);
+        }
+    };
+    let body = match with_task_token(&state, &headers, body) {
+        Ok(body) => body,
+        Err((body, e)) => {
+            broker::record_rejection(&state, &caller, Some(&body), &e).await;
             return Err(e);
         }
     };
@@ -135,6 +143,53 @@ pub async fn request(
             .into_response(),
         GrantOutcome::Denied { grant, decision } => denied(grant, &decision),
     })
+}
+
+/// A `Txn-Token` header makes its task the grant's: the token must be this broker's,
+/// unexpired, and name the same task as `task` when both are sent. That the task is open
+/// and the identity's own is the broker's check, against the task record.
+#[allow(clippy::result_large_err)] // the request goes back with the error, to be audited
+fn with_task_token(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    mut body: GrantRequest,
+) -> Result<GrantRequest, (GrantRequest, ApiError)> {
+    use crate::task_token::{self, TaskTokenError};
+    let Some(value) = headers.get(task_token::HEADER) else {
+        return Ok(body);
+    };
+    let bad = |detail: String| ApiError::BadRequest {
+        field: Some("Txn-Token".into()),
+        detail: format!("Txn-Token header: {detail}"),
+    };
+    let Ok(token) = value.to_str() else {
+        return Err((body, bad("is not a JWT".into())));
+    };
+    let claims = match task_token::check(&state.keys, &state.issuer, token, mayfly_core::now()) {
+        Ok(claims) => claims,
+        Err(e @ TaskTokenError::Expired(_)) => {
+            let e = ApiError::Forbidden {
+                code: "task_ended",
+                detail: format!("the task token {e}"),
+            };
+            return Err((body, e));
+        }
+        Err(e) => return Err((body, bad(e.to_string()))),
+    };
+    let txn = claims.txn.to_string();
+    if body.task.is_empty() {
+        body.task = txn;
+    } else if body.task != txn {
+        let e = ApiError::field(
+            "task",
+            format!(
+                "is {:?} but the Txn-Token header is for task {txn}",
+                body.task
+            ),
+        );
+        return Err((body, e));
+    }
+    Ok(body)
 }
 
 fn denied(grant: Grant, decision: &Decision) -> Response {

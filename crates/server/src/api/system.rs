@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::auth::Principal;
 use mayfly_core::model::LeaseState;
 use mayfly_core::Uuid;
@@ -153,14 +154,19 @@ pub async fn introspect(
     ) {
         return Ok(inactive);
     }
-    let identity_usable = state
-        .store
-        .get_identity(&claims.sub)
-        .await?
-        .is_some_and(|i| i.is_usable_at(now).is_ok());
-    if !identity_usable {
+    let Some(identity) = state.store.get_identity(&claims.sub).await? else {
+        return Ok(inactive);
+    };
+    if identity.is_usable_at(now).is_err() {
         return Ok(inactive);
     }
+    // An answer of "active" is a use of the token by a resource server: the task's story
+    // shows it. Inactive answers are not audited (they disclose nothing and cost nothing).
+    let mut used = AuditDraft::new(AuditKind::TokenIntrospected, caller.0.actor())
+        .for_lease(&lease)
+        .detail(serde_json::json!({ "token_type": claims.token_type(), "scope": claims.scope }));
+    used.owner = Some(identity.owner);
+    state.store.append_audit(vec![used]).await?;
     let mut body = serde_json::to_value(&claims).unwrap_or_default();
     if let serde_json::Value::Object(map) = &mut body {
         map.insert("active".into(), true.into());

@@ -14,7 +14,7 @@ use mayfly_core::{validate, Uuid};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery};
+use super::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -26,6 +26,10 @@ pub const MAX_DEADLINE: Ttl = Ttl::from_secs(24 * 3600);
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
+    /// The identity the task is for: a workload's own (it may omit it); an operator must
+    /// name one (to run work as that identity, as `mayfly exec --identity` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Why the task runs (at most 1 KiB); audited.
     pub purpose: String,
     /// How long from now the task may run (e.g. `30m`), at most 24 hours. At the deadline
@@ -40,6 +44,11 @@ pub struct TaskResponse {
     pub task: Task,
     /// The task's leases, newest first (up to 100).
     pub leases: Vec<Lease>,
+    /// Only when the task is opened: the signed task token (a JWT of `typ`
+    /// `txntoken+jwt`, shaped after OAuth Transaction Tokens) to send in the `Txn-Token`
+    /// header of every grant of the task. It expires at the task's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -47,6 +56,20 @@ pub struct EndTaskResponse {
     pub task: Task,
     /// The leases the end revoked, in this task and the tasks below it.
     pub revoked: RevokeOutcome,
+}
+
+/// What the side ending a task reports (all optional; the body may be empty).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndTaskRequest {
+    /// The exit status of the command the task ran (`mayfly exec` sends it); audited with
+    /// the end.
+    pub exit_status: Option<i32>,
+    /// `fail` only: the task ran out of time on the client's side (`mayfly exec
+    /// --timeout`, or a signal), so it ends `timed_out` and its leases are revoked with
+    /// `task_timeout`, as at the deadline.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema, IntoParams)]
@@ -62,19 +85,51 @@ pub struct TaskListQuery {
 #[utoipa::path(post, path = "/v1/tasks", request_body = CreateTaskRequest, responses(
     (status = 201, description = "the task, open", body = TaskResponse),
     (status = 400, description = "invalid request; `field` names the culprit", body = crate::error::Problem, content_type = "application/problem+json"),
-    (status = 403, description = "only a workload opens a task, for itself", body = crate::error::Problem, content_type = "application/problem+json"),
-    (status = 404, description = "no such parent task", body = crate::error::Problem, content_type = "application/problem+json"),
+    (status = 403, description = "a workload opens tasks for itself only; the identity is disabled or expired", body = crate::error::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such identity or parent task", body = crate::error::Problem, content_type = "application/problem+json"),
     (status = 409, description = "the parent task has ended", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    peer: super::grants::PeerIp,
     ApiJson(body): ApiJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<TaskResponse>), ApiError> {
-    let (Some(identity), Some(record)) = (caller.0.identity(), caller.1.as_ref()) else {
-        return Err(ApiError::forbidden(
-            "a task is opened by a workload, for its own identity",
-        ));
+    let record = match (caller.0.identity(), &body.identity, &caller.1) {
+        (Some(_), None, Some(record)) => record.clone(),
+        (Some(own), Some(named), Some(record)) if named == own => record.clone(),
+        (Some(own), Some(named), _) => {
+            return Err(ApiError::Forbidden {
+                code: "not_your_identity",
+                detail: format!("identity {own:?} may not open a task for {named:?}"),
+            })
+        }
+        (None, Some(named), _) if caller.0.is_operator() => {
+            validate::name("identity", named)?;
+            state
+                .store
+                .get_identity(named)
+                .await?
+                .ok_or_else(|| ApiError::NotFound {
+                    what: "identity",
+                    id: named.clone(),
+                    field: Some("identity"),
+                })?
+        }
+        _ => {
+            return Err(ApiError::field(
+                "identity",
+                "is required when an operator opens a task",
+            ))
+        }
     };
+    let now = mayfly_core::now();
+    if let Err(why) = record.is_usable_at(now) {
+        return Err(ApiError::Forbidden {
+            code: "identity_unusable",
+            detail: format!("identity {:?}: {why}", record.id),
+        });
+    }
+    let identity = record.id.as_str();
     validate::purpose(&body.purpose)?;
     if body.deadline.as_secs() == 0 || body.deadline > MAX_DEADLINE {
         return Err(ApiError::BadRequest {
@@ -92,7 +147,6 @@ pub async fn create(
             });
         }
     }
-    let now = mayfly_core::now();
     let task = Task {
         id: Uuid::new_v4(),
         identity: identity.to_string(),
@@ -105,16 +159,18 @@ pub async fn create(
         created_at: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(now)),
         ended_at: None,
     };
-    let mut event = AuditDraft::new(AuditKind::TaskOpened, format!("identity:{identity}")).detail(
-        serde_json::json!({
+    let mut event =
+        AuditDraft::new(AuditKind::TaskOpened, caller.0.actor()).detail(serde_json::json!({
             "purpose": task.purpose,
             "deadline": task.deadline.format(&time::format_description::well_known::Rfc3339).ok(),
             "parent": task.parent.map(|p| p.to_string()),
-        }),
-    );
+        }));
     event.identity = Some(task.identity.clone());
     event.owner = Some(task.owner.clone());
     event.task = Some(task.id.to_string());
+    // Signed before the task is stored, so a task is never opened without its token.
+    let token = crate::task_token::issue(&state.keys, &state.issuer, &task, peer.0)
+        .map_err(|e| ApiError::Internal(format!("signing the task token: {e}")))?;
     state.store.create_task(&task, event).await?;
     state.expiry_wake.notify_one();
     Ok((
@@ -122,6 +178,7 @@ pub async fn create(
         Json(TaskResponse {
             task,
             leases: Vec::new(),
+            task_token: Some(token),
         }),
     ))
 }
@@ -157,7 +214,11 @@ pub async fn show(
             ..Default::default()
         })
         .await?;
-    Ok(Json(TaskResponse { task, leases }))
+    Ok(Json(TaskResponse {
+        task,
+        leases,
+        task_token: None,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/tasks", params(TaskListQuery),
@@ -181,6 +242,7 @@ async fn end(
     caller: &Caller,
     id: Uuid,
     to: TaskState,
+    exit_status: Option<i32>,
 ) -> Result<Json<EndTaskResponse>, ApiError> {
     visible(state, caller, id).await?;
     let actor = match caller.0.identity() {
@@ -189,7 +251,7 @@ async fn end(
     };
     let (task, revoked) = state
         .store
-        .end_task(id, to, &actor, mayfly_core::now())
+        .end_task(id, to, exit_status, &actor, mayfly_core::now())
         .await?;
     if let Some(reason) = to.revocation_reason() {
         state.metrics.revoked(reason.as_str(), revoked.total());
@@ -201,22 +263,36 @@ async fn end(
     Ok(Json(EndTaskResponse { task, revoked }))
 }
 
-#[utoipa::path(post, path = "/v1/tasks/{id}/complete", params(("id" = Uuid, Path, description = "Task id")),
+#[utoipa::path(post, path = "/v1/tasks/{id}/complete", params(("id" = Uuid, Path, description = "Task id")), request_body(content = Option<EndTaskRequest>, description = "optional; `timed_out` is refused here"),
     responses((status = 200, description = "the task completed; its leases and its child tasks' leases revoked (task_complete)", body = EndTaskResponse), (status = 404, description = "no such task", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the task has already ended", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<EndTaskRequest>,
 ) -> Result<Json<EndTaskResponse>, ApiError> {
-    end(&state, &caller, id, TaskState::Completed).await
+    if body.timed_out {
+        return Err(ApiError::BadRequest {
+            field: Some("timed_out".into()),
+            detail: "timed_out: a task that ran out of time is ended with fail, not complete"
+                .into(),
+        });
+    }
+    end(&state, &caller, id, TaskState::Completed, body.exit_status).await
 }
 
-#[utoipa::path(post, path = "/v1/tasks/{id}/fail", params(("id" = Uuid, Path, description = "Task id")),
-    responses((status = 200, description = "the task failed; its leases and its child tasks' leases revoked (task_failed)", body = EndTaskResponse), (status = 404, description = "no such task", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the task has already ended", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/tasks/{id}/fail", params(("id" = Uuid, Path, description = "Task id")), request_body(content = Option<EndTaskRequest>, description = "optional"),
+    responses((status = 200, description = "the task failed (or, with `timed_out`, timed out); its leases and its child tasks' leases revoked (task_failed / task_timeout)", body = EndTaskResponse), (status = 404, description = "no such task", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the task has already ended", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn fail(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<EndTaskRequest>,
 ) -> Result<Json<EndTaskResponse>, ApiError> {
-    end(&state, &caller, id, TaskState::Failed).await
+    let to = if body.timed_out {
+        TaskState::TimedOut
+    } else {
+        TaskState::Failed
+    };
+    end(&state, &caller, id, to, body.exit_status).await
 }

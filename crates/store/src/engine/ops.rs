@@ -176,6 +176,7 @@ pub(crate) enum Op {
     EndTask {
         id: Uuid,
         to: TaskState,
+        exit_status: Option<i32>,
         actor: String,
         now: OffsetDateTime,
         reply: Reply<(Task, RevokeOutcome)>,
@@ -476,15 +477,27 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
         Op::EndTask {
             id,
             to,
+            exit_status,
             actor,
             now,
             reply,
-        } => answer(reply, end_task(b, chain, id, to, &actor, now).await),
+        } => answer(
+            reply,
+            end_task(b, chain, id, (to, exit_status), &actor, now).await,
+        ),
         Op::ExpireDueTasks { now, limit, reply } => {
             let result = async {
                 let mut ended = Vec::new();
                 for id in b.due_tasks(now, limit).await? {
-                    end_task(b, chain, id, TaskState::TimedOut, "system:expiry", now).await?;
+                    end_task(
+                        b,
+                        chain,
+                        id,
+                        (TaskState::TimedOut, None),
+                        "system:expiry",
+                        now,
+                    )
+                    .await?;
                     ended.push(id);
                 }
                 Ok(ended)
@@ -879,7 +892,7 @@ async fn end_task<B: Backend>(
     b: &mut B,
     chain: &mut Chain,
     id: Uuid,
-    to: TaskState,
+    (to, exit_status): (TaskState, Option<i32>),
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<(Task, RevokeOutcome), StoreError> {
@@ -905,7 +918,10 @@ async fn end_task<B: Backend>(
         let counts = count(&ended);
         outcome.revoked += counts.revoked;
         outcome.revoking += counts.revoking;
-        chain.append(events::task_ended(&task, *task_id, to, counts, actor), now);
+        chain.append(
+            events::task_ended(&task, *task_id, (to, exit_status), counts, actor),
+            now,
+        );
         finish_revocation(b, chain, &ended, reason, &selector, actor, now).await?;
     }
     let task = Task {

@@ -118,6 +118,7 @@ impl<R: Reads> Store for EngineStore<R> {
         &self,
         id: Uuid,
         to: TaskState,
+        exit_status: Option<i32>,
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<(Task, RevokeOutcome), StoreError> {
@@ -126,6 +127,7 @@ impl<R: Reads> Store for EngineStore<R> {
             .call(|reply| Op::EndTask {
                 id,
                 to,
+                exit_status,
                 actor,
                 now,
                 reply,
