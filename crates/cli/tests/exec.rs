@@ -460,3 +460,122 @@ async fn bad_input_is_one_line_and_issues_nothing() {
     s.broker.assert_no_grants_or_leases().await;
     s.f.drop_all(&mut s.su).await;
 }
+
+/// `--file` writes the variables to a new 0600 file named in MAYFLY_CREDENTIALS_FILE, and
+/// deletes it when the command ends; while the command runs longer than a third of the
+/// TTL, its credential is renewed, so it outlives its first expiry.
+#[tokio::test]
+async fn file_delivery_and_renewal_while_the_command_runs() {
+    let Some(mut s) = setup().await else { return };
+    let file = s.file("creds.env");
+    let script = r#"stat -c '%a' "$MAYFLY_CREDENTIALS_FILE" > "$OUT/mode"
+        grep -c '^PGPASSWORD=' "$MAYFLY_CREDENTIALS_FILE" >> "$OUT/mode"
+        sleep 5
+        psql -tAc 'select 1' > "$OUT/late" 2>&1"#;
+    let exec = s.exec(
+        &[
+            "--target",
+            "pg:read",
+            "--purpose",
+            "export",
+            "--ttl",
+            "3s",
+            "--file",
+            file.to_str().unwrap(),
+            "--verbose",
+        ],
+        script,
+    );
+    let mode = wait_lines(&s.file("mode"), 2);
+    assert_eq!(mode, ["600", "1"]);
+    let (code, stderr) = finish(exec);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(s.file("late")).unwrap().trim(),
+        "1",
+        "the credential was renewed past its first 3 s: {stderr}"
+    );
+    assert!(stderr.contains("renewed until"), "{stderr}");
+    assert!(!file.exists(), "--file is deleted at the end");
+    let task = s.only_task().await;
+    let task_id = task["task"]["id"].as_str().unwrap();
+    let story = s.broker.audit(&format!("task={task_id}")).await;
+    assert!(
+        story.iter().any(|e| e["kind"] == "lease.renewed"),
+        "{story:?}"
+    );
+    s.f.drop_all(&mut s.su).await;
+}
+
+/// In GitHub Actions the identity token comes from the runner's token service, asked for
+/// the broker's audience with the runner's request token (a stand-in service here: the
+/// real one exists only on GitHub's runners).
+#[tokio::test]
+async fn github_actions_identity_is_found_without_flags() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut s) = setup().await else { return };
+    let identity_token = std::fs::read_to_string(&s.token_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/token?api-version=2.0",
+        listener.local_addr().unwrap()
+    );
+    let service = tokio::spawn(async move {
+        // The token is asked for once: this short command outlives no renewal.
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
+            .await
+            .expect("mayfly exec asked the token service")
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        let body = serde_json::json!({ "value": identity_token }).to_string();
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let out = tokio::task::spawn_blocking({
+        let addr = s.broker.addr.clone();
+        let url = url.clone();
+        move || {
+            Command::new(BIN)
+                .args([
+                    "exec",
+                    "--target",
+                    "pg:read",
+                    "--purpose",
+                    "ci",
+                    "--",
+                    "sh",
+                    "-c",
+                ])
+                .arg(r#"test -n "$PGPASSWORD""#)
+                .env("MAYFLY_ADDR", addr)
+                .env("ACTIONS_ID_TOKEN_REQUEST_URL", url)
+                .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-request-token")
+                .env_remove("MAYFLY_TOKEN")
+                .env_remove("MAYFLY_IDENTITY_TOKEN_FILE")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request = service.await.unwrap();
+    assert!(request.contains("audience=mayfly"), "{request}");
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("authorization: bearer runner-request-token"),
+        "{request}"
+    );
+    assert_eq!(s.only_task().await["task"]["state"], "completed");
+    s.f.drop_all(&mut s.su).await;
+}

@@ -23,6 +23,23 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 pub async fn run_expiry(state: AppState) {
     loop {
         let mut backoff = false;
+        // Task deadlines first: a due task times out with its children and every lease in
+        // them (`task_timeout`), before those leases, cut to end with it, expire (`ttl`).
+        match state
+            .store
+            .expire_due_tasks(mayfly_core::now(), BATCH)
+            .await
+        {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::debug!(count = ended.len(), "tasks timed out");
+                state.revoker_wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "task deadline pass failed; retrying");
+                backoff = true;
+            }
+        }
         loop {
             let now = mayfly_core::now();
             match state.store.expire_due(now, BATCH).await {
@@ -48,22 +65,6 @@ pub async fn run_expiry(state: AppState) {
                     backoff = true;
                     break;
                 }
-            }
-        }
-        // Task deadlines: a due task times out with its children and every lease in them.
-        match state
-            .store
-            .expire_due_tasks(mayfly_core::now(), BATCH)
-            .await
-        {
-            Ok(ended) if !ended.is_empty() => {
-                tracing::debug!(count = ended.len(), "tasks timed out");
-                state.revoker_wake.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "task deadline pass failed; retrying");
-                backoff = true;
             }
         }
         let next_task = state.store.next_task_deadline().await.unwrap_or_else(|e| {

@@ -170,10 +170,17 @@ fn summary(detail: &Value) -> String {
     let Value::Object(map) = detail else {
         return "-".into();
     };
-    for key in ["reason", "code"] {
-        if let Some(v) = map.get(key) {
-            return format!("{key}={}", output::cell(Some(v)));
-        }
+    // A task's end says how its command ended, and why its leases went.
+    let shown: Vec<String> = ["reason", "exit_status", "code", "purpose"]
+        .iter()
+        .filter_map(|key| {
+            map.get(*key)
+                .map(|v| format!("{key}={}", output::cell(Some(v))))
+        })
+        .take(2)
+        .collect();
+    if !shown.is_empty() {
+        return shown.join(" ");
     }
     if let Some(outcome) = map.get("decision").and_then(|d| d.get("outcome")) {
         return format!("outcome={}", output::cell(Some(outcome)));

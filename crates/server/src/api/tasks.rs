@@ -245,10 +245,7 @@ async fn end(
     exit_status: Option<i32>,
 ) -> Result<Json<EndTaskResponse>, ApiError> {
     visible(state, caller, id).await?;
-    let actor = match caller.0.identity() {
-        Some(i) => format!("identity:{i}"),
-        None => "operator".to_string(),
-    };
+    let actor = caller.0.actor();
     let (task, revoked) = state
         .store
         .end_task(id, to, exit_status, &actor, mayfly_core::now())
