@@ -16,13 +16,46 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The CA that signed a broker's TLS certificate when it is not in the system's store
+/// (a private CA, a SPIFFE trust bundle): a PEM file.
+pub const CA_FILE_ENV: &str = "MAYFLY_CA_FILE";
+
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        Client::with_identity(base, token, None)
+    }
+
+    /// A client that may also present a TLS client certificate (`identity_pem`: the
+    /// certificate chain and its key, PEM), as a workload with an X.509-SVID does.
+    pub fn with_identity(
+        base: &str,
+        token: Option<String>,
+        identity_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(std::time::Duration::from_secs(120))
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .context("cannot build HTTP client")?;
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+            let pem = std::fs::read(&path).with_context(|| {
+                format!("{CA_FILE_ENV}: cannot read {}", path.to_string_lossy())
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "{CA_FILE_ENV}: {} holds no PEM certificate",
+                    path.to_string_lossy()
+                )
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(pem) = identity_pem {
+            builder = builder.identity(
+                reqwest::Identity::from_pem(pem)
+                    .context("the X.509-SVID is not a PEM certificate with its private key")?,
+            );
+        }
+        let http = builder.build().context("cannot build HTTP client")?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -35,11 +68,6 @@ impl Client {
     pub fn with_task_token(mut self, task_token: String) -> Self {
         self.task_token = Some(task_token);
         self
-    }
-
-    /// Presents `token` from now on (a workload's identity token read again, say).
-    pub fn set_token(&mut self, token: String) {
-        self.token = Some(token);
     }
 
     fn authorized(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

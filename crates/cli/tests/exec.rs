@@ -579,3 +579,57 @@ async fn github_actions_identity_is_found_without_flags() {
     assert_eq!(s.only_task().await["task"]["state"], "completed");
     s.f.drop_all(&mut s.su).await;
 }
+
+/// A workload holding an X.509-SVID (files, as spiffe-helper writes them) authenticates
+/// to a TLS broker by mutual TLS; no bearer token anywhere.
+#[tokio::test]
+async fn x509_svid_identity_over_mutual_tls() {
+    use common::x509::{ca, leaf, tls_broker_config};
+    use rcgen::{ExtendedKeyUsagePurpose, Ia5String, SanType};
+    let Some(mut su) = common::pg::superuser_or_skip("exec").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su, "exm").await;
+    let dir = common::scratch_dir();
+    let authority = ca();
+    let spiffe_id = "spiffe://prod.acme/ns/data/sa/export";
+    let config = tls_broker_config(&dir, &authority, "prod.acme", &[("etl", spiffe_id)]);
+    let mut broker = Broker::start_with_config(BIN, &dir, config);
+    broker.http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(authority.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    broker.add_identity("etl", "team-data").await;
+    let (status, body) = broker.post("/v1/targets", f.target("pg")).await;
+    assert_eq!(status, 201, "{body}");
+    let (cert, key) = leaf(
+        &authority,
+        vec![SanType::URI(Ia5String::try_from(spiffe_id).unwrap())],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    std::fs::write(dir.join("svid.pem"), cert).unwrap();
+    std::fs::write(dir.join("svid.key"), key).unwrap();
+    let out = Command::new(BIN)
+        .args(["exec", "--target", "pg:read", "--purpose", "export", "--"])
+        .args(["psql", "-tAc", "select count(*) from app.items"])
+        .env("MAYFLY_ADDR", &broker.addr)
+        .env("MAYFLY_CA_FILE", dir.join("ca.pem"))
+        .env("MAYFLY_SVID_CERT", dir.join("svid.pem"))
+        .env("MAYFLY_SVID_KEY", dir.join("svid.key"))
+        .env_remove("MAYFLY_TOKEN")
+        .env_remove("MAYFLY_IDENTITY_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let tasks = broker.get("/v1/tasks?identity=etl").await;
+    assert_eq!(tasks[0]["state"], "completed", "{tasks}");
+    f.drop_all(&mut su).await;
+}

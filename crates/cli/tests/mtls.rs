@@ -4,37 +4,13 @@
 
 mod common;
 
+use common::x509::{ca, leaf, tls_broker_config, Ca};
 use common::{Broker, BIN};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use serde_json::{json, Value};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca() -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-/// A leaf signed by `ca`, as (certificate PEM, key PEM).
-fn leaf(ca: &Ca, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = sans;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 fn svid(ca: &Ca, id: &str) -> reqwest::Identity {
     let (cert, key) = leaf(
@@ -50,33 +26,12 @@ async fn workload_authenticates_with_an_x509_svid_over_mutual_tls() {
     let dir = common::scratch_dir();
     let authority = ca();
     let ca_pem = authority.cert.pem();
-    let (server_cert, server_key) = leaf(
+    let config = tls_broker_config(
+        &dir,
         &authority,
-        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
-    std::fs::write(dir.join("server.key"), server_key).unwrap();
-    let config = format!(
-        r#"
-[tls]
-cert_file = "{d}/server.pem"
-key_file = "{d}/server.key"
-
-[[auth.spiffe]]
-trust_domain = "prod.acme"
-x509_bundle_file = "{d}/ca.pem"
-
-[[auth.spiffe.rules]]
-identity = "payments-api"
-spiffe_id = "spiffe://prod.acme/ns/payments/sa/api"
-
-[auth.failures]
-audit_interval = "1s"
-"#,
-        d = dir.display()
-    );
+        "prod.acme",
+        &[("payments-api", "spiffe://prod.acme/ns/payments/sa/api")],
+    ) + "\n[auth.failures]\naudit_interval = \"1s\"\n";
     let mut broker = Broker::start_with_config(BIN, &dir, config);
     assert!(broker.addr.starts_with("https://"), "{}", broker.addr);
     let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
@@ -234,17 +189,11 @@ async fn an_exchange_over_mutual_tls_binds_the_token_to_the_certificate() {
     let dir = common::scratch_dir();
     let authority = ca();
     let ca_pem = authority.cert.pem();
-    let (server_cert, server_key) = leaf(
+    let config = tls_broker_config(
+        &dir,
         &authority,
-        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-    std::fs::write(dir.join("server.pem"), server_cert).unwrap();
-    std::fs::write(dir.join("server.key"), server_key).unwrap();
-    let config = format!(
-        "[tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\n[[auth.spiffe]]\ntrust_domain = \"prod.acme\"\nx509_bundle_file = \"{d}/ca.pem\"\n\n[[auth.spiffe.rules]]\nidentity = \"payments-api\"\nspiffe_id = \"spiffe://prod.acme/ns/payments/sa/api\"\n",
-        d = dir.display()
+        "prod.acme",
+        &[("payments-api", "spiffe://prod.acme/ns/payments/sa/api")],
     );
     let mut broker = Broker::start_with_config(BIN, &dir, config);
     let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();

@@ -52,6 +52,13 @@ pub struct ExecArgs {
     /// is used.
     #[arg(long, env = "MAYFLY_IDENTITY_TOKEN_FILE")]
     identity_token_file: Option<PathBuf>,
+    /// The workload's X.509-SVID (PEM certificate chain) for mutual TLS with the broker,
+    /// with --svid-key; read again at every renewal. The broker's CA is MAYFLY_CA_FILE.
+    #[arg(long, env = "MAYFLY_SVID_CERT", requires = "svid_key")]
+    svid_cert: Option<PathBuf>,
+    /// The X.509-SVID's private key (PEM).
+    #[arg(long, env = "MAYFLY_SVID_KEY", requires = "svid_cert")]
+    svid_key: Option<PathBuf>,
     /// The identity to run as, for an operator token (a workload runs as itself).
     #[arg(long, add = super::completions::identities())]
     identity: Option<String>,
@@ -110,10 +117,11 @@ pub struct ExecArgs {
 
 const AMBIENT_HELP: &str = "\
 Identity: --token (MAYFLY_TOKEN) if given; else --identity-token-file
-(MAYFLY_IDENTITY_TOKEN_FILE); else GitHub Actions' OIDC token service
+(MAYFLY_IDENTITY_TOKEN_FILE); else an X.509-SVID (--svid-cert/--svid-key) for mutual TLS;
+else GitHub Actions' OIDC token service
 (ACTIONS_ID_TOKEN_REQUEST_URL, asked for --audience); else a Kubernetes projected token
-at /var/run/secrets/tokens/mayfly. The SPIFFE Workload API socket is not read yet: write
-the JWT-SVID to a file (spiffe-helper) and pass --identity-token-file.
+at /var/run/secrets/tokens/mayfly. The SPIFFE Workload API socket is not read yet: have
+spiffe-helper write the SVID to files and pass them.
 
 The command gets each credential in its environment only (PGHOST, PGUSER, PGPASSWORD,
 … for PostgreSQL; MYSQL_HOST, MYSQL_USER, MYSQL_PWD, … for MariaDB (mysql -u \"$MYSQL_USER\"); MAYFLY_ACCESS_TOKEN for
@@ -125,6 +133,7 @@ mayfly exec exits with the command's status (128+N when a signal N ended it).";
 enum Ambient {
     Given(String),
     File(PathBuf),
+    X509Svid { cert: PathBuf, key: PathBuf },
     GithubActions { url: String, bearer: String },
 }
 
@@ -136,6 +145,12 @@ impl Ambient {
         if let Some(f) = &args.identity_token_file {
             return Ok(Ambient::File(f.clone()));
         }
+        if let (Some(cert), Some(key)) = (&args.svid_cert, &args.svid_key) {
+            return Ok(Ambient::X509Svid {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
         if let (Ok(url), Ok(bearer)) = (
             std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"),
             std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
@@ -146,8 +161,9 @@ impl Ambient {
             return Ok(Ambient::File(KUBERNETES_TOKEN.into()));
         }
         let spiffe = if std::env::var_os("SPIFFE_ENDPOINT_SOCKET").is_some() {
-            " SPIFFE_ENDPOINT_SOCKET is set, but the Workload API is not read yet: write the \
-             JWT-SVID to a file (spiffe-helper) and pass --identity-token-file."
+            " SPIFFE_ENDPOINT_SOCKET is set, but the Workload API is not read yet: have \
+             spiffe-helper write the SVID to files and pass --svid-cert/--svid-key or \
+             --identity-token-file."
         } else {
             ""
         };
@@ -162,11 +178,24 @@ impl Ambient {
         .into())
     }
 
-    /// The credential now: files and token services are read each time, so a rotated
-    /// token is picked up at the next renewal.
+    /// A client presenting the identity as it is now: files and token services are read
+    /// each time, so a rotated token or SVID is used from the next renewal on.
+    async fn client(&self, args: &ExecArgs) -> anyhow::Result<Client> {
+        if let Ambient::X509Svid { cert, key } = self {
+            let mut pem = read_file(cert, "X.509-SVID").await?;
+            pem.push(b'\n');
+            pem.extend(read_file(key, "X.509-SVID key").await?);
+            let client = Client::with_identity(&args.addr, None, Some(&pem));
+            pem.fill(0);
+            return client;
+        }
+        Client::new(&args.addr, Some(self.token(&args.audience).await?))
+    }
+
     async fn token(&self, audience: &str) -> anyhow::Result<String> {
         match self {
             Ambient::Given(t) => Ok(t.clone()),
+            Ambient::X509Svid { .. } => anyhow::bail!("an X.509-SVID is presented in TLS"),
             Ambient::File(path) => {
                 let text = tokio::fs::read_to_string(path).await.with_context(|| {
                     format!("cannot read the identity token {}", path.display())
@@ -200,6 +229,12 @@ impl Ambient {
             }
         }
     }
+}
+
+async fn read_file(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
 /// One `--target`: its name, action, and the kind of credential it issues.
@@ -317,6 +352,12 @@ struct Held {
     ttl: Ttl,
 }
 
+/// What renewing needs: the identity to read again, and the task token to present.
+struct Renewal {
+    ambient: Ambient,
+    task_token: String,
+}
+
 /// How the credentials reach the command: its variables, and `--file`.
 struct Delivery {
     plan: Vec<EnvVar>,
@@ -410,7 +451,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         (None, None) => DEFAULT_DEADLINE,
     };
     let ambient = Ambient::discover(&args)?;
-    let mut client = Client::new(&args.addr, Some(ambient.token(&args.audience).await?))?;
+    let mut client = ambient.client(&args).await?;
 
     // What each target issues, before anything is issued: an unknown target or a wrong
     // --env is an error with nothing to undo.
@@ -450,6 +491,10 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .task_token
         .context("the broker opened the task without a task token")?;
     client = client.with_task_token(task_token.clone());
+    let renewal = Renewal {
+        ambient,
+        task_token: task_token.clone(),
+    };
     say(
         args.verbose,
         &format!("task {} opened (deadline {})", task.id, task.deadline),
@@ -515,7 +560,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let ending = supervise(&mut child, &mut client, &ambient, &args, held, &delivery).await;
+    let ending = supervise(&mut child, &mut client, &renewal, &args, held, &delivery).await;
     remove(file);
     let (status, timed_out) = match &ending {
         Ok(Ending::Exited(s)) => (*s, false),
@@ -674,7 +719,7 @@ async fn wait_for_approval(
 async fn supervise(
     child: &mut tokio::process::Child,
     client: &mut Client,
-    ambient: &Ambient,
+    renewal: &Renewal,
     args: &ExecArgs,
     mut held: Vec<Held>,
     delivery: &Delivery,
@@ -702,7 +747,7 @@ async fn supervise(
             _ = interrupt.recv() => (rustix::process::Signal::INT, "SIGINT received".to_string()),
             _ = hangup.recv() => (rustix::process::Signal::HUP, "SIGHUP received".to_string()),
             _ = sleep_until(next_renewal) => {
-                renew_due(client, ambient, args, &mut held, &mut renewing).await;
+                renew_due(client, renewal, args, &mut held, &mut renewing).await;
                 if let Err(e) = delivery.rewrite(&held) {
                     eprintln!("mayfly exec: {e:#}");
                 }
@@ -745,14 +790,14 @@ fn forward(child: &tokio::process::Child, sig: rustix::process::Signal) {
 /// again at the next third of the TTL; the command keeps running (it may finish in time).
 async fn renew_due(
     client: &mut Client,
-    ambient: &Ambient,
+    renewal: &Renewal,
     args: &ExecArgs,
     held: &mut [Held],
     renewing: &mut Vec<usize>,
 ) {
-    match ambient.token(&args.audience).await {
-        Ok(token) => client.set_token(token),
-        Err(e) => eprintln!("mayfly exec: {e:#}; renewing with the previous identity token"),
+    match renewal.ambient.client(args).await {
+        Ok(fresh) => *client = fresh.with_task_token(renewal.task_token.clone()),
+        Err(e) => eprintln!("mayfly exec: {e:#}; renewing with the identity read before"),
     }
     let now = Instant::now();
     let mut ended = Vec::new();

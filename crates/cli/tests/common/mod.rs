@@ -35,3 +35,5 @@ pub mod pg {
 pub mod maria {
     pub use mayfly_testkit::mariadb::{superuser, superuser_or_skip, MariaFixture};
 }
+
+pub mod x509;
