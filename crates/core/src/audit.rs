@@ -84,6 +84,24 @@ pub enum AuditKind {
     TaskOpened,
     #[serde(rename = "task.ended")]
     TaskEnded,
+    /// A grant waits for approval: how many, from whom, until when.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    /// One approver approved (with a comment); `detail.complete` on the last one needed.
+    #[serde(rename = "approval.granted")]
+    ApprovalGranted,
+    /// An approver refused the request, which ends it.
+    #[serde(rename = "approval.denied")]
+    ApprovalDenied,
+    /// Nobody approved in time: the request ended `approval_timeout`.
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// Emergency access issued without approval; a review item is opened.
+    #[serde(rename = "grant.break_glass")]
+    GrantBreakGlass,
+    /// An approver closed the review of a break-glass use.
+    #[serde(rename = "review.closed")]
+    ReviewClosed,
 }
 
 impl AuditKind {
@@ -122,6 +140,12 @@ impl AuditKind {
             AuditKind::IdentityDeleted => "identity.deleted",
             AuditKind::TaskOpened => "task.opened",
             AuditKind::TaskEnded => "task.ended",
+            AuditKind::ApprovalRequested => "approval.requested",
+            AuditKind::ApprovalGranted => "approval.granted",
+            AuditKind::ApprovalDenied => "approval.denied",
+            AuditKind::ApprovalExpired => "approval.expired",
+            AuditKind::GrantBreakGlass => "grant.break_glass",
+            AuditKind::ReviewClosed => "review.closed",
         }
     }
 }
@@ -1064,6 +1088,12 @@ mod tests {
             IdentityDeleted,
             TaskOpened,
             TaskEnded,
+            ApprovalRequested,
+            ApprovalGranted,
+            ApprovalDenied,
+            ApprovalExpired,
+            GrantBreakGlass,
+            ReviewClosed,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),
