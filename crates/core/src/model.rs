@@ -145,6 +145,8 @@ impl GrantState {
                 | (PendingApproval, Expired)
                 | (Approved, Issued)
                 | (Approved, Failed)
+                // approved, but nobody collected the credential in time
+                | (Approved, Expired)
                 | (Issued, Revoked)
                 | (Issued, Expired)
         )
@@ -267,6 +269,83 @@ pub struct Task {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<OffsetDateTime>,
+}
+
+string_enum! {
+    /// Where a request for approval is.
+    ApprovalState {
+        /// Waiting for approvers.
+        Pending = "pending",
+        /// Enough approvers approved; the requester may collect the credential.
+        Approved = "approved",
+        /// An approver refused it.
+        Denied = "denied",
+        /// Nobody approved (or collected) it in time (`approval_timeout`).
+        Expired = "expired",
+        /// The credential was issued; a request is collected once.
+        Collected = "collected",
+    }
+}
+
+/// An approver's answer to a request, with the comment that justifies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalVote {
+    /// Who: `human:<name>` or `operator:<name>`.
+    pub approver: String,
+    pub approve: bool,
+    pub comment: String,
+    /// The approver's groups when they answered (what made them eligible).
+    pub groups: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// A grant waiting for (or past) approval: what it needs, who answered, until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalRecord {
+    pub grant_id: Uuid,
+    pub state: ApprovalState,
+    /// What is asked for (as in the grant), so approvers see the request in one place.
+    pub identity: String,
+    pub target: String,
+    pub action: String,
+    pub purpose: String,
+    pub task: String,
+    /// The lifetime that will be granted, from collection on.
+    pub ttl: Ttl,
+    /// Distinct approvals needed.
+    pub needed: u32,
+    /// Groups an approver must belong to (any one of them); empty: any approver.
+    pub groups: Vec<String>,
+    /// Who asked (`identity:<id>` or `operator:<name>`): never an approver of it.
+    pub requested_by: String,
+    /// The identity's owner: never an approver of it either.
+    pub owner: String,
+    pub votes: Vec<ApprovalVote>,
+    /// SHA-256 (hex) of the request as approved (identity, target, action, purpose, task,
+    /// TTL): carried into the credential so a resource server sees what was approved.
+    pub request_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub approved_at: Option<OffsetDateTime>,
+}
+
+impl ApprovalRecord {
+    /// The approvers who approved, in order.
+    pub fn approvers(&self) -> Vec<String> {
+        self.votes
+            .iter()
+            .filter(|v| v.approve)
+            .map(|v| v.approver.clone())
+            .collect()
+    }
 }
 
 /// A request for access and its outcome: who, to what, why, for how long.

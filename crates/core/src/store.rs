@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::audit::{AuditDraft, AuditEvent, VerifyReport};
 use crate::model::{
-    Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task,
-    TaskState,
+    ApprovalRecord, ApprovalState, ApprovalVote, Grant, GrantState, Identity, Lease, LeaseSelector,
+    LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use crate::CoreError;
 
@@ -84,6 +84,13 @@ pub struct AuditFilter {
 pub struct TaskFilter {
     pub identity: Option<String>,
     pub state: Option<TaskState>,
+    pub limit: Option<u32>,
+}
+
+/// Filter for listing approval requests, oldest first. Empty fields match everything.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApprovalFilter {
+    pub state: Option<ApprovalState>,
     pub limit: Option<u32>,
 }
 
@@ -384,6 +391,51 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Uuid>, StoreError>;
     /// The earliest deadline among open tasks, from the index (no scan).
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    // --- approvals --------------------------------------------------------------------
+    /// Records a grant waiting for approval (`pending_approval`), its approval request and
+    /// their audit events, in one transaction.
+    async fn request_approval(
+        &self,
+        grant: &Grant,
+        approval: &ApprovalRecord,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError>;
+    async fn get_approval(&self, grant: Uuid) -> Result<Option<ApprovalRecord>, StoreError>;
+    async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// Adds an approver's answer, atomically: the request must be pending and unexpired
+    /// at `now` and the approver must not have answered (`Rejected` otherwise). A refusal
+    /// denies the grant; the approval that makes `needed` moves it to `approved`. `event`
+    /// is audited with `approvals`, `needed` and `complete` added to its detail. Returns
+    /// the request as it now is. Concurrent answers are serialised: exactly one of them
+    /// completes a request.
+    async fn vote(
+        &self,
+        grant: Uuid,
+        vote: &ApprovalVote,
+        event: AuditDraft,
+        now: OffsetDateTime,
+    ) -> Result<ApprovalRecord, StoreError>;
+    /// Collects an approved request, once: marks it `collected` and records the
+    /// write-ahead lease of its credential (state `creating`) with `events`. `Rejected`
+    /// unless the request is approved and unexpired at `now`.
+    async fn collect_approval(
+        &self,
+        grant: Uuid,
+        lease: &Lease,
+        events: Vec<AuditDraft>,
+        now: OffsetDateTime,
+    ) -> Result<ApprovalRecord, StoreError>;
+    /// Ends up to `limit` requests past their expiry at `now`: pending ones are denied
+    /// (`approval_timeout`), approved but uncollected ones expire. Returns their grant ids.
+    async fn expire_approvals(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
 
     // --- audit --------------------------------------------------------------------------
     /// Appends events that accompany no state change (rejected requests, failed logins).

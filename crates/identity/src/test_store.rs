@@ -68,6 +68,51 @@ impl Store for TokenStore {
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         unused()
     }
+    async fn request_approval(
+        &self,
+        _: &mayfly_core::model::Grant,
+        _: &mayfly_core::model::ApprovalRecord,
+        _: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn get_approval(
+        &self,
+        _: mayfly_core::Uuid,
+    ) -> Result<Option<mayfly_core::model::ApprovalRecord>, StoreError> {
+        unused()
+    }
+    async fn list_approvals(
+        &self,
+        _: &mayfly_core::store::ApprovalFilter,
+    ) -> Result<Vec<mayfly_core::model::ApprovalRecord>, StoreError> {
+        unused()
+    }
+    async fn vote(
+        &self,
+        _: mayfly_core::Uuid,
+        _: &mayfly_core::model::ApprovalVote,
+        _: AuditDraft,
+        _: OffsetDateTime,
+    ) -> Result<mayfly_core::model::ApprovalRecord, StoreError> {
+        unused()
+    }
+    async fn collect_approval(
+        &self,
+        _: mayfly_core::Uuid,
+        _: &mayfly_core::model::Lease,
+        _: Vec<AuditDraft>,
+        _: OffsetDateTime,
+    ) -> Result<mayfly_core::model::ApprovalRecord, StoreError> {
+        unused()
+    }
+    async fn expire_approvals(
+        &self,
+        _: OffsetDateTime,
+        _: u32,
+    ) -> Result<Vec<mayfly_core::Uuid>, StoreError> {
+        unused()
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

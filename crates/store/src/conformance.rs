@@ -23,12 +23,12 @@ use mayfly_core::audit::{
 };
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{
-    Grant, GrantState, Identity, IdentityKind, Lease, LeaseSelector, LeaseState, RevocationReason,
-    Target, Task, TaskState,
+    ApprovalRecord, ApprovalState, ApprovalVote, Grant, GrantState, Identity, IdentityKind, Lease,
+    LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome, SigningKeyRecord,
-    Store, StoreError, TaskFilter,
+    ApprovalFilter, AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome,
+    SigningKeyRecord, Store, StoreError, TaskFilter,
 };
 use mayfly_core::{now, CoreError, OffsetDateTime, Uuid};
 use serde_json::json;
@@ -160,6 +160,7 @@ macro_rules! conformance_suite {
             update_and_delete_identity,
             update_and_delete_target,
             tasks_end_with_their_leases_and_children,
+            approvals_are_counted_and_collected_once,
         );
     };
     (@fresh $harness:ty; $($name:ident),* $(,)?) => {
@@ -3327,5 +3328,227 @@ pub async fn tasks_end_with_their_leases_and_children(store: Arc<dyn Store>) {
         (LeaseState::Revoked, Some(RevocationReason::TaskTimeout))
     );
     assert_eq!(store.next_task_deadline().await.unwrap(), None);
+    assert_chain_intact(store).await;
+}
+
+fn approval_for(g: &Grant, needed: u32, at: OffsetDateTime, lasts: Duration) -> ApprovalRecord {
+    ApprovalRecord {
+        grant_id: g.id,
+        state: ApprovalState::Pending,
+        identity: g.identity.clone(),
+        target: g.target.clone(),
+        action: g.action.clone(),
+        purpose: g.purpose.clone(),
+        task: g.task.clone(),
+        ttl: g.requested_ttl,
+        needed,
+        groups: vec!["db-owners".into()],
+        requested_by: format!("identity:{}", g.identity),
+        owner: g.owner.clone(),
+        votes: Vec::new(),
+        request_hash: "0".repeat(64),
+        // Whole milliseconds, as stored.
+        expires_at: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(at + lasts)),
+        created_at: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(at)),
+        approved_at: None,
+    }
+}
+
+async fn request(store: &dyn Store, needed: u32, at: OffsetDateTime, lasts: Duration) -> Grant {
+    let mut g = grant("w1", "team", "t-approval", at);
+    g.state = GrantState::PendingApproval;
+    g.granted_ttl = None;
+    let approval = approval_for(&g, needed, at, lasts);
+    let event = AuditDraft::new(AuditKind::ApprovalRequested, "identity:w1")
+        .for_grant(&g)
+        .detail(json!({"needed": needed}));
+    store
+        .request_approval(&g, &approval, vec![event])
+        .await
+        .unwrap();
+    g
+}
+
+fn vote(approver: &str, approve: bool, at: OffsetDateTime) -> ApprovalVote {
+    ApprovalVote {
+        approver: approver.into(),
+        approve,
+        comment: "checked the change ticket".into(),
+        groups: vec!["db-owners".into()],
+        at: mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(at)),
+    }
+}
+
+fn vote_event(approver: &str, g: &Grant) -> AuditDraft {
+    AuditDraft::new(AuditKind::ApprovalGranted, approver)
+        .for_grant(g)
+        .detail(json!({"comment": "checked"}))
+}
+
+/// Approval requests: recorded with their grant; distinct approvers counted once, and of
+/// many approvers racing only as many as needed count, exactly one completing it; a
+/// refusal denies; an approved request is collected exactly once, even by racing
+/// collectors; past its expiry a pending request is denied (`approval_timeout`) and an
+/// approved, uncollected one expires.
+pub async fn approvals_are_counted_and_collected_once(store: Arc<dyn Store>) {
+    let store = &*store;
+    create_identity(store, "w1", "team").await;
+    let at = now();
+    let g = request(store, 2, at, Duration::hours(1)).await;
+    let recorded = store.get_approval(g.id).await.unwrap().unwrap();
+    assert_eq!(recorded, approval_for(&g, 2, at, Duration::hours(1)));
+    assert_eq!(
+        store.get_grant(g.id).await.unwrap().unwrap().state,
+        GrantState::PendingApproval
+    );
+    let pending = store
+        .list_approvals(&ApprovalFilter {
+            state: Some(ApprovalState::Pending),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.grant_id).collect::<Vec<_>>(),
+        [g.id]
+    );
+
+    let when = at + Duration::seconds(1);
+    let g = &g;
+    let racing = (0..6).map(|i| {
+        let who = format!("human:a{i}");
+        async move {
+            store
+                .vote(g.id, &vote(&who, true, when), vote_event(&who, &g), when)
+                .await
+        }
+    });
+    let results = futures::future::join_all(racing).await;
+    let counted: Vec<&ApprovalRecord> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(counted.len(), 2, "{results:?}");
+    assert_eq!(
+        counted
+            .iter()
+            .filter(|a| a.state == ApprovalState::Approved)
+            .count(),
+        1,
+        "exactly one approval completes the request"
+    );
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Rejected(_))));
+    assert_eq!(
+        store.get_grant(g.id).await.unwrap().unwrap().state,
+        GrantState::Approved
+    );
+    let approved = store.get_approval(g.id).await.unwrap().unwrap();
+    assert_eq!(approved.approvers().len(), 2);
+    assert!(approved.approved_at.is_some());
+
+    // Collected once, however many collectors race.
+    let lease = lease_for(
+        &g,
+        when,
+        when + Duration::minutes(10),
+        when + Duration::hours(1),
+        false,
+    );
+    let collectors = (0..3).map(|_| {
+        let lease = Lease {
+            id: Uuid::new_v4(),
+            ..lease.clone()
+        };
+        async move { store.collect_approval(g.id, &lease, Vec::new(), when).await }
+    });
+    let collected = futures::future::join_all(collectors).await;
+    assert_eq!(
+        collected.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{collected:?}"
+    );
+    assert_eq!(
+        store.get_approval(g.id).await.unwrap().unwrap().state,
+        ApprovalState::Collected
+    );
+
+    // A refusal ends a request.
+    let refused = request(store, 1, at, Duration::hours(1)).await;
+    let answer = store
+        .vote(
+            refused.id,
+            &vote("human:b", false, when),
+            vote_event("human:b", &refused),
+            when,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.state, ApprovalState::Denied);
+    assert_eq!(
+        store.get_grant(refused.id).await.unwrap().unwrap().state,
+        GrantState::Denied
+    );
+    assert!(matches!(
+        store
+            .vote(
+                refused.id,
+                &vote("human:c", true, when),
+                vote_event("human:c", &refused),
+                when
+            )
+            .await,
+        Err(StoreError::Rejected(_))
+    ));
+
+    // Expiry: a pending request is denied, an approved one nobody collected expires; a
+    // late vote is refused.
+    let unanswered = request(store, 1, at, Duration::minutes(1)).await;
+    let uncollected = request(store, 1, at, Duration::minutes(1)).await;
+    store
+        .vote(
+            uncollected.id,
+            &vote("human:d", true, when),
+            vote_event("human:d", &uncollected),
+            when,
+        )
+        .await
+        .unwrap();
+    let late = at + Duration::minutes(2);
+    assert!(matches!(
+        store
+            .vote(
+                unanswered.id,
+                &vote("human:e", true, late),
+                vote_event("human:e", &unanswered),
+                late
+            )
+            .await,
+        Err(StoreError::Rejected(_))
+    ));
+    let mut swept = store.expire_approvals(late, 10).await.unwrap();
+    swept.sort();
+    let mut want = vec![unanswered.id, uncollected.id];
+    want.sort();
+    assert_eq!(swept, want);
+    assert_eq!(
+        store.get_grant(unanswered.id).await.unwrap().unwrap().state,
+        GrantState::Denied
+    );
+    assert_eq!(
+        store
+            .get_grant(uncollected.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        GrantState::Expired
+    );
+    assert!(store.expire_approvals(late, 10).await.unwrap().is_empty());
+    let expired_events = all_audit(store, AuditFilter::default())
+        .await
+        .into_iter()
+        .filter(|e| e.kind == AuditKind::ApprovalExpired)
+        .count();
+    assert_eq!(expired_events, 2);
     assert_chain_intact(store).await;
 }

@@ -10,7 +10,7 @@
 use std::str::FromStr;
 
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::{Grant, Identity, Lease, Target, Task};
+use mayfly_core::model::{ApprovalRecord, Grant, Identity, Lease, Target, Task};
 use mayfly_core::store::{OperatorTokenRecord, PendingRootRotation, SigningKeyRecord, StoreError};
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -287,4 +287,9 @@ pub(crate) fn task_from_row(row: &impl Columns) -> Result<Task, StoreError> {
         created_at: ts(row, "created_at")?,
         ended_at: opt_ts(row, "ended_at")?,
     })
+}
+
+/// An approval request from its stored JSON document.
+pub(crate) fn approval_from_json(body: &str) -> Result<ApprovalRecord, StoreError> {
+    serde_json::from_str(body).map_err(|e| corrupt("approval request", e))
 }

@@ -28,7 +28,8 @@ mod tests;
 mod writer;
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
+    ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
+    RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{OffsetDateTime, Uuid};
@@ -217,6 +218,39 @@ pub(crate) trait Backend: Send + 'static {
     /// Up to `limit` open tasks whose deadline is at or before `now`, earliest first.
     async fn due_tasks(&mut self, now: OffsetDateTime, limit: u32)
         -> Result<Vec<Uuid>, StoreError>;
+
+    // --- approvals ----------------------------------------------------------------------
+    /// `Conflict` naming the grant when it already has a request.
+    async fn insert_approval(&mut self, approval: &ApprovalRecord) -> Result<(), StoreError>;
+    /// The request, locked against concurrent change until the batch ends where the
+    /// database needs that to be said.
+    async fn approval_for_update(
+        &mut self,
+        grant: Uuid,
+    ) -> Result<Option<ApprovalRecord>, StoreError>;
+    async fn update_approval(&mut self, approval: &ApprovalRecord) -> Result<(), StoreError>;
+    /// Up to `limit` pending or approved requests past their expiry at `now`.
+    async fn due_approvals(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
+    /// Moves grant `id` from `from` to `to`; whether it was in `from`.
+    async fn set_grant_state(
+        &mut self,
+        id: Uuid,
+        from: GrantState,
+        to: GrantState,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// A lease for a grant recorded earlier (an approved grant's credential); `owner` is
+    /// the grant's.
+    async fn insert_lease(
+        &mut self,
+        owner: &str,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 
     // --- keys and operator tokens -------------------------------------------------------
     async fn retire_active_key(

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
+    ApprovalRecord, ApprovalState, ApprovalVote, Grant, GrantState, Identity, Lease, LeaseSelector,
+    LeaseState, RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, RevokeOutcome, SigningKeyRecord, StoreError};
 use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
@@ -186,6 +187,31 @@ pub(crate) enum Op {
         limit: u32,
         reply: Reply<Vec<Uuid>>,
     },
+    RequestApproval {
+        grant: Box<Grant>,
+        approval: Box<ApprovalRecord>,
+        events: Vec<AuditDraft>,
+        reply: Reply<()>,
+    },
+    Vote {
+        grant: Uuid,
+        vote: ApprovalVote,
+        event: AuditDraft,
+        now: OffsetDateTime,
+        reply: Reply<ApprovalRecord>,
+    },
+    CollectApproval {
+        grant: Uuid,
+        lease: Box<Lease>,
+        events: Vec<AuditDraft>,
+        now: OffsetDateTime,
+        reply: Reply<ApprovalRecord>,
+    },
+    ExpireApprovals {
+        now: OffsetDateTime,
+        limit: u32,
+        reply: Reply<Vec<Uuid>>,
+    },
 }
 
 /// A decided grant, its lease if one was issued, and their audit events.
@@ -232,7 +258,11 @@ impl Op {
             | Op::AddOperatorToken { reply, .. }
             | Op::CreateTask { reply, .. } => send(reply, err),
             Op::EndTask { reply, .. } => send(reply, err),
-            Op::ExpireDueTasks { reply, .. } => send(reply, err),
+            Op::ExpireDueTasks { reply, .. } | Op::ExpireApprovals { reply, .. } => {
+                send(reply, err)
+            }
+            Op::RequestApproval { reply, .. } => send(reply, err),
+            Op::Vote { reply, .. } | Op::CollectApproval { reply, .. } => send(reply, err),
             Op::RecordGrant(record) => send(record.reply, err),
             Op::EnableIdentity { reply, .. } => send(reply, err),
             Op::DisableIdentity { reply, .. } | Op::Revoke { reply, .. } => send(reply, err),
@@ -501,6 +531,65 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
                     ended.push(id);
                 }
                 Ok(ended)
+            };
+            answer(reply, result.await)
+        }
+        Op::RequestApproval {
+            grant,
+            approval,
+            events,
+            reply,
+        } => {
+            let result = async {
+                let now = core_now();
+                b.insert_grants(&[(&grant, None)], now).await?;
+                b.insert_approval(&approval).await?;
+                for event in events {
+                    chain.append(event, now);
+                }
+                Ok(())
+            };
+            answer(reply, result.await)
+        }
+        Op::Vote {
+            grant,
+            vote,
+            event,
+            now,
+            reply,
+        } => answer(reply, record_vote(b, chain, grant, vote, event, now).await),
+        Op::CollectApproval {
+            grant,
+            lease,
+            events,
+            now,
+            reply,
+        } => {
+            let result = async {
+                let mut approval = live_approval(b, grant, now).await?;
+                if approval.state != ApprovalState::Approved {
+                    return Err(rejected(format!(
+                        "grant {grant} is not approved (its request is {})",
+                        approval.state
+                    )));
+                }
+                approval.state = ApprovalState::Collected;
+                b.update_approval(&approval).await?;
+                b.insert_lease(&approval.owner, &lease, now).await?;
+                for event in events {
+                    chain.append(event, now);
+                }
+                Ok(approval)
+            };
+            answer(reply, result.await)
+        }
+        Op::ExpireApprovals { now, limit, reply } => {
+            let result = async {
+                let due = b.due_approvals(now, limit).await?;
+                for id in &due {
+                    expire_approval(b, chain, *id, now).await?;
+                }
+                Ok(due)
             };
             answer(reply, result.await)
         }
@@ -930,6 +1019,127 @@ async fn end_task<B: Backend>(
         ..task
     };
     Ok((task, outcome))
+}
+
+fn rejected(reason: String) -> StoreError {
+    CoreError::invalid("approval", reason).into()
+}
+
+/// The request of `grant`, locked, if it exists and has not expired at `now`.
+async fn live_approval<B: Backend>(
+    b: &mut B,
+    grant: Uuid,
+    now: OffsetDateTime,
+) -> Result<ApprovalRecord, StoreError> {
+    let approval = b
+        .approval_for_update(grant)
+        .await?
+        .ok_or_else(|| not_found("approval request", grant.to_string()))?;
+    let live = matches!(
+        approval.state,
+        ApprovalState::Pending | ApprovalState::Approved
+    );
+    if live && approval.expires_at <= now {
+        return Err(rejected(format!(
+            "the request for grant {grant} expired at {}",
+            rfc3339(approval.expires_at)
+        )));
+    }
+    Ok(approval)
+}
+
+/// One approver's answer. The row lock (or SQLite's single writer) makes the count read
+/// here the one the update replaces, so of two answers racing for the last slot exactly
+/// one completes the request.
+async fn record_vote<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    grant: Uuid,
+    vote: ApprovalVote,
+    mut event: AuditDraft,
+    now: OffsetDateTime,
+) -> Result<ApprovalRecord, StoreError> {
+    let mut approval = live_approval(b, grant, now).await?;
+    if approval.state != ApprovalState::Pending {
+        return Err(rejected(format!(
+            "grant {grant} is not waiting for approval (its request is {})",
+            approval.state
+        )));
+    }
+    if approval.votes.iter().any(|v| v.approver == vote.approver) {
+        return Err(rejected(format!(
+            "{} has already answered the request for grant {grant}",
+            vote.approver
+        )));
+    }
+    let approve = vote.approve;
+    approval.votes.push(vote);
+    let given = approval.votes.iter().filter(|v| v.approve).count() as u32;
+    let complete = approve && given >= approval.needed;
+    let grant_to = if !approve {
+        approval.state = ApprovalState::Denied;
+        Some(GrantState::Denied)
+    } else if complete {
+        approval.state = ApprovalState::Approved;
+        approval.approved_at = Some(now);
+        Some(GrantState::Approved)
+    } else {
+        None
+    };
+    if let Some(to) = grant_to {
+        if !b
+            .set_grant_state(grant, GrantState::PendingApproval, to, now)
+            .await?
+        {
+            return Err(rejected(format!(
+                "grant {grant} is no longer waiting for approval"
+            )));
+        }
+    }
+    b.update_approval(&approval).await?;
+    if let serde_json::Value::Object(detail) = &mut event.detail {
+        detail.insert("approvals".into(), given.into());
+        detail.insert("needed".into(), approval.needed.into());
+        detail.insert("complete".into(), complete.into());
+    }
+    chain.append(event, now);
+    Ok(approval)
+}
+
+/// Ends a request past its expiry: a pending one is denied (`approval_timeout`), an
+/// approved one nobody collected expires.
+async fn expire_approval<B: Backend>(
+    b: &mut B,
+    chain: &mut Chain,
+    grant: Uuid,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let Some(mut approval) = b.approval_for_update(grant).await? else {
+        return Ok(());
+    };
+    let (from, to) = match approval.state {
+        ApprovalState::Pending => (GrantState::PendingApproval, GrantState::Denied),
+        ApprovalState::Approved => (GrantState::Approved, GrantState::Expired),
+        _ => return Ok(()),
+    };
+    let was = approval.state;
+    approval.state = ApprovalState::Expired;
+    b.update_approval(&approval).await?;
+    b.set_grant_state(grant, from, to, now).await?;
+    let mut event =
+        AuditDraft::new(AuditKind::ApprovalExpired, "system:expiry").detail(serde_json::json!({
+            "reason": "approval_timeout",
+            "was": was.as_str(),
+            "approvals": approval.votes.iter().filter(|v| v.approve).count(),
+            "needed": approval.needed,
+        }));
+    event.grant_id = Some(grant);
+    event.identity = Some(approval.identity.clone());
+    event.owner = Some(approval.owner.clone());
+    event.target = Some(approval.target.clone());
+    event.task = Some(approval.task.clone());
+    chain.append(event, now);
+    Ok(())
 }
 
 async fn revoke<B: Backend>(

@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 
 use mayfly_core::audit::{AuditDraft, AuditEvent, VerifyReport};
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, RevocationReason, Target, Task, TaskState,
+    ApprovalRecord, ApprovalVote, Grant, Identity, Lease, LeaseSelector, RevocationReason, Target,
+    Task, TaskState,
 };
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation, RevokeOutcome,
-    SigningKeyRecord, Store, StoreError, StoreStats, TaskFilter,
+    ApprovalFilter, AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord,
+    PendingRootRotation, RevokeOutcome, SigningKeyRecord, Store, StoreError, StoreStats,
+    TaskFilter,
 };
 use mayfly_core::{OffsetDateTime, Uuid};
 
@@ -28,6 +30,11 @@ pub trait Reads: Send + Sync + 'static {
     async fn get_task(&self, id: Uuid) -> Result<Option<Task>, StoreError>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+    async fn get_approval(&self, grant: Uuid) -> Result<Option<ApprovalRecord>, StoreError>;
+    async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
     async fn get_identity(&self, id: &str) -> Result<Option<Identity>, StoreError>;
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
     async fn get_target_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -147,6 +154,82 @@ impl<R: Reads> Store for EngineStore<R> {
 
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         self.reads.next_task_deadline().await
+    }
+
+    async fn request_approval(
+        &self,
+        grant: &Grant,
+        approval: &ApprovalRecord,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        let (grant, approval) = (Box::new(grant.clone()), Box::new(approval.clone()));
+        self.writer
+            .call(|reply| Op::RequestApproval {
+                grant,
+                approval,
+                events,
+                reply,
+            })
+            .await
+    }
+
+    async fn get_approval(&self, grant: Uuid) -> Result<Option<ApprovalRecord>, StoreError> {
+        self.reads.get_approval(grant).await
+    }
+
+    async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        self.reads.list_approvals(filter).await
+    }
+
+    async fn vote(
+        &self,
+        grant: Uuid,
+        vote: &ApprovalVote,
+        event: AuditDraft,
+        now: OffsetDateTime,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let vote = vote.clone();
+        self.writer
+            .call(|reply| Op::Vote {
+                grant,
+                vote,
+                event,
+                now,
+                reply,
+            })
+            .await
+    }
+
+    async fn collect_approval(
+        &self,
+        grant: Uuid,
+        lease: &Lease,
+        events: Vec<AuditDraft>,
+        now: OffsetDateTime,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let lease = Box::new(lease.clone());
+        self.writer
+            .call(|reply| Op::CollectApproval {
+                grant,
+                lease,
+                events,
+                now,
+                reply,
+            })
+            .await
+    }
+
+    async fn expire_approvals(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.writer
+            .call(|reply| Op::ExpireApprovals { now, limit, reply })
+            .await
     }
 
     async fn create_identity(

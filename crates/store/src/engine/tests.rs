@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use mayfly_core::audit::{AuditDraft, AuditKind, GENESIS_HASH};
 use mayfly_core::model::{
-    Grant, Identity, IdentityKind, Lease, LeaseSelector, RevocationReason, Target,
+    ApprovalRecord, Grant, Identity, IdentityKind, Lease, LeaseSelector, RevocationReason, Target,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, Store, StoreError};
 use mayfly_core::{OffsetDateTime, Uuid};
@@ -255,6 +255,35 @@ impl Backend for Scripted {
     async fn due_tasks(&mut self, _: OffsetDateTime, _: u32) -> Result<Vec<Uuid>, StoreError> {
         Ok(Vec::new())
     }
+    async fn insert_approval(&mut self, _: &ApprovalRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn approval_for_update(&mut self, _: Uuid) -> Result<Option<ApprovalRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn update_approval(&mut self, _: &ApprovalRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn due_approvals(&mut self, _: OffsetDateTime, _: u32) -> Result<Vec<Uuid>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn set_grant_state(
+        &mut self,
+        _: Uuid,
+        _: mayfly_core::model::GrantState,
+        _: mayfly_core::model::GrantState,
+        _: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    async fn insert_lease(
+        &mut self,
+        _: &str,
+        _: &Lease,
+        _: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Reads are not under test; the engine store needs some.
@@ -276,6 +305,15 @@ impl Reads for NoReads {
     }
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         Ok(None)
+    }
+    async fn get_approval(&self, _: Uuid) -> Result<Option<ApprovalRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn list_approvals(
+        &self,
+        _: &mayfly_core::store::ApprovalFilter,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        Ok(Vec::new())
     }
     async fn get_identity(&self, _: &str) -> Result<Option<Identity>, StoreError> {
         Ok(None)

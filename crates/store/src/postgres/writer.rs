@@ -21,7 +21,8 @@
 //! per column (`UNNEST`), so a run of grants or a bulk revocation is one round trip.
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
+    ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
+    RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
@@ -32,8 +33,8 @@ use super::error::{conflict_or, corrupt, map_sqlx};
 use super::sql;
 use crate::engine::{Backend, Ended, GrantEnd, GrantMove, Head, LeaseRow, LiveOf, SealedRow};
 use crate::rows::{
-    identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
-    target_from_row, task_from_row, to_json, ttl_secs,
+    approval_from_json, identity_from_row, identity_kind_text, lease_from_row,
+    operator_token_from_row, target_from_row, task_from_row, to_json, ttl_secs,
 };
 
 /// Reads the head row with `statement` (locking or not).
@@ -915,6 +916,91 @@ impl Backend for PgWriter {
             .await
             .map_err(map_sqlx)?;
         parse_ids(ids)
+    }
+
+    async fn insert_approval(&mut self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        let id = a.grant_id.to_string();
+        sqlx::query(sql::INSERT_APPROVAL)
+            .bind(&id)
+            .bind(a.state.as_str())
+            .bind(to_unix_ms(a.expires_at))
+            .bind(to_unix_ms(a.created_at))
+            .bind(to_json("approval", a)?)
+            .execute(self.conn()?)
+            .await
+            .map_err(|e| conflict_or(e, "approval request", &id))?;
+        Ok(())
+    }
+
+    async fn approval_for_update(
+        &mut self,
+        grant: Uuid,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar(sql::GET_APPROVAL_FOR_UPDATE)
+            .bind(grant.to_string())
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        body.map(|b| approval_from_json(&b)).transpose()
+    }
+
+    async fn update_approval(&mut self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        sqlx::query(sql::UPDATE_APPROVAL)
+            .bind(a.grant_id.to_string())
+            .bind(a.state.as_str())
+            .bind(to_unix_ms(a.expires_at))
+            .bind(to_json("approval", a)?)
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    async fn due_approvals(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(sql::DUE_APPROVALS)
+            .bind(to_unix_ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        parse_ids(ids)
+    }
+
+    async fn set_grant_state(
+        &mut self,
+        id: Uuid,
+        from: GrantState,
+        to: GrantState,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::SET_GRANT_STATE)
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(to_unix_ms(now))
+            .execute(self.conn()?)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_lease(
+        &mut self,
+        owner: &str,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut leases = LeaseColumns::default();
+        leases.push(owner, lease, to_unix_ms(now))?;
+        let id = lease.id.to_string();
+        leases
+            .insert(self.conn()?)
+            .await
+            .map_err(|e| conflict_or(e, "lease", &id))
     }
 }
 

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::audit::{AuditEvent, VerifyReport};
-use mayfly_core::model::{Grant, Identity, Lease, Target, Task};
+use mayfly_core::model::{ApprovalRecord, Grant, Identity, Lease, Target, Task};
 use mayfly_core::store::{
-    AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, PendingRootRotation,
-    SigningKeyRecord, StoreError, StoreStats, TaskFilter,
+    ApprovalFilter, AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord,
+    PendingRootRotation, SigningKeyRecord, StoreError, StoreStats, TaskFilter,
 };
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -31,7 +31,7 @@ use self::registry::Registry;
 use self::writer::SqliteWriter;
 use crate::engine::{self, EngineStore, Placement, Reads};
 use crate::rows::{
-    grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
+    approval_from_json, grant_from_row, identity_from_row, lease_from_row, operator_token_from_row,
     root_rotation_from_row, signing_key_from_row, target_from_row, task_from_row,
 };
 
@@ -372,6 +372,28 @@ impl Reads for SqliteReads {
             .iter()
             .map(task_from_row)
             .collect()
+    }
+
+    async fn get_approval(&self, grant: Uuid) -> Result<Option<ApprovalRecord>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar(sql::GET_APPROVAL)
+            .bind(grant.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        body.map(|b| approval_from_json(&b)).transpose()
+    }
+
+    async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let bodies: Vec<String> = sqlx::query_scalar(sql::LIST_APPROVALS)
+            .bind(filter.state.map(|s| s.as_str()))
+            .bind(limit(filter.limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(map_sqlx)?;
+        bodies.iter().map(|b| approval_from_json(b)).collect()
     }
 
     async fn next_task_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::model::{
-    Grant, Identity, Lease, LeaseSelector, LeaseState, RevocationReason, Target, Task, TaskState,
+    ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
+    RevocationReason, Target, Task, TaskState,
 };
 use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
@@ -33,8 +34,8 @@ use crate::engine::{
 };
 use crate::errors::corrupt;
 use crate::rows::{
-    identity_from_row, identity_kind_text, lease_from_row, operator_token_from_row,
-    target_from_row, task_from_row, to_json, ttl_secs,
+    approval_from_json, identity_from_row, identity_kind_text, lease_from_row,
+    operator_token_from_row, target_from_row, task_from_row, to_json, ttl_secs,
 };
 
 pub(crate) struct SqliteWriter {
@@ -337,32 +338,9 @@ impl Backend for SqliteWriter {
                     ])
                 })
                 .map_err(|e| conflict_or_rusqlite(e, "grant", &g.id.to_string()))?;
-            let Some(l) = l else { continue };
-            let state = to_json("provider_state", &l.provider_state)?;
-            self.conn
-                .prepare_cached(sql::INSERT_LEASE)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        l.id.to_string(),
-                        l.grant_id.to_string(),
-                        l.kind,
-                        l.identity,
-                        g.owner,
-                        l.target,
-                        l.task,
-                        to_unix_ms(l.issued_at),
-                        to_unix_ms(l.expires_at),
-                        to_unix_ms(l.max_expires_at),
-                        l.state.as_str(),
-                        l.revocation_reason.map(|r| r.as_str()),
-                        l.external,
-                        state,
-                        i64::from(l.revoke_attempts),
-                        l.last_error,
-                        (l.state == LeaseState::Revoking).then_some(now_ms),
-                    ])
-                })
-                .map_err(|e| conflict_or_rusqlite(e, "lease", &l.id.to_string()))?;
+            if let Some(l) = l {
+                self.insert_lease_row(&g.owner, l, now_ms)?;
+            }
         }
         Ok(())
     }
@@ -776,9 +754,118 @@ impl Backend for SqliteWriter {
     ) -> Result<Vec<Uuid>, StoreError> {
         self.ids(sql::DUE_TASKS, params![to_unix_ms(now), limit])
     }
+
+    async fn insert_approval(&mut self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        let id = a.grant_id.to_string();
+        let body = to_json("approval", a)?;
+        self.conn
+            .prepare_cached(sql::INSERT_APPROVAL)
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    a.state.as_str(),
+                    to_unix_ms(a.expires_at),
+                    to_unix_ms(a.created_at),
+                    body,
+                ])
+            })
+            .map(drop)
+            .map_err(|e| conflict_or_rusqlite(e, "approval request", &id))
+    }
+
+    async fn approval_for_update(
+        &mut self,
+        grant: Uuid,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        // The batch holds SQLite's write lock: nothing else can change the row meanwhile.
+        let body: Option<String> = self
+            .conn
+            .prepare_cached(sql::GET_APPROVAL)
+            .and_then(|mut s| {
+                s.query_row([grant.to_string()], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(map_rusqlite)?;
+        body.map(|b| approval_from_json(&b)).transpose()
+    }
+
+    async fn update_approval(&mut self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        let body = to_json("approval", a)?;
+        self.run(
+            sql::UPDATE_APPROVAL,
+            params![
+                a.grant_id.to_string(),
+                a.state.as_str(),
+                to_unix_ms(a.expires_at),
+                body
+            ],
+        )
+        .map(drop)
+    }
+
+    async fn due_approvals(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.ids(sql::DUE_APPROVALS, params![to_unix_ms(now), limit])
+    }
+
+    async fn set_grant_state(
+        &mut self,
+        id: Uuid,
+        from: GrantState,
+        to: GrantState,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.run(
+            sql::SET_GRANT_STATE,
+            params![id.to_string(), from.as_str(), to.as_str(), to_unix_ms(now)],
+        )
+        .map(|n| n > 0)
+    }
+
+    async fn insert_lease(
+        &mut self,
+        owner: &str,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.insert_lease_row(owner, lease, to_unix_ms(now))
+    }
 }
 
 impl SqliteWriter {
+    /// One lease row (its owner is its grant's); a `revoking` lease is due at `now_ms`.
+    fn insert_lease_row(&self, owner: &str, l: &Lease, now_ms: i64) -> Result<(), StoreError> {
+        let state = to_json("provider_state", &l.provider_state)?;
+        self.conn
+            .prepare_cached(sql::INSERT_LEASE)
+            .and_then(|mut s| {
+                s.execute(params![
+                    l.id.to_string(),
+                    l.grant_id.to_string(),
+                    l.kind,
+                    l.identity,
+                    owner,
+                    l.target,
+                    l.task,
+                    to_unix_ms(l.issued_at),
+                    to_unix_ms(l.expires_at),
+                    to_unix_ms(l.max_expires_at),
+                    l.state.as_str(),
+                    l.revocation_reason.map(|r| r.as_str()),
+                    l.external,
+                    state,
+                    i64::from(l.revoke_attempts),
+                    l.last_error,
+                    (l.state == LeaseState::Revoking).then_some(now_ms),
+                ])
+            })
+            .map_err(|e| conflict_or_rusqlite(e, "lease", &l.id.to_string()))?;
+        Ok(())
+    }
+
     /// The ids (first column) of every row a statement returns.
     fn ids(&self, statement: &str, params: impl Params) -> Result<Vec<Uuid>, StoreError> {
         let mut stmt = self.conn.prepare_cached(statement).map_err(map_rusqlite)?;
