@@ -3419,7 +3419,7 @@ pub async fn approvals_are_counted_and_collected_once(store: Arc<dyn Store>) {
         let who = format!("human:a{i}");
         async move {
             store
-                .vote(g.id, &vote(&who, true, when), vote_event(&who, &g), when)
+                .vote(g.id, &vote(&who, true, when), vote_event(&who, g), when)
                 .await
         }
     });
@@ -3448,7 +3448,7 @@ pub async fn approvals_are_counted_and_collected_once(store: Arc<dyn Store>) {
 
     // Collected once, however many collectors race.
     let lease = lease_for(
-        &g,
+        g,
         when,
         when + Duration::minutes(10),
         when + Duration::hours(1),
