@@ -441,6 +441,22 @@ pub(crate) fn list_tasks(identity: Option<&str>, state: Option<&str>) -> ListQue
     q
 }
 
+// --- approvals ------------------------------------------------------------------------
+
+pub(crate) const INSERT_APPROVAL: &str = "INSERT INTO approvals (grant_id, state, expires_at, created_at, body) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const GET_APPROVAL: &str = "SELECT body FROM approvals WHERE grant_id = $1";
+/// Locks the row so that concurrent votes on one request serialise across replicas.
+pub(crate) const GET_APPROVAL_FOR_UPDATE: &str =
+    "SELECT body FROM approvals WHERE grant_id = $1 FOR UPDATE";
+pub(crate) const UPDATE_APPROVAL: &str =
+    "UPDATE approvals SET state = $2, expires_at = $3, body = $4 WHERE grant_id = $1";
+/// Oldest first; `$1` a state or NULL for all.
+pub(crate) const LIST_APPROVALS: &str = "SELECT body FROM approvals WHERE ($1::text IS NULL OR state = $1) ORDER BY created_at, grant_id LIMIT $2";
+/// `SKIP LOCKED`: replicas sweeping at once take disjoint requests.
+pub(crate) const DUE_APPROVALS: &str = "SELECT grant_id FROM approvals WHERE state IN ('pending', 'approved') AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+pub(crate) const SET_GRANT_STATE: &str =
+    "UPDATE grants SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2";
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -471,19 +487,3 @@ mod tests {
         );
     }
 }
-
-// --- approvals ------------------------------------------------------------------------
-
-pub(crate) const INSERT_APPROVAL: &str = "INSERT INTO approvals (grant_id, state, expires_at, created_at, body) VALUES ($1, $2, $3, $4, $5)";
-pub(crate) const GET_APPROVAL: &str = "SELECT body FROM approvals WHERE grant_id = $1";
-/// Locks the row so that concurrent votes on one request serialise across replicas.
-pub(crate) const GET_APPROVAL_FOR_UPDATE: &str =
-    "SELECT body FROM approvals WHERE grant_id = $1 FOR UPDATE";
-pub(crate) const UPDATE_APPROVAL: &str =
-    "UPDATE approvals SET state = $2, expires_at = $3, body = $4 WHERE grant_id = $1";
-/// Oldest first; `$1` a state or NULL for all.
-pub(crate) const LIST_APPROVALS: &str = "SELECT body FROM approvals WHERE ($1::text IS NULL OR state = $1) ORDER BY created_at, grant_id LIMIT $2";
-/// `SKIP LOCKED`: replicas sweeping at once take disjoint requests.
-pub(crate) const DUE_APPROVALS: &str = "SELECT grant_id FROM approvals WHERE state IN ('pending', 'approved') AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED";
-pub(crate) const SET_GRANT_STATE: &str =
-    "UPDATE grants SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2";
