@@ -46,6 +46,11 @@ pub struct Decision {
     /// Human-readable reasons, especially for a denial.
     pub reasons: Vec<String>,
     pub engine: String,
+    /// With `require_approval`: the groups whose members may approve (any one of them,
+    /// from the policies' `@approvers`); empty when policy names none (the target's
+    /// `approvers` setting then applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
 }
 
 impl Decision {
@@ -56,6 +61,7 @@ impl Decision {
             determined_by: vec![rule.to_string()],
             reasons: vec![reason.into()],
             engine: engine.to_string(),
+            approvers: Vec::new(),
         }
     }
 }
@@ -85,6 +91,18 @@ pub struct DelegationRequest<'a> {
 /// Decides grants. Must be cheap: it runs on every request.
 pub trait PolicyEngine: Send + Sync {
     fn decide(&self, request: &PolicyRequest<'_>) -> Result<Decision, PolicyError>;
+
+    /// [`PolicyEngine::decide`] again for a request `approvers` have approved (by their
+    /// audit names): an engine that requires approvals counts them (Cedar sees them as
+    /// `context.approvals`). An engine that never asks for approval decides as before.
+    fn decide_approved(
+        &self,
+        request: &PolicyRequest<'_>,
+        approvers: &[String],
+    ) -> Result<Decision, PolicyError> {
+        let _ = approvers;
+        self.decide(request)
+    }
 
     /// Whether an actor may act for a subject. Default deny: only an engine that can
     /// express who may act for whom (Cedar's `Action::"act_for"`) ever allows it.
@@ -121,6 +139,7 @@ impl PolicyEngine for TargetAllowList {
                 determined_by: vec![format!("target {} allow {entry:?}", r.target.name)],
                 reasons: vec![],
                 engine: ENGINE.into(),
+                approvers: Vec::new(),
             },
             None => Decision::deny(
                 ENGINE,

@@ -368,6 +368,7 @@ impl CedarEngine {
                     })
                     .collect(),
                 engine: ENGINE_NAME.into(),
+                approvers: Vec::new(),
             };
         }
 
@@ -393,14 +394,28 @@ impl CedarEngine {
                     .min();
                 let given = approvals.approvers.len() as u32;
                 let mut reasons = Vec::new();
+                let mut approvers = Vec::new();
                 let outcome = if approvals_needed > 0 {
                     let by: Vec<String> = determining
                         .iter()
                         .filter(|(_, m)| m.map(|m| m.approvals) == Some(approvals_needed))
                         .map(|(id, _)| format!("{:?}", id.to_string()))
                         .collect();
+                    approvers = determining
+                        .iter()
+                        .filter_map(|(_, m)| *m)
+                        .filter(|m| m.approvals == approvals_needed)
+                        .flat_map(|m| m.approvers.iter().cloned())
+                        .collect();
+                    approvers.sort();
+                    approvers.dedup();
+                    let from = if approvers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" from {}", approvers.join(" or "))
+                    };
                     reasons.push(format!(
-                        "policy {} requires {approvals_needed} approval{}",
+                        "policy {} requires {approvals_needed} approval{}{from}",
                         by.join(", "),
                         if approvals_needed == 1 { "" } else { "s" }
                     ));
@@ -427,6 +442,7 @@ impl CedarEngine {
                     determined_by,
                     reasons,
                     engine: ENGINE_NAME.into(),
+                    approvers,
                 }
             }
             cedar_policy::Decision::Deny => {
@@ -460,6 +476,7 @@ impl CedarEngine {
                     },
                     reasons,
                     engine: ENGINE_NAME.into(),
+                    approvers: Vec::new(),
                 }
             }
         }
@@ -636,6 +653,19 @@ impl CedarEngine {
 impl PolicyEngine for CedarEngine {
     fn decide(&self, request: &PolicyRequest<'_>) -> Result<Decision, PolicyError> {
         self.decide_with_approvals(request, &GivenApprovals::default())
+    }
+
+    fn decide_approved(
+        &self,
+        request: &PolicyRequest<'_>,
+        approvers: &[String],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_with_approvals(
+            request,
+            &GivenApprovals {
+                approvers: approvers.to_vec(),
+            },
+        )
     }
 
     fn decide_delegation(&self, request: &DelegationRequest<'_>) -> Result<Decision, PolicyError> {

@@ -29,8 +29,10 @@ pub const MAX_APPROVALS: u32 = 10;
 
 /// Annotation keys that look like ours but are not: rejected so a typo cannot silently drop
 /// an approval requirement or a TTL cap.
-const MISSPELT_ANNOTATIONS: [(&str, &str); 7] = [
+const MISSPELT_ANNOTATIONS: [(&str, &str); 9] = [
     ("approvals", "approval"),
+    ("approver", "approvers"),
+    ("approver_groups", "approvers"),
     ("require_approval", "approval"),
     ("requires_approval", "approval"),
     ("ttl", "max_ttl"),
@@ -136,6 +138,8 @@ pub(crate) struct PolicyMeta {
     pub max_ttl: Option<Ttl>,
     /// `@reason`, shown to the caller when this policy denies.
     pub reason: Option<String>,
+    /// `@approvers("db-owners, sre")`: the groups whose members may approve.
+    pub approvers: Vec<String>,
 }
 
 /// Policies grouped by what their resource scope can match, so a decision only evaluates
@@ -457,9 +461,32 @@ fn annotations(policy: &Policy) -> Result<PolicyMeta, String> {
             Err(e) => return Err(format!("@max_ttl({v:?}) is not a duration: {e}")),
         },
     };
-    if effect == Effect::Forbid && (policy.annotation("approval").is_some() || max_ttl.is_some()) {
+    let approvers: Vec<String> = policy
+        .annotation("approvers")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(v) = policy.annotation("approvers") {
+        if approvers.is_empty() {
+            return Err(format!("@approvers({v:?}) names no group"));
+        }
+        if approvals == 0 {
+            return Err(format!(
+                "@approvers({v:?}) needs @approval(N): it says who approves, @approval how many"
+            ));
+        }
+    }
+    if effect == Effect::Forbid
+        && (policy.annotation("approval").is_some() || max_ttl.is_some() || !approvers.is_empty())
+    {
         return Err(
-            "@approval and @max_ttl only apply to permit policies; a forbid always denies".into(),
+            "@approval, @approvers and @max_ttl only apply to permit policies; a forbid always denies"
+                .into(),
         );
     }
     Ok(PolicyMeta {
@@ -467,6 +494,7 @@ fn annotations(policy: &Policy) -> Result<PolicyMeta, String> {
         approvals,
         max_ttl,
         reason: policy.annotation("reason").map(str::to_string),
+        approvers,
     })
 }
 

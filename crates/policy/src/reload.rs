@@ -104,6 +104,14 @@ impl PolicyEngine for ReloadingEngine {
         self.current().decide(request)
     }
 
+    fn decide_approved(
+        &self,
+        request: &PolicyRequest<'_>,
+        approvers: &[String],
+    ) -> Result<Decision, PolicyError> {
+        self.current().decide_approved(request, approvers)
+    }
+
     fn decide_delegation(
         &self,
         request: &mayfly_core::policy::DelegationRequest<'_>,

@@ -1225,3 +1225,43 @@ fn delegation_needs_a_permit_naming_act_for() {
         Err(PolicyError::BadRequest { .. })
     ));
 }
+
+/// `@approvers` names the groups that may approve; the decision carries them (the
+/// strictest permits' groups, together), and decided again with enough approvers given
+/// the same request is allowed. Misuse is a load error.
+#[test]
+fn approvers_name_the_groups_that_may_approve() {
+    let src = r#"
+@id("prod-writes")
+@approval("2")
+@approvers("db-owners, sre")
+permit (principal, action == Action::"write", resource);
+"#;
+    let e = engine(&[("a.cedar", src)]);
+    let d = Req::default().decide(&e);
+    assert_eq!(d.outcome, Outcome::RequireApproval { approvals: 2 });
+    assert_eq!(d.approvers, ["db-owners", "sre"]);
+    assert!(
+        d.reasons[0].contains("from db-owners or sre"),
+        "{:?}",
+        d.reasons
+    );
+
+    for (text, says) in [
+        (
+            "@approvers(\"sre\")\npermit (principal, action, resource);",
+            "needs @approval",
+        ),
+        (
+            "@approval(\"1\")\n@approvers(\" , \")\npermit (principal, action, resource);",
+            "names no group",
+        ),
+        (
+            "@approver(\"sre\")\npermit (principal, action, resource);",
+            "did you mean @approvers",
+        ),
+    ] {
+        let err = load_err(&[("bad.cedar", text)]);
+        assert!(err.to_string().contains(says), "{text}: {err}");
+    }
+}

@@ -684,6 +684,7 @@ fn decide_exchange(
         determined_by: Vec::new(),
         reasons: Vec::new(),
         engine: String::new(),
+        approvers: Vec::new(),
     };
     for scope in &scopes {
         let mut decisions = vec![state
