@@ -32,6 +32,21 @@ pub enum Proven {
     Operator { name: String },
     /// A workload whose credential binds it to `identity`.
     Workload(WorkloadClaims),
+    /// A person (an approver), from an OIDC ID token of an issuer configured for humans.
+    Human(HumanClaims),
+}
+
+/// The verified facts about a person's ID token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HumanClaims {
+    /// Who, as audited (`human:<name>`): the configured name claim (e.g. `email`).
+    pub name: String,
+    pub issuer: String,
+    pub subject: String,
+    /// The groups claim: what approver groups the person is in.
+    pub groups: Vec<String>,
+    #[serde(serialize_with = "unix_as_rfc3339")]
+    pub expires_at: Option<i64>,
 }
 
 /// The verified facts about a workload credential.
@@ -78,6 +93,8 @@ pub enum Principal {
         kind: IdentityKind,
         owner: String,
     },
+    /// A person: approves and denies requests and closes reviews; never requests access.
+    Human(HumanClaims),
 }
 
 impl Principal {
@@ -94,6 +111,7 @@ impl Principal {
         match self {
             Principal::Operator { name } => format!("operator:{name}"),
             Principal::Workload { claims, .. } => format!("identity:{}", claims.identity),
+            Principal::Human(h) => format!("human:{}", h.name),
         }
     }
 
@@ -104,7 +122,7 @@ impl Principal {
     pub fn identity(&self) -> Option<&str> {
         match self {
             Principal::Workload { claims, .. } => Some(&claims.identity),
-            Principal::Operator { .. } => None,
+            Principal::Operator { .. } | Principal::Human(_) => None,
         }
     }
 }

@@ -570,6 +570,9 @@ impl CedarEngine {
                 Some(&claims.attributes),
             ),
             Principal::Operator { name } => ("operator", "", name.as_str(), None),
+            // People never request access (the server refuses them before policy); if one
+            // ever reached here it would carry no workload claims.
+            Principal::Human(h) => ("human", h.issuer.as_str(), h.name.as_str(), None),
         };
         let mut attributes = Vec::new();
         if let Some(claims) = claims {

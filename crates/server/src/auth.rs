@@ -75,6 +75,7 @@ pub(crate) async fn bind(
 ) -> Result<(Principal, Option<Identity>), AuthRejection> {
     match proven {
         Proven::Operator { name } => Ok((Principal::Operator { name }, None)),
+        Proven::Human(claims) => Ok((Principal::Human(claims), None)),
         Proven::Workload(claims) => {
             let identity = state
                 .store
@@ -93,10 +94,56 @@ pub(crate) async fn bind(
     }
 }
 
+/// A caller who may answer approval requests and close reviews: a person (from an
+/// issuer configured for humans) or an operator. Workloads never approve.
+pub struct Approver(pub Principal);
+
+impl Approver {
+    /// The approver's groups (an operator has none; it approves where no group is required).
+    pub fn groups(&self) -> &[String] {
+        match &self.0 {
+            Principal::Human(h) => &h.groups,
+            _ => &[],
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Approver {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match authenticated(parts, state).await?.0 {
+            Principal::Workload { .. } => Err(ApiError::Forbidden {
+                code: "approver_only",
+                detail: "approvals are answered by people (an ID token from an issuer configured for humans) or operators, never by workloads".into(),
+            }),
+            principal => Ok(Approver(principal)),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = authenticated(parts, state).await?;
+        // People approve; they do not administer or request. Every endpoint but the
+        // approver's (`Approver`) turns them away, so no handler written for operators and
+        // workloads ever sees one.
+        if matches!(caller.0, Principal::Human(_)) {
+            return Err(ApiError::Forbidden {
+                code: "not_for_humans",
+                detail: "a person's ID token answers approvals and reviews only (/v1/approvals, /v1/grants/{id}/approve|deny, /v1/reviews)".into(),
+            });
+        }
+        Ok(caller)
+    }
+}
+
+/// Authenticates the request (bearer token, else the TLS client certificate), counting
+/// and auditing failures, and turning away a source that has failed too often.
+async fn authenticated(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    {
         let source = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
