@@ -317,14 +317,14 @@ impl<'a> Ctx<'a> {
         extra: &[&SecretString],
     ) -> Result<Answer, ProviderError> {
         let url = Ctx::url(admin, segments)?;
-        let mut req = self
-            .http
-            .request(method, url)
-            .basic_auth(
-                admin.username(),
-                admin.password().map(|p| p.expose().to_string()),
-            )
-            .header("x-reason", "mayfly lease revoked");
+        let mut req = self.http.request(method, url).basic_auth(
+            admin.username(),
+            admin.password().map(|p| p.expose().to_string()),
+        );
+        // Shown to the client whose connection is closed (`connection.close` reply text).
+        if segments.first() == Some(&"connections") {
+            req = req.header("x-reason", "credential revoked by mayfly");
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
