@@ -9,6 +9,10 @@
 //!
 //! Revoke runs `ACL DELUSER` (which ends the user's connections on Redis 7) and then
 //! `CLIENT KILL USER`, so connections end on servers that do not do it on deletion too.
+//! Where Redis has an ACL file, revoke and root rotation then run `ACL SAVE`, so a restart
+//! can neither bring a deleted user back nor revert the admin password (without one,
+//! users made at run time are gone after a restart anyway, and so is a rotated password
+//! of a user defined in `redis.conf`: give the admin user an ACL file).
 //! Reconciliation lists `ACL USERS` by the template's prefix; Redis has no place for a
 //! marker on a user, so the store's record is the only proof (as on MariaDB). Root
 //! rotation replaces the admin user's passwords (`resetpass #<new>`).
@@ -672,7 +676,22 @@ impl<'a> Ctx<'a> {
             }
             _ => {}
         }
+        // Also when the user was already gone: an earlier attempt may have deleted it and
+        // failed to save.
+        self.persist(c).await?;
         Ok(deleted == Reply::Int(1))
+    }
+
+    /// Writes the users to Redis's ACL file (`ACL SAVE`) where it has one, so that a
+    /// restart neither brings back a deleted user nor reverts a rotated admin password.
+    /// Without an ACL file (users from `redis.conf` or made at run time only) there is
+    /// nothing to write: `Ok(false)`.
+    async fn persist(&self, c: &mut Client) -> Result<bool, ProviderError> {
+        match c.cmd(&["ACL", "SAVE"]).await.map_err(|e| self.io_err(e))? {
+            Reply::Error(e) if e.contains("not configured to use an ACL file") => Ok(false),
+            Reply::Error(e) => Err(self.reply_err("saving the ACL file", &e, &[])),
+            _ => Ok(true),
+        }
     }
 
     /// The `ACL SETUSER` arguments that create `name` with `rules`: the password only as
@@ -883,7 +902,13 @@ impl RedisProvider {
             &[&new, &hash],
         )
         .await?;
-        match self.check(ctx, &next_ep).await {
+        let verified = match self.check(ctx, &next_ep).await {
+            // Saved only once it works; a save that fails undoes the change below, since
+            // a restart would bring the old password back behind Mayfly's back.
+            Ok(()) => ctx.persist(&mut c).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match verified {
             Ok(()) => {
                 tracing::info!(target = ctx.name(), "rotated the admin password");
                 Ok(())
@@ -903,9 +928,13 @@ impl RedisProvider {
                         &[&old, &old_hash, &new],
                     )
                     .await;
+                let restored = match restored {
+                    Ok(_) => ctx.persist(&mut c).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
                 Err(ProviderError::Failed(match restored {
-                    Ok(_) => format!(
-                        "the new admin password did not work ({reason}); the old one was restored"
+                    Ok(()) => format!(
+                        "the new admin password did not work or could not be saved ({reason}); the old one was restored"
                     ),
                     Err(r) => format!(
                         "the new admin password did not work ({reason}) and restoring the old one failed ({r}); both stay on record until one connects"

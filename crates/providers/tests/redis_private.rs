@@ -1,7 +1,10 @@
-//! The `redis` kind over TLS (`rediss://`): a private `redis-server` with a TLS port and a
-//! certificate from a throwaway CA, trusted through `SSL_CERT_FILE` (which the provider's
-//! system-roots loader honours). Its own test binary, because the CA is set for the whole
-//! process before the first TLS connection.
+//! The `redis` kind against private `redis-server` processes, for what the shared one on
+//! 6379 cannot show:
+//!
+//! - TLS (`rediss://`): a TLS port with a certificate from a throwaway CA, trusted through
+//!   `SSL_CERT_FILE` (which the provider's system-roots loader honours). Its own test
+//!   binary, because the CA is set for the whole process before the first TLS connection.
+//! - An ACL file: revocations and root rotations survive a restart (`ACL SAVE`).
 //!
 //! Needs `redis-server` (built with TLS) and `openssl` on the PATH; skipped without them
 //! (a failure under `MAYFLY_REQUIRE_SERVICES=1`).
@@ -75,14 +78,13 @@ fn free_port() -> u16 {
 
 fn start(dir: &Path, port: u16) -> Result<Server, String> {
     let port = port.to_string();
-    Command::new("redis-server")
-        .args([
+    start_with(
+        dir,
+        &[
             "--port",
             "0",
             "--tls-port",
             &port,
-            "--bind",
-            "127.0.0.1",
             "--tls-cert-file",
             "server.pem",
             "--tls-key-file",
@@ -91,11 +93,14 @@ fn start(dir: &Path, port: u16) -> Result<Server, String> {
             "ca.pem",
             "--tls-auth-clients",
             "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        ],
+    )
+}
+
+fn start_with(dir: &Path, args: &[&str]) -> Result<Server, String> {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -122,15 +127,7 @@ async fn issue_use_and_revoke_over_tls() {
         }
     };
     let admin_url = format!("rediss://127.0.0.1:{port}");
-    let up = eventually(Duration::from_secs(10), || async {
-        match Client::connect(&Endpoint::parse(&admin_url).unwrap()).await {
-            Ok(Ok(mut c)) => c.cmd(&["PING"]).await.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
-    assert_eq!(up.unwrap(), Reply::Status("PONG".into()));
+    wait_up(&admin_url).await;
 
     let settings = serde_json::json!({
         "grants": {"read": "~k:* +@read", "write": "~k:* +@read +@write"},
@@ -179,4 +176,82 @@ async fn issue_use_and_revoke_over_tls() {
     plain.admin = SecretString::new(format!("redis://127.0.0.1:{port}"));
     let e = p.check_admin(plain.access()).await.err().unwrap();
     assert!(matches!(e, ProviderError::Unavailable(_)), "{e:?}");
+}
+
+async fn wait_up(url: &str) {
+    let ep = Endpoint::parse(url).unwrap();
+    let up = eventually(Duration::from_secs(10), || async {
+        match Client::connect(&ep).await {
+            Ok(Ok(mut c)) => c.cmd(&["PING"]).await.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(up.unwrap(), Reply::Status("PONG".into()));
+}
+
+/// With an ACL file, a revoked user does not come back after a restart and a rotated admin
+/// password stays rotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_file_keeps_revocations_and_rotations_across_restarts() {
+    let dir = mayfly_testkit::scratch_dir();
+    std::fs::write(
+        dir.join("users.acl"),
+        "user default on nopass ~* &* +@all\nuser mayfly_admin on >Adm1nPassw0rd -@all +acl +client|kill +ping\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let port_arg = port.to_string();
+    let args = ["--port", port_arg.as_str(), "--aclfile", "users.acl"];
+    let server = match start_with(&dir, &args) {
+        Ok(s) => s,
+        Err(why) => {
+            services::unavailable("redis ACL file", "redis-server", &why);
+            return;
+        }
+    };
+    let admin_url = format!("redis://mayfly_admin:Adm1nPassw0rd@127.0.0.1:{port}");
+    wait_up(&admin_url).await;
+    let settings = serde_json::json!({"grants": {"read": "~k:* +@read", "write": "~k:* +@write"}});
+    let mut fx = Fixture {
+        suffix: "aclfile".into(),
+        database: String::new(),
+        admin_user: "mayfly_admin".into(),
+        admin_password: "Adm1nPassw0rd".into(),
+        prefix: "mayfly_".into(),
+        target: target("redis", "cache-aclfile", settings),
+        admin: SecretString::new(admin_url.clone()),
+    };
+    let p = RedisProvider::new();
+    let kept = issue(&p, &fx, "read").await.unwrap();
+    let revoked = issue(&p, &fx, "read").await.unwrap();
+    // The rotation saves the file, with both lease users in it.
+    let next = p.plan_root_rotation(fx.access()).unwrap();
+    p.rotate_root(fx.access(), &next).await.unwrap();
+    fx.admin = next.clone();
+    p.revoke(&revoked.lease, fx.access()).await.unwrap();
+
+    drop(server);
+    let _server = start_with(&dir, &args).unwrap();
+    wait_up(next.expose()).await;
+    let login = |dsn: String| async move {
+        matches!(
+            Client::connect(&Endpoint::parse(&dsn).unwrap()).await,
+            Ok(Ok(_))
+        )
+    };
+    assert!(
+        !login(admin_url.clone()).await,
+        "the old admin password came back"
+    );
+    assert!(
+        login(kept.dsn().to_string()).await,
+        "a saved live user was lost"
+    );
+    assert!(
+        !login(revoked.dsn().to_string()).await,
+        "a revoked user came back from the ACL file"
+    );
+    p.check_admin(fx.access()).await.unwrap();
 }
