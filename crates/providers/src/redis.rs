@@ -45,9 +45,11 @@
 //! `+acl +client|kill +ping` (checked by the live target check).
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use mayfly_core::model::{Grant, Lease, Target};
 use mayfly_core::provider::{
@@ -531,12 +533,80 @@ impl Client {
 // The provider
 
 /// Issues temporary Redis ACL users.
+/// Issues temporary Redis ACL users. Keeps a few idle admin connections per target.
 #[derive(Default)]
-pub struct RedisProvider;
+pub struct RedisProvider {
+    idle: Idle,
+}
 
 impl RedisProvider {
     pub fn new() -> Self {
-        RedisProvider
+        RedisProvider::default()
+    }
+
+    /// An admin connection: an idle one of this target made with the same admin secret
+    /// (pinged first when it has been idle a while), or a new one.
+    async fn acquire(&self, ctx: &Ctx<'_>) -> Result<Client, ProviderError> {
+        while let Some((mut c, since)) = self.idle.take(ctx.name(), ctx.secret) {
+            if since.elapsed() < PING_AFTER
+                || matches!(c.cmd(&["PING"]).await, Ok(Reply::Status(_)))
+            {
+                return Ok(c);
+            }
+        }
+        ctx.connect().await
+    }
+
+    /// Returns a connection after an operation that succeeded (one that failed may be
+    /// broken, and is dropped instead).
+    fn release(&self, ctx: &Ctx<'_>, c: Client) {
+        self.idle.put(ctx.name(), ctx.secret, c);
+    }
+}
+
+/// Idle connections kept per target.
+const MAX_IDLE: usize = 4;
+/// An idle connection older than this is pinged before use (a restarted server, or a
+/// `timeout` in redis.conf, ends idle connections).
+const PING_AFTER: Duration = Duration::from_secs(30);
+
+/// Target -> its idle connections, each with the secret it logged in with and since when.
+type IdleMap = HashMap<String, Vec<(Client, SecretString, Instant)>>;
+
+/// Idle admin connections by target, each with the admin secret it logged in with, so a
+/// changed or rotated secret never reuses a session of the old one.
+#[derive(Default)]
+struct Idle {
+    map: Mutex<IdleMap>,
+}
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
+        // A panic elsewhere while holding the lock leaves a map that is still valid.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, target: &str, secret: &SecretString) -> Option<(Client, Instant)> {
+        let mut map = self.lock();
+        let list = map.get_mut(target)?;
+        let i = list
+            .iter()
+            .rposition(|(_, s, _)| s.ct_eq(secret.expose()))?;
+        let (c, _, since) = list.swap_remove(i);
+        Some((c, since))
+    }
+
+    fn put(&self, target: &str, secret: &SecretString, c: Client) {
+        let mut map = self.lock();
+        let list = map.entry(target.to_string()).or_default();
+        list.retain(|(_, s, _)| s.ct_eq(secret.expose()));
+        if list.len() < MAX_IDLE {
+            list.push((c, secret.clone(), Instant::now()));
+        }
+    }
+
+    fn forget(&self, target: &str) {
+        self.lock().remove(target);
     }
 }
 
@@ -544,6 +614,7 @@ struct Ctx<'a> {
     target: &'a Target,
     config: Config,
     admin: Admin,
+    secret: &'a SecretString,
     endpoint: Endpoint,
 }
 
@@ -573,10 +644,12 @@ impl<'a> Ctx<'a> {
         )?;
         let endpoint =
             Endpoint::parse(admin.url().as_str()).map_err(|e| bad(format!("admin URL: {e}")))?;
+        let secret = access.admin.ok_or_else(|| bad("missing admin secret"))?;
         Ok(Ctx {
             target: access.target,
             config,
             admin,
+            secret,
             endpoint,
         })
     }
@@ -722,7 +795,7 @@ impl RedisProvider {
         let rules = ctx.config.rules(&r.grant.action)?;
         let password = generate_password(ctx.config.basics.password_length)?;
         let hash = verifier::redis_sha256(&password);
-        let mut c = ctx.connect().await?;
+        let mut c = self.acquire(ctx).await?;
         // `ACL SETUSER` changes an existing user rather than failing like `CREATE ROLE`:
         // never touch a user that is already there (the planned name is random, so this
         // only trips on a name someone else chose).
@@ -735,6 +808,7 @@ impl RedisProvider {
         let args = Ctx::setuser(&name, "on", hash.expose(), rules);
         ctx.run(&mut c, "creating the user", &args, &[&password, &hash])
             .await?;
+        self.release(ctx, c);
         tracing::info!(target = ctx.name(), user = %name, action = %r.grant.action, "created user");
 
         let host = ctx.config.host.clone().unwrap_or_else(|| ctx.admin.host());
@@ -766,7 +840,7 @@ impl RedisProvider {
         ctx: &Ctx<'_>,
         ledger: &dyn Ledger,
     ) -> Result<ReconcileReport, ProviderError> {
-        let mut c = ctx.connect().await?;
+        let mut c = self.acquire(ctx).await?;
         let me = match ctx
             .run(&mut c, "reading the admin user", &["ACL", "WHOAMI"], &[])
             .await?
@@ -809,6 +883,7 @@ impl RedisProvider {
                 Err(e) => report.failed.push((name, e.to_string())),
             }
         }
+        self.release(ctx, c);
         Ok(report)
     }
 
@@ -890,6 +965,8 @@ impl RedisProvider {
         let next_ep = Endpoint::parse(next_admin.url().as_str())
             .map_err(|e| bad(format!("admin URL: {e}")))?;
         let me = ctx.me();
+        // Sessions of the old secret stay usable until the change, then are of no use.
+        self.idle.forget(ctx.name());
         let mut c = within(ctx.config.basics.timeout, ctx.name(), ctx.connect()).await?;
         // No client-side timeout from here on: a cancelled change could still apply. The
         // caller recorded `next` before this, so a change that applies is never lost.
@@ -1002,8 +1079,9 @@ impl Provider for RedisProvider {
             StateUse::Existing,
         )?;
         within(ctx.config.basics.timeout, ctx.name(), async {
-            let mut c = ctx.connect().await?;
+            let mut c = self.acquire(&ctx).await?;
             let existed = ctx.drop_user(&mut c, &name).await?;
+            self.release(&ctx, c);
             tracing::info!(target = ctx.name(), user = %name, existed, "revoked user");
             Ok(())
         })
