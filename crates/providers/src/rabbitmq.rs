@@ -202,6 +202,8 @@ impl Config {
 /// An answer of the management API.
 enum Answer {
     Ok(serde_json::Value),
+    /// 204 to a `PUT`: the object existed and was changed.
+    Updated,
     NotFound,
 }
 
@@ -317,6 +319,7 @@ impl<'a> Ctx<'a> {
         extra: &[&SecretString],
     ) -> Result<Answer, ProviderError> {
         let url = Ctx::url(admin, segments)?;
+        let method_is_put = method == Method::PUT;
         let mut req = self.http.request(method, url).basic_auth(
             admin.username(),
             admin.password().map(|p| p.expose().to_string()),
@@ -347,6 +350,9 @@ impl<'a> Ctx<'a> {
         } else {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
         };
+        if status == StatusCode::NO_CONTENT && method_is_put {
+            return Ok(Answer::Updated);
+        }
         if status.is_success() {
             return Ok(Answer::Ok(json));
         }
@@ -396,7 +402,7 @@ impl<'a> Ctx<'a> {
                     .to_string(),
                 tags_of(&v),
             )),
-            Answer::NotFound => Err(ProviderError::Unavailable(format!(
+            Answer::NotFound | Answer::Updated => Err(ProviderError::Unavailable(format!(
                 "target {}: the admin URL does not lead to the management API (/api/whoami not found)",
                 self.name()
             ))),
@@ -483,37 +489,32 @@ impl RabbitMqProvider {
         let grant = ctx.config.grant(&r.grant.action)?;
         let password = generate_password(ctx.config.basics.password_length)?;
         let hash = verifier::rabbitmq_sha256(&password)?;
-        // `PUT /api/users` updates a user that exists instead of failing: never touch one
-        // that is already there (the planned name is random, so this only trips on a name
-        // someone else chose).
-        if let Answer::Ok(_) = ctx
-            .call(
-                Method::GET,
-                &["users", &name],
-                None,
-                "looking up the user",
-                &[],
-            )
-            .await?
-        {
-            return Err(ProviderError::Failed(format!(
-                "user {name} already exists on target {}",
-                ctx.name()
-            )));
-        }
+        // `PUT /api/users` updates a user that exists instead of failing, and there is
+        // no create-only form. The planned name carries 51 random bits from the OS
+        // generator, chosen before anything exists, so a look-up first would guard
+        // against nothing that happens; the answer still tells (201 made, 204 changed).
         let body = serde_json::json!({
             "password_hash": hash.expose(),
             "hashing_algorithm": verifier::RABBITMQ_HASHING,
             "tags": grant.tags.join(","),
         });
-        ctx.call(
-            Method::PUT,
-            &["users", &name],
-            Some(&body),
-            "creating the user",
-            &[&password, &hash],
-        )
-        .await?;
+        let made = ctx
+            .call(
+                Method::PUT,
+                &["users", &name],
+                Some(&body),
+                "creating the user",
+                &[&password, &hash],
+            )
+            .await?;
+        if let Answer::Updated = made {
+            // Someone else's user now has our password and tags; deleting it is not ours
+            // to decide. The failed issue leaves the name on record for an operator.
+            return Err(ProviderError::Failed(format!(
+                "user {name} already existed on target {} and was changed; check it by hand",
+                ctx.name()
+            )));
+        }
         for (vhost, perms) in &grant.permissions {
             let body =
                 serde_json::to_value(perms).map_err(|e| ProviderError::Failed(e.to_string()))?;

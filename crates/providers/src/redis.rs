@@ -367,6 +367,16 @@ impl Endpoint {
     }
 }
 
+/// Appends one command as a RESP array of bulk strings.
+fn encode<'a>(out: &mut Vec<u8>, args: impl ExactSizeIterator<Item = &'a [u8]>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A RESP2 connection.
 pub struct Client {
     io: BufReader<Box<dyn Io>>,
@@ -432,22 +442,35 @@ impl Client {
     /// Sends one command and reads its reply.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, RespError> {
         let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
+        encode(&mut out, args.iter().copied());
+        self.send(out).await?;
+        self.read_reply().await
+    }
+
+    /// Sends several commands at once and reads their replies, in order: one round trip.
+    pub async fn pipeline(&mut self, commands: &[&[&str]]) -> Result<Vec<Reply>, RespError> {
+        let mut out = Vec::with_capacity(128);
+        for args in commands {
+            encode(&mut out, args.iter().map(|a| a.as_bytes()));
         }
+        self.send(out).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.read_reply().await?);
+        }
+        Ok(replies)
+    }
+
+    /// Writes and flushes `out`, then wipes it (it may hold a password hash).
+    async fn send(&mut self, mut out: Vec<u8>) -> Result<(), RespError> {
         let written = self.io.get_mut().write_all(&out).await;
-        // The command may hold a password hash: wipe the buffer either way.
         out.fill(0);
         written.map_err(|e| RespError::Io(format!("sending: {e}")))?;
         self.io
             .get_mut()
             .flush()
             .await
-            .map_err(|e| RespError::Io(format!("sending: {e}")))?;
-        self.read_reply().await
+            .map_err(|e| RespError::Io(format!("sending: {e}")))
     }
 
     /// [`Client::call`] with text arguments.
@@ -723,36 +746,46 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    async fn user_exists(&self, c: &mut Client, name: &str) -> Result<bool, ProviderError> {
-        let r = self
-            .run(c, "looking up the user", &["ACL", "GETUSER", name], &[])
-            .await?;
-        Ok(!matches!(r, Reply::Bulk(None) | Reply::Array(None)))
-    }
-
     /// `ACL DELUSER` and `CLIENT KILL USER`; whether the user existed.
     async fn drop_user(&self, c: &mut Client, name: &str) -> Result<bool, ProviderError> {
-        let deleted = self
-            .run(c, "deleting the user", &["ACL", "DELUSER", name], &[])
-            .await?;
-        // Redis 7 ends the user's connections on deletion; killing by user as well keeps
-        // that true on servers that do not. Once the user is gone, Redis answers
-        // "No such user", which means nobody is left to kill.
-        match c
-            .cmd(&["CLIENT", "KILL", "USER", name])
+        // One round trip: the three replies come back in order.
+        let replies = c
+            .pipeline(&[
+                &["ACL", "DELUSER", name],
+                // Redis 7 ends the user's connections on deletion; killing by user as well
+                // keeps that true on servers that do not. Once the user is gone Redis
+                // answers "No such user": nobody is left to kill.
+                &["CLIENT", "KILL", "USER", name],
+                // Also when the user was already gone: an earlier attempt may have deleted
+                // it and failed to save.
+                &["ACL", "SAVE"],
+            ])
             .await
-            .map_err(|e| self.io_err(e))?
-        {
+            .map_err(|e| self.io_err(e))?;
+        let [deleted, killed, saved] = <[Reply; 3]>::try_from(replies).map_err(|_| {
+            ProviderError::Failed("Redis answered a pipeline of 3 with another count".into())
+        })?;
+        if let Reply::Error(e) = &deleted {
+            return Err(self.reply_err("deleting the user", e, &[]));
+        }
+        match killed {
             Reply::Error(e) if e.contains("No such user") => {}
             Reply::Error(e) => {
                 return Err(self.reply_err("ending the user's connections", &e, &[]))
             }
             _ => {}
         }
-        // Also when the user was already gone: an earlier attempt may have deleted it and
-        // failed to save.
-        self.persist(c).await?;
+        self.saved(saved)?;
         Ok(deleted == Reply::Int(1))
+    }
+
+    /// What `ACL SAVE` answered: `Ok(false)` where Redis has no ACL file.
+    fn saved(&self, reply: Reply) -> Result<bool, ProviderError> {
+        match reply {
+            Reply::Error(e) if e.contains("not configured to use an ACL file") => Ok(false),
+            Reply::Error(e) => Err(self.reply_err("saving the ACL file", &e, &[])),
+            _ => Ok(true),
+        }
     }
 
     /// Writes the users to Redis's ACL file (`ACL SAVE`) where it has one, so that a
@@ -760,11 +793,8 @@ impl<'a> Ctx<'a> {
     /// Without an ACL file (users from `redis.conf` or made at run time only) there is
     /// nothing to write: `Ok(false)`.
     async fn persist(&self, c: &mut Client) -> Result<bool, ProviderError> {
-        match c.cmd(&["ACL", "SAVE"]).await.map_err(|e| self.io_err(e))? {
-            Reply::Error(e) if e.contains("not configured to use an ACL file") => Ok(false),
-            Reply::Error(e) => Err(self.reply_err("saving the ACL file", &e, &[])),
-            _ => Ok(true),
-        }
+        let reply = c.cmd(&["ACL", "SAVE"]).await.map_err(|e| self.io_err(e))?;
+        self.saved(reply)
     }
 
     /// The `ACL SETUSER` arguments that create `name` with `rules`: the password only as
@@ -796,15 +826,11 @@ impl RedisProvider {
         let password = generate_password(ctx.config.basics.password_length)?;
         let hash = verifier::redis_sha256(&password);
         let mut c = self.acquire(ctx).await?;
-        // `ACL SETUSER` changes an existing user rather than failing like `CREATE ROLE`:
-        // never touch a user that is already there (the planned name is random, so this
-        // only trips on a name someone else chose).
-        if ctx.user_exists(&mut c, &name).await? {
-            return Err(ProviderError::Failed(format!(
-                "user {name} already exists on target {}",
-                ctx.name()
-            )));
-        }
+        // `ACL SETUSER` would change a user that already exists rather than fail like
+        // `CREATE ROLE`. There is no create-only form and no atomic check, and the planned
+        // name carries 51 random bits from the OS generator, chosen before anything
+        // exists: a look-up first would cost a third of an issue+revoke pair and guard
+        // against nothing that happens.
         let args = Ctx::setuser(&name, "on", hash.expose(), rules);
         ctx.run(&mut c, "creating the user", &args, &[&password, &hash])
             .await?;
