@@ -879,6 +879,25 @@ mod tests {
         }
     }
 
+    /// The README's example settings (section "Redis and RabbitMQ") are valid.
+    #[test]
+    fn readme_example() {
+        let mut t = target(serde_json::json!({"grants": {
+          "consume": {"permissions": {"/": {"configure": "", "write": "", "read": "^jobs$"}}},
+          "publish": {"tags": ["monitoring"],
+                      "permissions": {"/": {"configure": "", "write": "^amq\\.default$", "read": ""}}}}}));
+        t.actions = vec!["consume".into(), "publish".into()];
+        let admin = SecretString::new("http://mayfly_admin:change-me@127.0.0.1:15672".into());
+        RabbitMqProvider::new()
+            .validate_target(&t, Some(&admin))
+            .unwrap();
+        let c = Config::from_target(&t).unwrap();
+        assert_eq!(
+            c.grants["publish"].permissions["/"].write,
+            "^amq\\.default$"
+        );
+    }
+
     #[test]
     fn urls_and_reasons() {
         let secret = SecretString::new("http://adm:s3cr3t@mq.example:15672/proxy/".into());

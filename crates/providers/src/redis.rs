@@ -1194,6 +1194,31 @@ mod tests {
         }
     }
 
+    /// The README's example settings (section "Redis and RabbitMQ") are valid.
+    #[test]
+    fn readme_example() {
+        let target = Target {
+            name: "cache".into(),
+            kind: KIND.into(),
+            actions: vec!["read".into(), "write".into()],
+            default_ttl: "1h".parse().unwrap(),
+            max_ttl: "1h".parse().unwrap(),
+            allow: vec![],
+            settings: serde_json::json!({"grants": {"read":  "~app:* +get +mget +scan",
+                "write": "~app:* +@read +@write -@dangerous"}}),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let c = Config::from_target(&target).unwrap();
+        assert_eq!(
+            c.rules("read").unwrap(),
+            ["~app:*", "+get", "+mget", "+scan"]
+        );
+        let admin = SecretString::new("redis://mayfly_admin:change-me@127.0.0.1:6379".into());
+        RedisProvider::new()
+            .validate_target(&target, Some(&admin))
+            .unwrap();
+    }
+
     #[test]
     fn endpoints() {
         let e = Endpoint::parse("rediss://adm:p%40ss@cache.example:6380").unwrap();
