@@ -8,8 +8,9 @@
 //! Redis keeps of it anyway.
 //!
 //! Revoke runs `ACL DELUSER` (which ends the user's connections on Redis 7) and then
-//! `CLIENT KILL USER`, so connections end on servers that do not do it on deletion too.
-//! Where Redis has an ACL file, revoke and root rotation then run `ACL SAVE`, so a restart
+//! `CLIENT KILL USER`, so connections end on servers that do not do it on deletion too,
+//! and `ACL SAVE`, pipelined in one round trip.
+//! Where Redis has an ACL file, revoke and root rotation save it, so a restart
 //! can neither bring a deleted user back nor revert the admin password (without one,
 //! users made at run time are gone after a restart anyway, and so is a rotated password
 //! of a user defined in `redis.conf`: give the admin user an ACL file).
@@ -18,7 +19,8 @@
 //! rotation replaces the admin user's passwords (`resetpass #<new>`).
 //!
 //! The client is a small RESP2 implementation over TCP or TLS ([`Client`]): the provider
-//! sends a handful of commands and needs no pooling, pub/sub or cluster support.
+//! sends a handful of commands and needs no pub/sub or cluster support. A few idle admin
+//! connections are kept per target.
 //!
 //! # Target settings
 //!
@@ -385,6 +387,8 @@ pub struct Client {
 /// Bulk strings and arrays larger than this are refused (the provider reads user lists and
 /// short replies; anything this large is not a Redis we talk to).
 const MAX_BULK: usize = 64 << 20;
+/// Longest status, error or length line accepted.
+const MAX_LINE: u64 = 64 << 10;
 
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, RespError> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
@@ -481,8 +485,9 @@ impl Client {
 
     async fn line(&mut self) -> Result<String, RespError> {
         let mut line = Vec::new();
-        let n = self
-            .io
+        // Bounded, so a server that never ends a line cannot grow this without limit.
+        let n = (&mut self.io)
+            .take(MAX_LINE)
             .read_until(b'\n', &mut line)
             .await
             .map_err(|e| RespError::Io(format!("reading: {e}")))?;
