@@ -7,12 +7,13 @@
 //! `rabbit_password_hashing_sha256` hash ([`crate::verifier::rabbitmq_sha256`]) with
 //! `hashing_algorithm` set, which is also all RabbitMQ keeps of it.
 //!
-//! Revoke deletes the user (no new logins) and then closes its connections
-//! (`GET /api/connections/username/{name}`, `DELETE /api/connections/{name}`): RabbitMQ
-//! keeps open connections of a deleted user. Reconciliation lists `GET /api/users` by the
-//! template's prefix; RabbitMQ users carry no marker we could set, so the store's record is
-//! the only proof, and users tagged `administrator` are never candidates. Root rotation
-//! sets a new password hash on the admin user, keeping its tags.
+//! Revoke deletes the user (no new logins; RabbitMQ 3.10 also closes its connections) and
+//! then closes whatever connections of the user are still listed
+//! (`GET /api/connections/username/{name}`, `DELETE /api/connections/{name}`).
+//! Reconciliation lists `GET /api/users` by the template's prefix; RabbitMQ users carry no
+//! marker we could set, so the store's record is the only proof, and users tagged
+//! `administrator` are never candidates. Root rotation sets a new password hash on the
+//! admin user, keeping its tags.
 //!
 //! # Target settings
 //!
@@ -422,8 +423,9 @@ impl<'a> Ctx<'a> {
             .await?,
             Answer::Ok(_)
         );
-        // After the deletion nobody can log in as the user; what remains are connections
-        // opened before, which RabbitMQ keeps open unless they are closed.
+        // After the deletion nobody can log in as the user. RabbitMQ 3.10 also closes the
+        // user's connections itself (`CONNECTION_FORCED - user … is deleted`); closing
+        // what is still listed covers releases that do not, and closes in flight.
         let conns = match self
             .call(
                 Method::GET,
@@ -435,6 +437,23 @@ impl<'a> Ctx<'a> {
             .await?
         {
             Answer::Ok(serde_json::Value::Array(items)) => items,
+            // Releases without the per-user listing: all connections, filtered here.
+            Answer::NotFound => match self
+                .call(
+                    Method::GET,
+                    &["connections"],
+                    None,
+                    "listing connections",
+                    &[],
+                )
+                .await?
+            {
+                Answer::Ok(serde_json::Value::Array(items)) => items
+                    .into_iter()
+                    .filter(|c| c.get("user").and_then(|u| u.as_str()) == Some(name))
+                    .collect(),
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
         };
         for c in &conns {
