@@ -297,8 +297,8 @@ pub async fn removable(
     Ok(remove)
 }
 
-/// The settings every account-per-lease kind outside SQL shares (Redis, RabbitMQ), after
-/// the same checks the SQL kinds make in [`crate::common::Config`].
+/// The settings every account-per-lease kind shares (the SQL kinds' [`crate::common::Config`],
+/// Redis, RabbitMQ), checked in one place.
 #[derive(Debug)]
 pub struct Basics {
     pub username: UsernameTemplate,
