@@ -42,10 +42,7 @@ use mayfly_core::provider::ProviderError;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::plan::{
-    NameRules, UsernameTemplate, DEFAULT_PASSWORD_LENGTH, DEFAULT_USERNAME_TEMPLATE,
-    MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH,
-};
+use crate::plan::{Basics, NameRules, UsernameTemplate};
 use crate::template::{Template, Var};
 
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
@@ -243,38 +240,14 @@ impl Config {
             }
         }
 
-        let username = UsernameTemplate::parse(
-            settings
-                .username_template
-                .as_deref()
-                .unwrap_or(DEFAULT_USERNAME_TEMPLATE),
+        let basics = Basics::check(
             &spec.names(),
+            settings.username_template.as_deref(),
+            settings.password_length,
+            settings.timeout_seconds,
+            settings.host.as_deref(),
+            settings.port,
         )?;
-        let password_length = settings.password_length.unwrap_or(DEFAULT_PASSWORD_LENGTH);
-        if !(MIN_PASSWORD_LENGTH..=MAX_PASSWORD_LENGTH).contains(&password_length) {
-            return Err(bad(format!(
-                "password_length must be between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH}"
-            )));
-        }
-        let timeout_seconds = settings.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
-        if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
-            return Err(bad(format!(
-                "timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"
-            )));
-        }
-        // The overrides end up in a URL handed to the requester; keep them plain.
-        if let Some(h) = &settings.host {
-            if h.is_empty()
-                || !h
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-            {
-                return Err(bad("host must be a hostname or IP address"));
-            }
-        }
-        if settings.port == Some(0) {
-            return Err(bad("port must not be 0"));
-        }
         if let Some(d) = &settings.database {
             if d.is_empty() || d.chars().any(|c| c.is_control()) {
                 return Err(bad("database must be a non-empty name"));
@@ -284,12 +257,12 @@ impl Config {
             creation,
             grants,
             revocation,
-            username,
-            password_length,
+            username: basics.username,
+            password_length: basics.password_length,
             host: settings.host,
             port: settings.port,
             database: settings.database,
-            timeout: Duration::from_secs(timeout_seconds),
+            timeout: basics.timeout,
         })
     }
 

@@ -109,8 +109,13 @@ pub trait Engine: Send + Sync + 'static {
     fn rejected_admin_url(fx: &Fixture, password: &str) -> String;
     /// An admin URL pointing at a port where nothing listens, with `password`.
     fn down_admin_url(fx: &Fixture, password: &str) -> String;
-    /// A creation statement that breaks with `{{password}}` right in the server's error.
-    fn creation_echoing_password() -> &'static str;
+    /// A creation statement that breaks with `{{password}}` right in the server's error;
+    /// `None` for kinds whose settings hold no text sent alongside the password (Redis,
+    /// RabbitMQ: rules and permissions are checked before they are sent).
+    fn creation_echoing_password() -> Option<&'static str>;
+    /// The key of the issued credential's public part that names [`Fixture::database`]
+    /// (`vhost` on RabbitMQ), or `None` where the kind has no such thing (Redis).
+    const DATABASE_KEY: Option<&'static str> = Some("database");
     /// Whether the provider marks its users on the target itself (PostgreSQL's role
     /// comment), a second proof next to the store's record.
     const HAS_MARKER: bool;
@@ -360,7 +365,9 @@ pub async fn lifecycle<E: Engine>() {
     assert!(password.chars().all(|ch| ch.is_ascii_alphanumeric()));
     assert!(read.dsn().contains(password));
     assert_eq!(c.public["host"], "127.0.0.1");
-    assert_eq!(c.public["database"], fx.database.as_str());
+    if let Some(key) = E::DATABASE_KEY {
+        assert_eq!(c.public[key], fx.database.as_str());
+    }
     assert!(!format!("{:?}", c.public).contains(password));
     assert!(E::user_exists(fx, &read.username).await);
     let mut rs = E::connect(read.dsn()).await.unwrap();
@@ -724,22 +731,27 @@ pub async fn secrets_not_in_errors<E: Engine>() {
     assert_no_secret(&e, secret_text);
 
     // a broken template that makes the server quote the generated password back
-    let mut fx = guard.fx.clone();
-    fx.target.settings["creation_statements"] = serde_json::json!([E::creation_echoing_password()]);
-    p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
-    let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
-    let text = format!("{e} {e:?}");
-    assert!(matches!(e, ProviderError::Failed(_)), "{e:?}");
-    assert!(
-        text.contains("[redacted]"),
-        "the server echoed nothing? {text}"
-    );
-    assert!(!has_password_like_run(&text), "{text}");
-    assert!(!text.contains(&guard.fx.admin_password));
+    if let Some(statement) = E::creation_echoing_password() {
+        let mut fx = guard.fx.clone();
+        fx.target.settings["creation_statements"] = serde_json::json!([statement]);
+        p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
+        let e = issue(p.as_ref(), &fx, "read").await.err().unwrap();
+        let text = format!("{e} {e:?}");
+        assert!(matches!(e, ProviderError::Failed(_)), "{e:?}");
+        assert!(
+            text.contains("[redacted]"),
+            "the server echoed nothing? {text}"
+        );
+        assert!(!has_password_like_run(&text), "{text}");
+        assert!(!text.contains(&guard.fx.admin_password));
+    }
 
     // settings errors name the problem and nothing secret
     let mut fx = guard.fx.clone();
-    fx.target.settings["grants"] = serde_json::json!({"read": []});
+    fx.target.settings["grants"]
+        .as_object_mut()
+        .unwrap()
+        .remove("write");
     let e = p
         .validate_target(&fx.target, Some(&fx.admin))
         .err()

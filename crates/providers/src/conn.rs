@@ -27,23 +27,39 @@ pub struct Admin {
 
 impl Admin {
     pub fn parse(spec: &EngineSpec, secret: Option<&SecretString>) -> Result<Admin, ProviderError> {
+        let example = format!(
+            "{}://mayfly_admin:PASSWORD@host:{}/db",
+            spec.schemes.first().copied().unwrap_or_default(),
+            spec.default_port
+        );
+        Admin::parse_url(spec.kind, spec.schemes, &example, true, secret)
+    }
+
+    /// [`Admin::parse`] for kinds outside the SQL engines (Redis, RabbitMQ): `example` is
+    /// shown when the secret is missing, and `user_required: false` accepts a URL without
+    /// a user (Redis's `default` user).
+    pub fn parse_url(
+        kind: &str,
+        schemes: &[&str],
+        example: &str,
+        user_required: bool,
+        secret: Option<&SecretString>,
+    ) -> Result<Admin, ProviderError> {
         let secret = secret.ok_or_else(|| {
             ProviderError::BadSettings(format!(
-                "{} targets need an admin secret: a connection URL such as {}://mayfly_admin:PASSWORD@host:{}/db",
-                spec.kind, spec.schemes[0], spec.default_port
+                "{kind} targets need an admin secret: a URL such as {example}"
             ))
         })?;
         let mut redact = vec![secret.clone()];
         // `url::ParseError`'s text never contains the input.
         let url = url::Url::parse(secret.expose())
             .map_err(|e| ProviderError::BadSettings(format!("admin secret is not a URL: {e}")))?;
-        if !spec.schemes.contains(&url.scheme()) {
+        if !schemes.contains(&url.scheme()) {
             return Err(ProviderError::BadSettings(format!(
-                "admin URL scheme must be one of {:?}",
-                spec.schemes
+                "admin URL scheme must be one of {schemes:?}"
             )));
         }
-        if url.username().is_empty() {
+        if user_required && url.username().is_empty() {
             return Err(ProviderError::BadSettings("admin URL names no user".into()));
         }
         if url.host_str().is_none_or(str::is_empty) {
@@ -79,7 +95,12 @@ impl Admin {
     }
 
     pub fn port(&self, spec: &EngineSpec) -> u16 {
-        self.url.port().unwrap_or(spec.default_port)
+        self.port_or(spec.default_port)
+    }
+
+    /// The URL's port, or `default` where it names none.
+    pub fn port_or(&self, default: u16) -> u16 {
+        self.url.port().unwrap_or(default)
     }
 
     pub fn database(&self) -> Option<String> {
@@ -186,7 +207,7 @@ impl Admin {
 }
 
 /// Decodes `%XX` escapes (the URL's user, password and path); invalid escapes stay as is.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -311,11 +332,20 @@ pub async fn with_timeout<T>(
     target: &str,
     op: impl std::future::Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
-    match tokio::time::timeout(config.timeout, op).await {
+    within(config.timeout, target, op).await
+}
+
+/// [`with_timeout`] for providers without a SQL [`Config`].
+pub async fn within<T>(
+    timeout: Duration,
+    target: &str,
+    op: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    match tokio::time::timeout(timeout, op).await {
         Ok(r) => r,
         Err(_) => Err(ProviderError::Unavailable(format!(
             "target {target} did not answer within {} s",
-            config.timeout.as_secs()
+            timeout.as_secs()
         ))),
     }
 }

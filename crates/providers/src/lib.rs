@@ -2,6 +2,8 @@
 //!
 //! - [`postgres`]: the `postgres` kind, one PostgreSQL role per lease.
 //! - [`mariadb`]: the `mariadb` kind, one MariaDB user per lease.
+//! - [`redis`]: the `redis` kind, one Redis ACL user per lease.
+//! - [`rabbitmq`]: the `rabbitmq` kind, one RabbitMQ user per lease.
 //!
 //! What any account-per-lease provider needs (the write-ahead plan, usernames, passwords,
 //! reconciliation's choice) is in [`plan`], free of SQL; what the two SQL providers share
@@ -22,16 +24,22 @@ pub mod conn;
 pub mod mariadb;
 pub mod plan;
 pub mod postgres;
+pub mod rabbitmq;
+pub mod redis;
 pub mod template;
 pub mod verifier;
 
 pub use mariadb::MariaDbProvider;
 pub use postgres::PostgresProvider;
+pub use rabbitmq::RabbitMqProvider;
+pub use redis::RedisProvider;
 
-/// The database providers, ready to register with the server.
+/// The database and broker providers, ready to register with the server.
 pub fn builtin() -> Vec<Arc<dyn Provider>> {
     vec![
         Arc::new(PostgresProvider::new()),
         Arc::new(MariaDbProvider::new()),
+        Arc::new(RedisProvider::new()),
+        Arc::new(RabbitMqProvider::new()),
     ]
 }

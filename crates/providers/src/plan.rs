@@ -296,3 +296,82 @@ pub async fn removable(
     }
     Ok(remove)
 }
+
+/// The settings every account-per-lease kind shares (the SQL kinds' [`crate::common::Config`],
+/// Redis, RabbitMQ), checked in one place.
+#[derive(Debug)]
+pub struct Basics {
+    pub username: UsernameTemplate,
+    pub password_length: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl Basics {
+    /// Checks the shared keys: username template, password length, timeout, and the
+    /// `host`/`port` overrides handed to the requester.
+    pub fn check(
+        rules: &NameRules,
+        username_template: Option<&str>,
+        password_length: Option<usize>,
+        timeout_seconds: Option<u64>,
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<Basics, ProviderError> {
+        use crate::common::{DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS};
+        let username = UsernameTemplate::parse(
+            username_template.unwrap_or(DEFAULT_USERNAME_TEMPLATE),
+            rules,
+        )?;
+        let password_length = password_length.unwrap_or(DEFAULT_PASSWORD_LENGTH);
+        if !(MIN_PASSWORD_LENGTH..=MAX_PASSWORD_LENGTH).contains(&password_length) {
+            return Err(bad(format!(
+                "password_length must be between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH}"
+            )));
+        }
+        let timeout_seconds = timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
+            return Err(bad(format!(
+                "timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"
+            )));
+        }
+        // The overrides end up in a URL handed to the requester; keep them plain.
+        if let Some(h) = host {
+            if h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            {
+                return Err(bad("host must be a hostname or IP address"));
+            }
+        }
+        if port == Some(0) {
+            return Err(bad("port must not be 0"));
+        }
+        Ok(Basics {
+            username,
+            password_length,
+            timeout: std::time::Duration::from_secs(timeout_seconds),
+        })
+    }
+}
+
+/// Checks that `grants` (the keys of a target's per-action settings) covers exactly the
+/// target's actions.
+pub fn check_grant_actions<'a>(
+    target: &mayfly_core::model::Target,
+    grants: impl Iterator<Item = &'a String> + Clone,
+) -> Result<(), ProviderError> {
+    for action in grants.clone() {
+        if !target.actions.iter().any(|a| a == action) {
+            return Err(bad(format!(
+                "grants names action {action:?}, which the target does not offer"
+            )));
+        }
+    }
+    for action in &target.actions {
+        if !grants.clone().any(|g| g == action) {
+            return Err(bad(format!("grants has no entry for action {action:?}")));
+        }
+    }
+    Ok(())
+}

@@ -11,6 +11,11 @@
 //! - MariaDB: the `mysql_native_password` hash `*<UPPERHEX(SHA1(SHA1(password)))>`, for
 //!   `IDENTIFIED BY PASSWORD '…'`.
 //!
+//! - Redis: `#` and the lower-case hex SHA-256 of the password, which `ACL SETUSER`
+//!   takes in place of `>password` (Redis keeps only that hash anyway).
+//! - RabbitMQ: `rabbit_password_hashing_sha256`, base64 of a 4-byte random salt followed
+//!   by SHA-256(salt ‖ password), for the management API's `password_hash`.
+//!
 //! Verifiers are [`SecretString`]s too: they are not the password, but they allow an
 //! offline guessing attack and (MariaDB) a replay given one captured handshake.
 
@@ -94,6 +99,39 @@ pub fn mysql_native(password: &SecretString) -> SecretString {
     SecretString::new(out)
 }
 
+/// The `ACL SETUSER` rule that sets `password` by its hash: `#<sha256 hex>`.
+pub fn redis_sha256(password: &SecretString) -> SecretString {
+    let hash = digest::digest(&digest::SHA256, password.expose().as_bytes());
+    let mut out = String::with_capacity(65);
+    out.push('#');
+    for b in hash.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    SecretString::new(out)
+}
+
+/// RabbitMQ's name for the hash [`rabbitmq_sha256`] makes (`hashing_algorithm`).
+pub const RABBITMQ_HASHING: &str = "rabbit_password_hashing_sha256";
+
+/// A `rabbit_password_hashing_sha256` hash of `password` with a fresh random salt.
+pub fn rabbitmq_sha256(password: &SecretString) -> Result<SecretString, ProviderError> {
+    let salt = random_bytes::<4>()
+        .map_err(|_| ProviderError::Failed("the system random generator failed".into()))?;
+    Ok(rabbitmq_sha256_with(password, salt))
+}
+
+/// The hash for a given salt (the tests compare it with RabbitMQ's own).
+pub fn rabbitmq_sha256_with(password: &SecretString, salt: [u8; 4]) -> SecretString {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&salt);
+    ctx.update(password.expose().as_bytes());
+    let hash = ctx.finish();
+    let mut blob = Vec::with_capacity(36);
+    blob.extend_from_slice(&salt);
+    blob.extend_from_slice(hash.as_ref());
+    SecretString::new(base64::engine::general_purpose::STANDARD.encode(blob))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -129,6 +167,24 @@ mod tests {
         assert!(!a.expose().contains(['\'', '\\']));
         assert!(scram_sha256(&s("pässword")).is_err());
         assert!(scram_sha256(&s("a\nb")).is_err());
+    }
+
+    #[test]
+    fn redis_and_rabbitmq_hashes() {
+        // `ACL SETUSER u >pencil` then `ACL GETUSER u` on Redis 7.0.
+        assert_eq!(
+            redis_sha256(&s("pencil")).expose(),
+            "#13809668fb436386706f67dcb052ed584a04ba16a8c02a17d66d34c30fceda21"
+        );
+        let pw = s("Xy7pQ2mN9vB4cD8fG1hJ3kL5zW6tR0sA");
+        let a = rabbitmq_sha256(&pw).unwrap();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(a.expose())
+            .unwrap();
+        assert_eq!(blob.len(), 36);
+        let salt: [u8; 4] = blob[..4].try_into().unwrap();
+        assert_eq!(rabbitmq_sha256_with(&pw, salt).expose(), a.expose());
+        assert_ne!(rabbitmq_sha256(&pw).unwrap().expose(), a.expose());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   directory of its own, and an HTTP client for it;
 //! - `pg`, `mariadb` (features `postgres`, `mariadb`): the local database servers'
 //!   superuser connections, a PostgreSQL target fixture and its SCRAM check;
+//! - [`amqp`]: a minimal AMQP 0-9-1 client (login, passive declare, confirmed publish)
+//!   for the RabbitMQ provider's tests;
 //! - [`issuer`]: a test OIDC issuer whose JWTs the broker can be told to trust;
 //! - [`services`]: skip a suite when a service it needs is down, or fail it when
 //!   `MAYFLY_REQUIRE_SERVICES=1` (CI);
@@ -16,6 +18,7 @@
 // Test support: a failed set-up is a failed test, so panicking is the right answer here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod amqp;
 #[allow(unsafe_code)]
 mod at_exit;
 pub mod broker;

@@ -150,10 +150,10 @@ impl Engine for Maria {
         )
     }
 
-    fn creation_echoing_password() -> &'static str {
+    fn creation_echoing_password() -> Option<&'static str> {
         // `{{password}}` is the hash; a second `PASSWORD` clause is a syntax error, and
         // MariaDB answers `... near 'PASSWORD '<hash>''`.
-        "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}' PASSWORD '{{password}}'"
+        Some("CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}' PASSWORD '{{password}}'")
     }
 
     // MariaDB 10.11 has no per-user comment: the store's record is the only proof.

@@ -183,10 +183,10 @@ impl Engine for Pg {
         )
     }
 
-    fn creation_echoing_password() -> &'static str {
+    fn creation_echoing_password() -> Option<&'static str> {
         // `{{password}}` is the SCRAM verifier; as a timestamp PostgreSQL answers
         // `invalid input syntax for type timestamp with time zone: "<verifier>"`.
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{password}}'"
+        Some("CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{password}}'")
     }
 
     const HAS_MARKER: bool = true;
