@@ -176,6 +176,14 @@ pub trait Provider: Send + Sync {
         let _ = (target, next);
         Err(self.no_root())
     }
+    /// A check of a target being created against the live system, beyond
+    /// [`Provider::validate_target`]'s offline one: the rules or permissions parse there,
+    /// the named vhosts exist, the admin has the rights it needs. `BadSettings` refuses
+    /// the target; `Unavailable` means it could not be checked now.
+    async fn check_target(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        let _ = target;
+        Ok(())
+    }
     /// Whether `target.admin` opens an admin session on the target now: `Ok` if it does;
     /// `Unavailable` if the target refused it or could not be reached.
     async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {

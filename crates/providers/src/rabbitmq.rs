@@ -624,7 +624,7 @@ impl RabbitMqProvider {
     /// grants name exists, and RabbitMQ accepts every permission expression (set on a
     /// throwaway user without a password, deleted again). Errors are `BadSettings` with
     /// the reason, or `Unavailable`.
-    pub async fn check_target(&self, access: TargetAccess<'_>) -> Result<(), ProviderError> {
+    pub async fn check_live(&self, access: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(self, access)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let (me, tags) = ctx.whoami(&ctx.admin).await?;
@@ -838,6 +838,10 @@ impl Provider for RabbitMqProvider {
     ) -> Result<(), ProviderError> {
         let ctx = Ctx::new(self, target)?;
         self.rotate_inner(&ctx, next).await
+    }
+
+    async fn check_target(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        self.check_live(target).await
     }
 
     async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {

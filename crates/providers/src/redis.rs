@@ -924,7 +924,7 @@ impl RedisProvider {
     /// are accepted by Redis on a disabled throwaway user (deleted again) and do not let
     /// the user manage users. Errors are `BadSettings` with Redis's reason, or
     /// `Unavailable`.
-    pub async fn check_target(&self, access: TargetAccess<'_>) -> Result<(), ProviderError> {
+    pub async fn check_live(&self, access: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(access)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = ctx.connect().await?;
@@ -1151,6 +1151,10 @@ impl Provider for RedisProvider {
     ) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
         self.rotate_inner(&ctx, next).await
+    }
+
+    async fn check_target(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        self.check_live(target).await
     }
 
     async fn check_admin(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {

@@ -80,7 +80,7 @@ mod redis {
             return;
         };
         let p = RedisProvider::new();
-        p.check_target(guard.fx.access()).await.unwrap();
+        p.check_live(guard.fx.access()).await.unwrap();
         let with_rules = |read: &str| {
             let mut fx = guard.fx.clone();
             fx.target.settings["grants"]["read"] = read.into();
@@ -105,7 +105,7 @@ mod redis {
             ("~a:* +acl|setuser", "ACL SETUSER"),
         ] {
             let fx = with_rules(rules);
-            let e = p.check_target(fx.access()).await.err().unwrap();
+            let e = p.check_live(fx.access()).await.err().unwrap();
             assert!(
                 matches!(&e, ProviderError::BadSettings(m) if m.contains(why)),
                 "{rules}: {e}"
@@ -123,7 +123,7 @@ mod redis {
         su(&["ACL", "SETUSER", &weak, "on", ">weakpw", "+ping"]).await;
         let mut fx = guard.fx.clone();
         fx.admin = SecretString::new(format!("redis://{weak}:weakpw@127.0.0.1:6379"));
-        let e = p.check_target(fx.access()).await.err().unwrap();
+        let e = p.check_live(fx.access()).await.err().unwrap();
         assert!(
             matches!(&e, ProviderError::BadSettings(m) if m.contains("may not create")),
             "{e}"
@@ -197,7 +197,7 @@ mod rabbitmq {
             return;
         };
         let p = RabbitMqProvider::new();
-        p.check_target(guard.fx.access()).await.unwrap();
+        p.check_live(guard.fx.access()).await.unwrap();
         let vhost = guard.fx.database.clone();
         let with_read = |perms: serde_json::Value| {
             let mut fx = guard.fx.clone();
@@ -207,14 +207,14 @@ mod rabbitmq {
         let fx = with_read(
             serde_json::json!({"no_such_vhost_here": {"configure": "", "write": "", "read": ".*"}}),
         );
-        let e = p.check_target(fx.access()).await.err().unwrap();
+        let e = p.check_live(fx.access()).await.err().unwrap();
         assert!(
             matches!(&e, ProviderError::BadSettings(m) if m.contains("no_such_vhost_here") && m.contains("does not exist")),
             "{e}"
         );
         let fx =
             with_read(serde_json::json!({&vhost: {"configure": "(", "write": "", "read": ".*"}}));
-        let e = p.check_target(fx.access()).await.err().unwrap();
+        let e = p.check_live(fx.access()).await.err().unwrap();
         assert!(
             matches!(&e, ProviderError::BadSettings(m) if m.contains("invalid_regexp")),
             "{e}"
@@ -232,7 +232,7 @@ mod rabbitmq {
         .await;
         let mut fx = guard.fx.clone();
         fx.admin = SecretString::new(format!("http://{weak}:weakpw@127.0.0.1:15672"));
-        let e = p.check_target(fx.access()).await.err().unwrap();
+        let e = p.check_live(fx.access()).await.err().unwrap();
         assert!(
             matches!(&e, ProviderError::BadSettings(m) if m.contains("administrator")),
             "{e}"

@@ -143,7 +143,7 @@ async fn issue_use_and_revoke_over_tls() {
     };
     let p = RedisProvider::new();
     p.validate_target(&fx.target, Some(&fx.admin)).unwrap();
-    p.check_target(fx.access()).await.unwrap();
+    p.check_live(fx.access()).await.unwrap();
     p.check_admin(fx.access()).await.unwrap();
 
     let read = issue(&p, &fx, "read").await.unwrap();

@@ -212,6 +212,14 @@ impl Provider for Guarded {
         self.run("check_admin", target.target, self.inner.check_admin(target))
             .await
     }
+    async fn check_target(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
+        self.run(
+            "check_target",
+            target.target,
+            self.inner.check_target(target),
+        )
+        .await
+    }
 }
 
 /// The sealing context of a target's admin secret: binds the blob to its target.

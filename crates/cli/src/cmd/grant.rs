@@ -255,6 +255,23 @@ pub(crate) fn env_names(kind: &str) -> Option<&'static [(&'static str, &'static 
             ("MYSQL_DATABASE", "database"),
             ("DATABASE_URL", "dsn"),
         ],
+        // redis-cli reads its password from REDISCLI_AUTH (`redis-cli --user
+        // "$REDIS_USERNAME"`); clients take REDIS_URL.
+        "redis" => &[
+            ("REDIS_HOST", "host"),
+            ("REDIS_PORT", "port"),
+            ("REDIS_USERNAME", "username"),
+            ("REDISCLI_AUTH", "password"),
+            ("REDIS_URL", "dsn"),
+        ],
+        "rabbitmq" => &[
+            ("RABBITMQ_HOST", "host"),
+            ("RABBITMQ_PORT", "port"),
+            ("RABBITMQ_USERNAME", "username"),
+            ("RABBITMQ_PASSWORD", "password"),
+            ("RABBITMQ_VHOST", "vhost"),
+            ("AMQP_URL", "dsn"),
+        ],
         _ => return None,
     })
 }
@@ -271,6 +288,10 @@ pub(crate) fn credential_fields(kind: &str) -> Option<&'static [&'static str]> {
             "audience",
         ],
         "postgres" | "mariadb" => &["username", "password", "host", "port", "database", "dsn"],
+        "redis" => &["username", "password", "host", "port", "tls", "dsn"],
+        "rabbitmq" => &[
+            "username", "password", "host", "port", "tls", "vhost", "vhosts", "dsn",
+        ],
         _ => return None,
     })
 }
@@ -294,7 +315,7 @@ fn env_lines(
 ) -> anyhow::Result<Vec<String>> {
     let Some(names) = env_names(kind) else {
         return Err(usage(format!(
-            "--env-format knows token, postgres and mariadb credentials, not {kind}; use --output json"
+            "--env-format knows token, postgres, mariadb, redis and rabbitmq credentials, not {kind}; use --output json"
         )));
     };
     Ok(names
@@ -357,7 +378,7 @@ mod tests {
             env_lines("token", token.as_object().unwrap()).unwrap(),
             ["export MAYFLY_ACCESS_TOKEN='a.b.c'"]
         );
-        let e = env_lines("redis", token.as_object().unwrap()).unwrap_err();
+        let e = env_lines("nats", token.as_object().unwrap()).unwrap_err();
         assert_eq!(crate::failure::exit_code(&e), crate::failure::USAGE);
     }
 }

@@ -7,7 +7,7 @@ use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{LeaseSelector, RevocationReason, Target};
 use mayfly_core::policy::{Outcome, PolicyRequest};
-use mayfly_core::provider::{ProviderError, ReconcileReport};
+use mayfly_core::provider::{ProviderError, ReconcileReport, TargetAccess};
 use mayfly_core::secret::SecretString;
 use mayfly_core::validate;
 use serde::{Deserialize, Serialize};
@@ -229,7 +229,20 @@ pub async fn create(
         ));
     }
     check_settings(provider.as_ref(), &target, body.admin.as_ref())?;
-    let warnings = shared_prefix_warnings(&state, &target, body.admin.as_ref()).await?;
+    let mut warnings = shared_prefix_warnings(&state, &target, body.admin.as_ref()).await?;
+    let access = TargetAccess {
+        target: &target,
+        admin: body.admin.as_ref(),
+    };
+    match provider.check_target(access).await {
+        Ok(()) => {}
+        Err(ProviderError::BadSettings(m)) => return Err(ApiError::field("settings", m)),
+        // Created all the same: a target that is down now is still the right target.
+        Err(e) => warnings.push(format!(
+            "the settings could not be checked against {} now: {e}",
+            target.name
+        )),
+    }
     for w in &warnings {
         tracing::warn!(target = %target.name, "{w}");
     }
