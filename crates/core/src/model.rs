@@ -284,6 +284,10 @@ string_enum! {
         Expired = "expired",
         /// The credential was issued; a request is collected once.
         Collected = "collected",
+        /// Break-glass access, issued without approval: an approver must review it.
+        Review = "review",
+        /// An approver reviewed the break-glass access (with a comment).
+        Reviewed = "reviewed",
     }
 }
 

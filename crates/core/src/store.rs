@@ -256,6 +256,15 @@ pub trait Store: Send + Sync {
         lease: Option<&Lease>,
         events: Vec<AuditDraft>,
     ) -> Result<(), StoreError>;
+    /// [`Store::record_grant`] for break-glass access: also opens its review (an approval
+    /// record in state `review`), in the same transaction.
+    async fn record_break_glass(
+        &self,
+        grant: &Grant,
+        lease: &Lease,
+        review: &ApprovalRecord,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError>;
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
     async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError>;
     async fn get_lease(&self, id: Uuid) -> Result<Option<Lease>, StoreError>;

@@ -76,6 +76,15 @@ impl Store for TokenStore {
     ) -> Result<(), StoreError> {
         unused()
     }
+    async fn record_break_glass(
+        &self,
+        _: &mayfly_core::model::Grant,
+        _: &mayfly_core::model::Lease,
+        _: &mayfly_core::model::ApprovalRecord,
+        _: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
     async fn get_approval(
         &self,
         _: mayfly_core::Uuid,

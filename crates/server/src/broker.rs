@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use mayfly_core::audit::{AuditDraft, AuditKind};
 use mayfly_core::auth::Principal;
 use mayfly_core::duration::Ttl;
-use mayfly_core::model::{Grant, GrantState, Identity, Lease, LeaseState, Target, Task};
+use mayfly_core::model::{
+    ApprovalRecord, ApprovalState, Grant, GrantState, Identity, Lease, LeaseState, Target, Task,
+};
 use mayfly_core::policy::{Decision, DelegationRequest, Outcome, PolicyError, PolicyRequest};
 use mayfly_core::provider::{IssueRequest, IssuedCredential, ProviderError, TargetAccess};
 use mayfly_core::store::StoreError;
@@ -49,6 +51,9 @@ pub enum BrokerError {
     /// The credential target failed or could not be reached.
     #[error(transparent)]
     Target(#[from] ProviderError),
+    /// Conflicts with the state (a request not approved, approved already, collected).
+    #[error("{0}")]
+    Conflict(String),
     /// A broken invariant (a target kind without a provider, …): not the caller's fault.
     #[error("{0}")]
     Internal(String),
@@ -160,7 +165,15 @@ pub struct GrantRequest {
 /// can neither pose as another address nor forge a delegation chain or a key binding
 /// (`act` and `cnf` become claims of an issued token).
 /// `txn` names the task record the grant belongs to (a claim of its token).
-const BROKER_CONTEXT_KEYS: [&str; 5] = ["source_ip", "actors", "act", "cnf", "txn"];
+/// `authorization_details` (RFC 9396) names the approvals an approved grant went through.
+const BROKER_CONTEXT_KEYS: [&str; 6] = [
+    "source_ip",
+    "actors",
+    "act",
+    "cnf",
+    "txn",
+    "authorization_details",
+];
 
 /// What an OAuth 2.0 token exchange (RFC 8693, `crate::api::oauth`) adds to a grant
 /// request. The exchange is a grant like any other (the same checks, policy, lease, audit
@@ -307,23 +320,48 @@ async fn request_grant_with(
             state.metrics.grant(&grant.target, "denied");
             Ok(GrantOutcome::Denied { grant, decision })
         }
-        Outcome::RequireApproval { .. } => {
+        Outcome::RequireApproval { approvals } => {
             grant.state = grant.state.transition(GrantState::PendingApproval)?;
+            let approval = approval_request(&grant, &checked, &decision, approvals, &actor, now);
+            let asked = AuditDraft::new(AuditKind::ApprovalRequested, &actor)
+                .for_grant(&grant)
+                .detail(serde_json::json!({
+                    "needed": approval.needed,
+                    "approvers": approval.groups,
+                    "expires_at": rfc3339(approval.expires_at),
+                    "request_hash": approval.request_hash,
+                    "ttl": approval.ttl,
+                }));
             state
                 .store
-                .record_grant(&grant, None, vec![requested, decided])
+                .request_approval(&grant, &approval, vec![requested, decided, asked])
                 .await?;
             state.metrics.grant(&grant.target, "pending_approval");
             Ok(GrantOutcome::PendingApproval { grant })
         }
         Outcome::Allow => {
+            let break_glass = break_glass_review(&grant, &checked, &actor, now)?;
+            let mut events = vec![requested, decided];
+            if let Some(review) = &break_glass {
+                events.push(
+                    AuditDraft::new(AuditKind::GrantBreakGlass, &actor)
+                        .for_grant(&grant)
+                        .detail(serde_json::json!({
+                            "severity": "high",
+                            "purpose": grant.purpose,
+                            "review_groups": review.groups,
+                        })),
+                );
+            }
             let approved = Approved {
                 grant,
                 checked,
                 decision,
-                events: vec![requested, decided],
+                events,
                 actor,
                 now,
+                collect: None,
+                review: break_glass,
             };
             let external = state
                 .providers
@@ -347,6 +385,135 @@ async fn request_grant_with(
             still_in_open_task(state, outcome).await
         }
     }
+}
+
+/// Collects the credential of an approved grant, once: by the workload it is for, or an
+/// operator. The request is re-decided first, against the policy of now, with its
+/// approvers counted (policy may have changed while it waited); the TTL starts now.
+pub async fn collect(
+    state: &AppState,
+    caller: &Caller,
+    peer: Option<IpAddr>,
+    grant_id: Uuid,
+) -> Result<GrantOutcome, BrokerError> {
+    let now = mayfly_core::now();
+    let missing = || BrokerError::NotFound {
+        what: "grant",
+        id: grant_id.to_string(),
+        field: None,
+    };
+    let grant = state.store.get_grant(grant_id).await?.ok_or_else(missing)?;
+    if caller.0.identity().is_some_and(|own| own != grant.identity) {
+        // Another identity's grant is answered as absent, as everywhere.
+        return Err(missing());
+    }
+    let approval = state.store.get_approval(grant_id).await?.ok_or_else(|| {
+        BrokerError::Conflict(format!("grant {grant_id} did not wait for approval"))
+    })?;
+    match approval.state {
+        ApprovalState::Approved => {}
+        ApprovalState::Pending => {
+            let given = approval.approvers().len();
+            return Err(BrokerError::Conflict(format!(
+                "grant {grant_id} has {given} of {} approvals; waiting for {}",
+                approval.needed,
+                if approval.groups.is_empty() {
+                    "any approver".to_string()
+                } else {
+                    format!("members of {}", approval.groups.join(" or "))
+                }
+            )));
+        }
+        other => {
+            return Err(BrokerError::Conflict(format!(
+                "grant {grant_id} cannot be collected: its request is {other}"
+            )))
+        }
+    }
+    let mut context = match &grant.context {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    context.retain(|k, _| !BROKER_CONTEXT_KEYS.contains(&k.as_str()));
+    let body = GrantRequest {
+        identity: Some(grant.identity.clone()),
+        target: grant.target.clone(),
+        action: Some(grant.action.clone()),
+        purpose: grant.purpose.clone(),
+        task: grant.task.clone(),
+        ttl: Some(approval.ttl),
+        context: context.clone(),
+    };
+    let checked = check(state, caller, &body, now, None).await?;
+    if let Some(ip) = peer {
+        context.insert("source_ip".into(), ip.to_string().into());
+    }
+    let policy_context = serde_json::Value::Object(context);
+    let approvers = approval.approvers();
+    let decision = state.policy.decide_approved(
+        &PolicyRequest {
+            principal: &caller.0,
+            identity: &checked.identity,
+            target: &checked.target,
+            action: &checked.action,
+            purpose: &grant.purpose,
+            task: &grant.task,
+            requested_ttl: checked.ttl,
+            context: &policy_context,
+            now,
+        },
+        &approvers,
+    )?;
+    match decision.outcome {
+        Outcome::Allow => {}
+        Outcome::Deny => {
+            return Err(BrokerError::Forbidden {
+                code: "denied_now",
+                detail: format!(
+                    "grant {grant_id} was approved, but policy now denies it: {}",
+                    decision.reasons.join("; ")
+                ),
+            })
+        }
+        Outcome::RequireApproval { approvals } => return Err(BrokerError::Conflict(format!(
+            "grant {grant_id} was approved by {}, but policy now requires {approvals} approvals",
+            approvers.len()
+        ))),
+    }
+    let approved_at = approval.approved_at.map(rfc3339).unwrap_or_default();
+    let details = serde_json::json!({
+        "type": "mayfly_approval",
+        "approvers": approvers,
+        "approved_at": approved_at,
+        "request_hash": approval.request_hash,
+        "grant_id": grant_id.to_string(),
+    });
+    let mut grant = grant;
+    if let serde_json::Value::Object(map) = &mut grant.context {
+        map.insert(
+            "authorization_details".into(),
+            serde_json::Value::Array(vec![details.clone()]),
+        );
+    }
+    let actor = caller.0.actor();
+    let redecided = AuditDraft::new(AuditKind::GrantDecided, &actor)
+        .for_grant(&grant)
+        .detail(serde_json::json!({ "decision": decision, "redecided_at_collection": true }));
+    let approved = Approved {
+        grant,
+        checked,
+        decision,
+        events: vec![redecided],
+        actor,
+        now,
+        collect: Some(details),
+        review: None,
+    };
+    let spawned = state.clone();
+    let outcome = tokio::spawn(async move { issue(&spawned, approved).await })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("the issuance task failed: {e}")))??;
+    still_in_open_task(state, outcome).await
 }
 
 /// What policy explained, and what an allowed request would be granted.
@@ -396,6 +563,8 @@ struct Checked {
     not_after: Option<OffsetDateTime>,
     /// The task record the grant belongs to: no credential outlives its deadline.
     task: Option<Task>,
+    /// `context.break_glass`: emergency access, capped at [`BREAK_GLASS_MAX_TTL`].
+    break_glass: bool,
 }
 
 async fn check(
@@ -496,6 +665,7 @@ async fn check(
         ttl,
         not_after: exchange.and_then(|x| x.not_after),
         task,
+        break_glass: body.context.get("break_glass") == Some(&serde_json::Value::Bool(true)),
     })
 }
 
@@ -762,6 +932,15 @@ fn granted_ttl(checked: &Checked, decision: &Decision, now: OffsetDateTime) -> G
         ttl = ttl.min(policy_cap);
         cap = cap.min(policy_cap);
     }
+    if checked.break_glass {
+        if BREAK_GLASS_MAX_TTL < ttl {
+            clamped.push(format!(
+                "granted TTL {BREAK_GLASS_MAX_TTL} instead of {ttl}: the break-glass maximum"
+            ));
+        }
+        ttl = ttl.min(BREAK_GLASS_MAX_TTL);
+        cap = cap.min(BREAK_GLASS_MAX_TTL);
+    }
     // Each end point that comes before the TTL runs out cuts it, and the renewal cap, and
     // says so. `check` refused an identity past its expiry and a task past its deadline;
     // an end point at most a second away still grants 1 s. The cut is rounded down to
@@ -805,6 +984,113 @@ struct Approved {
     events: Vec<AuditDraft>,
     actor: String,
     now: OffsetDateTime,
+    /// Collecting an approved request: the grant is recorded already, and what approved
+    /// it goes into the lease's audit entry (and a token's `authorization_details`).
+    collect: Option<serde_json::Value>,
+    /// Break-glass access: the review it opens, recorded with the grant.
+    review: Option<ApprovalRecord>,
+}
+
+/// How long a request waits for its approvals, and then for its requester to collect it.
+pub const APPROVAL_WINDOW: Ttl = Ttl::from_secs(3600);
+/// The longest break-glass access: emergencies are fixed in minutes, reviewed after.
+pub const BREAK_GLASS_MAX_TTL: Ttl = Ttl::from_secs(3600);
+/// A break-glass purpose says what is on fire (an incident reference and a few words).
+pub const BREAK_GLASS_MIN_PURPOSE: usize = 10;
+
+/// SHA-256 (hex) of what is approved: a credential carrying it shows a resource server
+/// that this exact request (and no other) was approved.
+fn request_hash(grant: &Grant, ttl: Ttl) -> String {
+    let canonical = mayfly_core::audit::canonical_json(&serde_json::json!({
+        "grant": grant.id.to_string(), "identity": grant.identity, "target": grant.target,
+        "action": grant.action, "purpose": grant.purpose, "task": grant.task, "ttl": ttl,
+    }));
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The groups that may approve a grant of `target`: the policy's `@approvers`, else the
+/// target's `approvers` setting; empty means any approver.
+fn approver_groups(decision: &Decision, target: &Target) -> Vec<String> {
+    if !decision.approvers.is_empty() {
+        return decision.approvers.clone();
+    }
+    target
+        .settings
+        .get("approvers")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+fn approval_request(
+    grant: &Grant,
+    checked: &Checked,
+    decision: &Decision,
+    needed: u32,
+    actor: &str,
+    now: OffsetDateTime,
+) -> ApprovalRecord {
+    let ttl = granted_ttl(checked, decision, now).ttl;
+    let at = |t: OffsetDateTime| mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(t));
+    ApprovalRecord {
+        grant_id: grant.id,
+        state: ApprovalState::Pending,
+        identity: grant.identity.clone(),
+        target: grant.target.clone(),
+        action: grant.action.clone(),
+        purpose: grant.purpose.clone(),
+        task: grant.task.clone(),
+        ttl,
+        needed,
+        groups: approver_groups(decision, &checked.target),
+        requested_by: actor.to_string(),
+        owner: grant.owner.clone(),
+        votes: Vec::new(),
+        request_hash: request_hash(grant, ttl),
+        expires_at: at(now + APPROVAL_WINDOW.as_time()),
+        created_at: at(now),
+        approved_at: None,
+    }
+}
+
+/// A break-glass request (`context.break_glass`, which policy allowed): its purpose must
+/// say what is on fire, and it opens a review for the target's approvers.
+fn break_glass_review(
+    grant: &Grant,
+    checked: &Checked,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<Option<ApprovalRecord>, BrokerError> {
+    let is_break_glass = grant
+        .context
+        .get("break_glass")
+        .is_some_and(|v| v == &serde_json::Value::Bool(true));
+    if !is_break_glass {
+        return Ok(None);
+    }
+    if grant.purpose.trim().chars().count() < BREAK_GLASS_MIN_PURPOSE {
+        return Err(BrokerError::field(
+            "purpose",
+            format!(
+                "break-glass access needs a purpose of at least {BREAK_GLASS_MIN_PURPOSE} characters saying what is on fire (e.g. \"INC-4312: primary down\")"
+            ),
+        ));
+    }
+    let no_decision = Decision {
+        outcome: Outcome::Allow,
+        max_ttl: None,
+        determined_by: Vec::new(),
+        reasons: Vec::new(),
+        engine: String::new(),
+        approvers: Vec::new(),
+    };
+    let mut review = approval_request(grant, checked, &no_decision, 1, actor, now);
+    review.state = ApprovalState::Review;
+    review.needed = 1;
+    Ok(Some(review))
 }
 
 async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, BrokerError> {
@@ -815,13 +1101,40 @@ async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, Bro
         events,
         actor,
         now,
+        collect,
+        review,
     } = approved;
     let (checked, decision, actor) = (&checked, &decision, actor.as_str());
     let target = &checked.target;
     let provider = provider_for(state, &target.kind)?;
     let Granted { ttl, cap, .. } = granted_ttl(checked, decision, now);
     grant.granted_ttl = Some(ttl);
-    grant.state = grant.state.transition(GrantState::Approved)?;
+    if grant.state != GrantState::Approved {
+        grant.state = grant.state.transition(GrantState::Approved)?;
+    }
+    // Where the grant and its lease are first recorded: with the grant (the usual case),
+    // with its break-glass review, or, for an approved request, as its collection.
+    let collecting = collect.is_some();
+    let record = |grant: Grant, lease: Lease, events: Vec<AuditDraft>| {
+        let review = review.clone();
+        async move {
+            let stored = match (collecting, &review) {
+                (true, _) => state
+                    .store
+                    .collect_approval(grant.id, &lease, events, now)
+                    .await
+                    .map(drop),
+                (false, Some(review)) => {
+                    state
+                        .store
+                        .record_break_glass(&grant, &lease, review, events)
+                        .await
+                }
+                (false, None) => state.store.record_grant(&grant, Some(&lease), events).await,
+            };
+            stored.map_err(BrokerError::from)
+        }
+    };
     let mut lease = Lease {
         id: Uuid::now_v7(),
         grant_id: grant.id,
@@ -853,9 +1166,15 @@ async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, Bro
     let identity = &checked.identity;
     let owner = grant.owner.clone();
     let issued_event = |lease: &Lease| {
-        let event = AuditDraft::new(AuditKind::LeaseIssued, actor).for_lease(lease).detail(serde_json::json!({
+        let mut detail = serde_json::json!({
             "kind": lease.kind, "granted_ttl": ttl, "expires_at": rfc3339(lease.expires_at), "max_expires_at": rfc3339(lease.max_expires_at),
-        }));
+        });
+        if let Some(approval) = &collect {
+            detail["approval"] = approval.clone();
+        }
+        let event = AuditDraft::new(AuditKind::LeaseIssued, actor)
+            .for_lease(lease)
+            .detail(detail);
         AuditDraft {
             owner: Some(owner.clone()),
             ..event
@@ -878,14 +1197,9 @@ async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, Bro
         let mut grant = grant;
         grant.state = grant.state.transition(GrantState::Issued)?;
         let issued_entry = issued_event(&lease);
-        state
-            .store
-            .record_grant(&grant, Some(&lease), {
-                let mut events = events;
-                events.push(issued_entry);
-                events
-            })
-            .await?;
+        let mut events = events;
+        events.push(issued_entry);
+        record(grant.clone(), lease.clone(), events).await?;
         return Ok(issued(state, grant, lease, credential));
     }
 
@@ -901,10 +1215,7 @@ async fn issue(state: &AppState, approved: Approved) -> Result<GrantOutcome, Bro
     ))?;
     lease.state = LeaseState::Creating;
     lease.provider_state = plan.clone();
-    state
-        .store
-        .record_grant(&grant, Some(&lease), events)
-        .await?;
+    record(grant.clone(), lease.clone(), events).await?;
     crate::crash_point("after-write-ahead");
     let outcome = provider
         .issue(issue_request(&grant, identity, access, &lease, &plan))

@@ -351,6 +351,7 @@ impl From<crate::broker::BrokerError> for ApiError {
             B::Store(e) => e.into(),
             B::Policy(e) => e.into(),
             B::Target(e) => e.into(),
+            B::Conflict(detail) => ApiError::Conflict { detail },
             B::Internal(detail) => ApiError::Internal(detail),
         }
     }

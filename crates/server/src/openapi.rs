@@ -28,6 +28,8 @@ use crate::api;
         api::targets::update, api::targets::delete, api::identities::update, api::identities::delete,
         api::oauth::token, api::oauth::revoke, api::oauth::authorization_server,
         api::tasks::create, api::tasks::list, api::tasks::show, api::tasks::complete, api::tasks::fail,
+        api::approvals::list, api::approvals::reviews, api::approvals::approve, api::approvals::deny,
+        api::approvals::close_review, api::approvals::collect,
     ),
     components(schemas(
         crate::error::Problem,
@@ -35,6 +37,7 @@ use crate::api;
         mayfly_core::audit::AuditEvent, mayfly_core::audit::VerifyReport, mayfly_core::audit::ChainBreak,
         mayfly_core::store::RevokeOutcome, mayfly_core::policy::Decision,
         mayfly_core::model::Task, mayfly_core::model::TaskState,
+        mayfly_core::model::ApprovalRecord, mayfly_core::model::ApprovalState, mayfly_core::model::ApprovalVote,
     )),
     tags((name = "public", description = "Health, metrics and discovery: no authentication")),
     modifiers(&Conventions),

@@ -40,6 +40,21 @@ pub async fn run_expiry(state: AppState) {
                 backoff = true;
             }
         }
+        // Approval requests nobody answered (or collected) in time.
+        match state
+            .store
+            .expire_approvals(mayfly_core::now(), BATCH)
+            .await
+        {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::info!(count = ended.len(), "approval requests expired");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "approval expiry pass failed; retrying");
+                backoff = true;
+            }
+        }
         loop {
             let now = mayfly_core::now();
             match state.store.expire_due(now, BATCH).await {

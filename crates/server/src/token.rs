@@ -38,6 +38,11 @@ pub struct AccessTokenClaims {
     /// Transaction Tokens); absent for a grant with a free `task` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
+    /// RFC 9396: for an approved grant, `[{"type": "mayfly_approval", "approvers": […],
+    /// "approved_at": …, "request_hash": …, "grant_id": …}]`, so a resource server sees
+    /// that, by whom and what exactly was approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<serde_json::Value>,
     /// RFC 8693 §4.1: who acts for `sub` (nested, the nearest actor outermost); only in
     /// tokens from a token exchange with an `actor_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +124,7 @@ impl TokenProvider {
             // the broker refuses those keys in a request), so renewals keep them.
             act: grant.context.get("act").cloned(),
             cnf: grant.context.get("cnf").cloned(),
+            authorization_details: grant.context.get("authorization_details").cloned(),
             txn: grant
                 .context
                 .get("txn")

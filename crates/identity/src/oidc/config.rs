@@ -75,6 +75,30 @@ pub struct OidcIssuerConfig {
     /// Binding rules, tried in order; the first whose claims all match names the identity.
     #[serde(default)]
     pub rules: Vec<OidcRule>,
+    /// `[auth.oidc.humans]`: the issuer's tokens that no rule binds are people, who may
+    /// answer approval requests (an identity provider such as Okta, Entra ID, Keycloak).
+    #[serde(default)]
+    pub humans: Option<HumanMapping>,
+}
+
+/// How a person's ID token names them and their groups.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HumanMapping {
+    /// The claim naming the person in the audit chain (`human:<value>`).
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// The claim listing the person's groups (an array of strings, or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_name_claim() -> String {
+    "email".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
 }
 
 /// A binding rule (`[[auth.oidc.rules]]`): tokens whose claims all match are the identity.
@@ -130,6 +154,7 @@ pub(crate) struct IssuerSettings {
     pub required_claims: Vec<String>,
     pub attributes: Vec<String>,
     pub rules: Vec<OidcRule>,
+    pub humans: Option<HumanMapping>,
 }
 
 impl OidcIssuerConfig {
@@ -184,7 +209,11 @@ impl OidcIssuerConfig {
         {
             check_claim_name(name).map_err(err)?;
         }
-        if self.rules.is_empty() {
+        if let Some(h) = &self.humans {
+            check_claim_name(&h.name_claim).map_err(err)?;
+            check_claim_name(&h.groups_claim).map_err(err)?;
+        }
+        if self.rules.is_empty() && self.humans.is_none() {
             return Err(err(
                 "no rules: add at least one [[auth.oidc.rules]] binding tokens to an identity"
                     .into(),
@@ -215,6 +244,7 @@ impl OidcIssuerConfig {
             required_claims: self.required_claims.clone(),
             attributes: self.attributes.clone(),
             rules: self.rules.clone(),
+            humans: self.humans.clone(),
         })
     }
 }

@@ -62,11 +62,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use mayfly_core::auth::{
-    AuthOutcome, AuthRejection, Authenticator, Presented, Proven, WorkloadClaims,
+    AuthOutcome, AuthRejection, Authenticator, HumanClaims, Presented, Proven, WorkloadClaims,
 };
 use serde_json::{Map, Value};
 
-pub use config::{OidcConfigError, OidcIssuerConfig, OidcRule, MAX_CLOCK_SKEW_SECS};
+pub use config::{HumanMapping, OidcConfigError, OidcIssuerConfig, OidcRule, MAX_CLOCK_SKEW_SECS};
 
 use claims::Numeric;
 use config::{is_hmac, IssuerSettings};
@@ -229,7 +229,7 @@ impl OidcAuthenticator {
         let cache_key = VerifiedCache::key(token);
         if let Some(hit) = self.verified.get(&cache_key, now) {
             if hit.issuer == index && issuer.jwks.fresh_and_has(hit.kid.as_deref()).await {
-                return AuthOutcome::Accepted(Proven::Workload(hit.claims));
+                return AuthOutcome::Accepted(hit.claims);
             }
         }
 
@@ -321,14 +321,47 @@ impl OidcAuthenticator {
             return reject(AuthRejection::MissingClaim(missing.clone()));
         }
 
-        // 5. Rules.
+        // 5. Rules; else, for an issuer of people, a person.
         let Some(rule) = settings
             .rules
             .iter()
             .find(|rule| claims::rule_matches(rule, &payload))
         else {
-            tracing::debug!(issuer = %settings.issuer, subject, "no binding rule matched");
-            return reject(AuthRejection::NoRuleMatched);
+            let Some(humans) = &settings.humans else {
+                tracing::debug!(issuer = %settings.issuer, subject, "no binding rule matched");
+                return reject(AuthRejection::NoRuleMatched);
+            };
+            let Some(name) = claims::lookup(&payload, &humans.name_claim).and_then(Value::as_str)
+            else {
+                return reject(AuthRejection::MissingClaim(humans.name_claim.clone()));
+            };
+            let groups = match claims::lookup(&payload, &humans.groups_claim) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                Some(Value::String(one)) => vec![one.clone()],
+                _ => Vec::new(),
+            };
+            let proven = Proven::Human(HumanClaims {
+                name: name.to_string(),
+                issuer: settings.issuer.clone(),
+                subject: subject.to_owned(),
+                groups,
+                expires_at: Some(exp),
+            });
+            self.verified.insert(
+                cache_key,
+                Verified {
+                    issuer: index,
+                    kid: kid.map(str::to_owned),
+                    claims: proven.clone(),
+                    valid_until,
+                },
+                now,
+            );
+            return AuthOutcome::Accepted(proven);
         };
         let attributes: BTreeMap<String, Value> = settings
             .attributes
@@ -349,7 +382,7 @@ impl OidcAuthenticator {
             Verified {
                 issuer: index,
                 kid: kid.map(str::to_owned),
-                claims: workload.clone(),
+                claims: Proven::Workload(workload.clone()),
                 valid_until,
             },
             now,

@@ -259,6 +259,7 @@ fn issuer_config(issuer: &str) -> OidcIssuerConfig {
         clock_skew: Ttl::from_secs(60),
         required_claims: vec!["repository".into()],
         attributes: vec!["repository".into()],
+        humans: None,
         rules: vec![
             rule(
                 "billing-deployer",

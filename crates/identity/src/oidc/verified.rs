@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use mayfly_core::auth::WorkloadClaims;
+use mayfly_core::auth::Proven;
 
 pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 
@@ -23,7 +23,8 @@ pub(crate) struct Verified {
     /// Index of the issuer in the authenticator's list.
     pub issuer: usize,
     pub kid: Option<String>,
-    pub claims: WorkloadClaims,
+    /// A workload or a person, as full verification proved it.
+    pub claims: Proven,
     /// Unix seconds after which the token is expired (exp + clock skew).
     pub valid_until: i64,
 }

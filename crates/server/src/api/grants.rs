@@ -253,14 +253,26 @@ pub(crate) async fn load_grant(
     Ok(broker::visible_grant(state, caller, id).await?)
 }
 
+/// A grant, with its approval request when it went through one.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// Approvals so far, who is still needed, until when; or a break-glass review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<mayfly_core::model::ApprovalRecord>,
+}
+
 #[utoipa::path(get, path = "/v1/grants/{id}", params(("id" = Uuid, Path, description = "Grant id")),
-    responses((status = 200, description = "the grant", body = Grant), (status = 404, description = "no such grant", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "the grant, with its approval request if it has one", body = GrantView), (status = 404, description = "no such grant", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Grant>, ApiError> {
-    Ok(Json(load_grant(&state, &caller, id).await?))
+) -> Result<Json<GrantView>, ApiError> {
+    let grant = load_grant(&state, &caller, id).await?;
+    let approval = state.store.get_approval(id).await?;
+    Ok(Json(GrantView { grant, approval }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]

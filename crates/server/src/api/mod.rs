@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::error::{json_rejection, ApiError};
 use crate::state::AppState;
 
+pub mod approvals;
 pub mod audit;
 pub mod grants;
 pub mod identities;
@@ -134,6 +135,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/grants", post(grants::request).get(grants::list))
         .route("/v1/grants/{id}", get(grants::show))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))
+        .route("/v1/grants/{id}/approve", post(approvals::approve))
+        .route("/v1/grants/{id}/deny", post(approvals::deny))
+        .route("/v1/grants/{id}/collect", post(approvals::collect))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/reviews", get(approvals::reviews))
+        .route("/v1/reviews/{id}/close", post(approvals::close_review))
         .route("/v1/revoke", post(grants::bulk_revoke))
         .route("/v1/policy/explain", post(grants::explain))
         .route("/v1/leases", get(leases::list))

@@ -218,6 +218,8 @@ pub(crate) enum Op {
 pub(crate) struct GrantRecord {
     pub(crate) grant: Grant,
     pub(crate) lease: Option<Lease>,
+    /// The review a break-glass grant opens, recorded with it.
+    pub(crate) review: Option<ApprovalRecord>,
     pub(crate) events: Vec<AuditDraft>,
     pub(crate) reply: Reply<()>,
 }
@@ -576,6 +578,11 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
                 approval.state = ApprovalState::Collected;
                 b.update_approval(&approval).await?;
                 b.insert_lease(&approval.owner, &lease, now).await?;
+                if lease.state == LeaseState::Active {
+                    // Self-contained (a token): issued with this commit. An external one
+                    // is issued when its write-ahead lease is activated.
+                    b.move_grant(grant, GrantMove::Issued, now).await?;
+                }
                 for event in events {
                     chain.append(event, now);
                 }
@@ -856,6 +863,11 @@ pub(crate) async fn record_grants<B: Backend>(
     if !items.is_empty() {
         b.insert_grants(&items, core_now()).await?;
     }
+    for (r, _) in run.iter().zip(&outcomes).filter(|(_, ok)| ok.is_ok()) {
+        if let Some(review) = &r.review {
+            b.insert_approval(review).await?;
+        }
+    }
     let at = core_now();
     for (r, outcome) in run.iter().zip(&outcomes) {
         if outcome.is_ok() {
@@ -1060,6 +1072,14 @@ async fn record_vote<B: Backend>(
     now: OffsetDateTime,
 ) -> Result<ApprovalRecord, StoreError> {
     let mut approval = live_approval(b, grant, now).await?;
+    if approval.state == ApprovalState::Review {
+        // A review is closed by one approver's answer, whatever it says.
+        approval.votes.push(vote);
+        approval.state = ApprovalState::Reviewed;
+        b.update_approval(&approval).await?;
+        chain.append(event, now);
+        return Ok(approval);
+    }
     if approval.state != ApprovalState::Pending {
         return Err(rejected(format!(
             "grant {grant} is not waiting for approval (its request is {})",

@@ -387,6 +387,28 @@ impl<R: Reads> Store for EngineStore<R> {
                 Op::RecordGrant(Box::new(GrantRecord {
                     grant,
                     lease,
+                    review: None,
+                    events,
+                    reply,
+                }))
+            })
+            .await
+    }
+
+    async fn record_break_glass(
+        &self,
+        grant: &Grant,
+        lease: &Lease,
+        review: &ApprovalRecord,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        let (grant, lease, review) = (grant.clone(), lease.clone(), review.clone());
+        self.writer
+            .call(|reply| {
+                Op::RecordGrant(Box::new(GrantRecord {
+                    grant,
+                    lease: Some(lease),
+                    review: Some(review),
                     events,
                     reply,
                 }))
