@@ -199,6 +199,7 @@ name = "ops"
 url = "{json_url}"
 secret_env = "MAYFLY_TEST_WEBHOOK_SECRET"
 events = ["lease.revoke_failed", "grant.break_glass"]
+alert_after = "0s"
 
 [[webhooks]]
 name = "chat"
@@ -218,6 +219,16 @@ fn options(config: &str, slack_url: &str, token: Option<String>) -> Options {
         ],
         ..Options::default()
     }
+}
+
+async fn metrics_of(broker: &Broker) -> String {
+    let response = broker
+        .http
+        .get(broker.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
 }
 
 /// Every line the broker logged so far.
@@ -422,6 +433,11 @@ async fn webhooks_are_signed_retried_and_survive_a_broker_kill() {
     )
     .await
     .unwrap_or_else(|n| panic!("no refused delivery to kill the broker on ({n} seen)"));
+    let metrics = metrics_of(&broker).await;
+    assert!(
+        metrics.contains("mayfly_webhook_failures_total{webhook=\"ops\"}"),
+        "{metrics}"
+    );
     drain_log(&broker, &mut log);
     let (dir, token) = broker.kill();
     ops.fail(false);
@@ -485,25 +501,19 @@ async fn webhooks_are_signed_retried_and_survive_a_broker_kill() {
     );
 
     // The metric counts the refusals; the log has the error, never a secret or the URL path.
-    let metrics = broker
-        .http
-        .get(broker.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&broker).await;
     assert!(
         metrics.contains("mayfly_webhook_lag_events{webhook=\"ops\"}"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("mayfly_webhook_failures_total"),
-        "{metrics}"
-    );
     drain_log(&broker, &mut log);
     let log_text = log.join("\n");
+    assert!(
+        log_text.contains("webhook has been failing")
+            && log_text.contains("ERROR")
+            && log_text.contains("HTTP 500 Internal Server Error: receiver is down"),
+        "the alert carries the exact error:\n{log_text}"
+    );
     assert!(
         log_text.contains("webhook delivery failed") && log_text.contains("HTTP 500"),
         "the failure and its error are logged:\n{log_text}"

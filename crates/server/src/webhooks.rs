@@ -474,14 +474,22 @@ impl Worker {
                 return Next::Sleep(POLL);
             }
         };
+        let next = self.work(c, &page, alerted).await;
         self.set_lag(c, &page).await;
+        next
+    }
+
+    /// Goes through one page of the chain: delivers what this webhook receives, in
+    /// order, and moves the cursor over the rest.
+    async fn work(&self, c: &mut WebhookCursor, page: &[AuditEvent], alerted: &mut bool) -> Next {
+        let name = &self.hook.name;
         let Some(last) = page.last().map(|e| e.seq) else {
             return Next::Sleep(POLL);
         };
         // Entries this webhook does not receive are passed over; the cursor moves over
         // them with the next delivery, or at the end of the page.
         let mut passed = c.delivered_seq;
-        for entry in &page {
+        for entry in page {
             if !self.hook.wants(entry) {
                 passed = entry.seq;
                 continue;
@@ -610,11 +618,11 @@ impl Worker {
         }
     }
 
-    /// `mayfly_webhook_lag_events`: audit entries after the cursor, exact from the page
-    /// when it is not full, else from the chain head.
+    /// `mayfly_webhook_lag_events`: audit entries after the cursor once a page was gone
+    /// through, exact from the page when it is not full, else from the chain head.
     async fn set_lag(&self, c: &WebhookCursor, page: &[AuditEvent]) {
         let lag = if (page.len() as u32) < PAGE {
-            page.len() as u64
+            page.iter().filter(|e| e.seq > c.delivered_seq).count() as u64
         } else {
             match self.state.store.stats().await {
                 Ok(stats) => stats.audit_entries.saturating_sub(c.delivered_seq),
@@ -765,7 +773,7 @@ pub fn verify_signature(
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
