@@ -1130,4 +1130,145 @@ mod tests {
         assert!(text.contains("&lt;!channel&gt; &amp; co"), "{text}");
         assert!(text.contains("attempt 3"), "{text}");
     }
+
+    /// A local receiver answering 200 to every request; records (headers, body).
+    async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, length) = loop {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "request cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .unwrap()
+                            .trim()
+                            .parse()
+                            .unwrap();
+                        buf.drain(..i + 4);
+                        break (head, length);
+                    }
+                };
+                while buf.len() < length {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                record.lock().unwrap().push((head, buf));
+                let _ = conn
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (url, seen)
+    }
+
+    /// Two replicas' workers on one store deliver every wanted event exactly once, in
+    /// chain order, signed; unwanted entries and intermediate approvals are passed over,
+    /// and the shared cursor ends past all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_deliver_each_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, seen) = receiver().await;
+        let hook = config(&format!(
+            "name = \"ops\"\nurl = \"{url}\"\nsecret_env = \"PATH\""
+        ));
+        let config = crate::Config {
+            data_dir: dir.path().to_path_buf(),
+            store: Some("sqlite::memory:".into()),
+            webhooks: vec![hook.clone()],
+            ..crate::Config::default()
+        };
+        let (server, _) = crate::Server::prepare(config, None).await.unwrap();
+        let state = server.state();
+        let replicas = [
+            Webhooks::load(std::slice::from_ref(&hook), None).unwrap(),
+            Webhooks::load(std::slice::from_ref(&hook), None).unwrap(),
+        ];
+        let workers: Vec<_> = replicas.iter().flat_map(|w| w.spawn(&state)).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let draft = |kind: AuditKind, detail: serde_json::Value| {
+            let mut d = AuditDraft::new(kind, "human:alice").detail(detail);
+            d.identity = Some("ci".into());
+            d.target = Some("prod".into());
+            d
+        };
+        state
+            .store
+            .append_audit(vec![
+                draft(AuditKind::ApprovalRequested, json!({"approvals_needed": 2})),
+                draft(AuditKind::LeaseIssued, json!({})),
+                draft(AuditKind::ApprovalGranted, json!({"complete": false})),
+                draft(AuditKind::ApprovalGranted, json!({"complete": true})),
+                draft(
+                    AuditKind::GrantBreakGlass,
+                    json!({"purpose": "INC-4312: primary down"}),
+                ),
+                draft(AuditKind::AuthFailed, json!({})),
+            ])
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while seen.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Time for a wrong second delivery to show.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let seen = seen.lock().unwrap().clone();
+        let events: Vec<String> = seen
+            .iter()
+            .map(|(_, body)| {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+                v["event"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                "approval.requested",
+                "approval.granted",
+                "grant.break_glass"
+            ],
+            "each once, in order"
+        );
+        let secret = std::env::var("PATH").unwrap();
+        for (head, body) in &seen {
+            let signature = head
+                .lines()
+                .find_map(|l| l.strip_prefix("mayfly-signature:"))
+                .unwrap()
+                .trim();
+            let now = mayfly_core::now().unix_timestamp();
+            assert_eq!(
+                verify_signature(secret.as_bytes(), signature, body, now, 60),
+                Ok(())
+            );
+        }
+        for w in &workers {
+            w.abort();
+        }
+        for r in &replicas {
+            r.release(&state).await;
+        }
+        // Released: a claim succeeds at once, and shows the cursor past the last entry.
+        let now = mayfly_core::now();
+        let cursor = state
+            .store
+            .claim_webhook("ops", "check", now, now + claim_for())
+            .await
+            .unwrap()
+            .expect("both replicas released their claims");
+        let head = state.store.stats().await.unwrap().audit_entries;
+        assert_eq!(cursor.delivered_seq, head);
+    }
 }
