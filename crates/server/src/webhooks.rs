@@ -146,8 +146,9 @@ pub enum Format {
 }
 
 /// One `[[webhooks]]` entry of `mayfly.toml`. Secrets come from the environment or a
-/// file, never from the configuration itself.
-#[derive(Clone, Debug, Deserialize)]
+/// file, never from the configuration itself. `Debug` leaves out the URL (a Slack URL is
+/// a secret).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Unique name: the cursor's key (renaming starts afresh from the chain head) and the
@@ -173,6 +174,22 @@ pub struct WebhookConfig {
     /// How long a webhook may fail before the broker logs an error.
     #[serde(default = "default_alert_after")]
     pub alert_after: Ttl,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("url_env", &self.url_env)
+            .field("format", &self.format)
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .field("alert_after", &self.alert_after)
+            .finish()
+    }
 }
 
 fn default_timeout() -> Ttl {
@@ -656,8 +673,17 @@ impl Worker {
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
-        let text: String = text
+        // Only the start of what the receiver says: it may answer with anything, at any
+        // length.
+        let mut start = Vec::new();
+        let mut response = response;
+        while start.len() < ERROR_BODY_CHARS * 4 {
+            match response.chunk().await {
+                Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let text: String = String::from_utf8_lossy(&start)
             .chars()
             .filter(|c| !c.is_control())
             .take(ERROR_BODY_CHARS)
@@ -1081,6 +1107,11 @@ mod tests {
         .unwrap();
         assert_eq!(hook.secret.as_ref().unwrap().expose(), "file-secret-value");
         let shown = format!("{hook:?}");
+        let config_shown = format!(
+            "{:?}",
+            config("name = \"a\"\nurl = \"https://h.example/p/SECRETPATH\"")
+        );
+        assert!(!config_shown.contains("SECRETPATH"), "{config_shown}");
         assert!(
             !shown.contains("file-secret-value") && !shown.contains("SECRETPATH"),
             "{shown}"
