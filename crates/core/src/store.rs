@@ -178,6 +178,33 @@ pub struct StoreStats {
     pub audit_entries: u64,
 }
 
+/// Where one outgoing webhook stands in the audit chain (its delivery cursor). The chain
+/// is the webhook's outbox: every event was committed with the change it describes, so a
+/// worker that moves this cursor only after a delivery succeeded never misses one.
+///
+/// Replicas sharing a store deliver each webhook from one replica at a time: the cursor
+/// is *claimed* (`claimed_by` until `claimed_until`), and it moves only for its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookCursor {
+    /// The webhook's configured name.
+    pub name: String,
+    /// Sequence number of the last audit entry done with (delivered, or not for this
+    /// webhook). A new cursor starts at the chain head: a webhook receives what happens
+    /// after it was first configured.
+    pub delivered_seq: u64,
+    /// Failed attempts at the entry after `delivered_seq`.
+    pub attempts: u32,
+    /// When the next attempt is due after a failure; `None` when none failed.
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// The last failure's error (never a secret: no body, no signature).
+    pub last_error: Option<String>,
+    /// When the current run of failures began.
+    pub failing_since: Option<OffsetDateTime>,
+    /// The replica delivering this webhook, until `claimed_until`.
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<OffsetDateTime>,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Cheap reachability check for `/healthz`.
@@ -525,4 +552,43 @@ pub trait Store: Send + Sync {
     /// finish): `Rejected` naming how many are. `Conflict` while a root rotation of it is
     /// being settled. Its grants, leases and audit entries stay.
     async fn delete_target(&self, name: &str, event: AuditDraft) -> Result<(), StoreError>;
+
+    // --- outgoing webhooks (added after the original contract) ----------------------------
+    /// Claims the delivery cursor of webhook `name` for `holder` until `until`, creating it
+    /// at the current chain head if there is none. `Ok(None)` while another holder's claim
+    /// runs (`claimed_until` after `now`); renewing one's own claim always succeeds.
+    async fn claim_webhook(
+        &self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<WebhookCursor>, StoreError>;
+    /// Moves the cursor to `seq` (done with every entry up to it), clears its failures and
+    /// extends the claim to `until`, only while `holder` still holds a running claim and
+    /// the cursor is not already past `seq`. Whether it moved: `false` means the claim was
+    /// lost (another replica delivers now) and the caller must stop.
+    async fn advance_webhook(
+        &self,
+        name: &str,
+        holder: &str,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Records a failed delivery attempt (`error` holds no secret): counts it, keeps the
+    /// error, sets when the next attempt is due and when failing began, and extends the
+    /// claim, under the same condition as [`Store::advance_webhook`]. Whether it did.
+    async fn webhook_failed(
+        &self,
+        name: &str,
+        holder: &str,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Gives up `holder`'s claim (a clean shutdown), so another replica or the next start
+    /// takes over at once. Nothing happens if `holder` does not hold it.
+    async fn release_webhook(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

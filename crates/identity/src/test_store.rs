@@ -376,4 +376,37 @@ impl Store for TokenStore {
     async fn delete_target(&self, _: &str, _: AuditDraft) -> Result<(), StoreError> {
         unused()
     }
+    async fn claim_webhook(
+        &self,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<Option<mayfly_core::store::WebhookCursor>, StoreError> {
+        unused()
+    }
+    async fn advance_webhook(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        unused()
+    }
+    async fn webhook_failed(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        unused()
+    }
+    async fn release_webhook(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        unused()
+    }
 }

@@ -475,10 +475,12 @@ pub async fn collect(
                 ),
             })
         }
-        Outcome::RequireApproval { approvals } => return Err(BrokerError::Conflict(format!(
+        Outcome::RequireApproval { approvals } => {
+            return Err(BrokerError::Conflict(format!(
             "grant {grant_id} was approved by {}, but policy now requires {approvals} approvals",
             approvers.len()
-        ))),
+        )))
+        }
     }
     let approved_at = approval.approved_at.map(rfc3339).unwrap_or_default();
     let details = serde_json::json!({

@@ -41,6 +41,7 @@ pub mod state;
 pub mod task_token;
 pub mod tls;
 pub mod token;
+pub mod webhooks;
 
 pub use state::AppState;
 
@@ -142,6 +143,9 @@ pub struct Config {
     /// `[http]`: connection limits and deadlines.
     #[command(flatten)]
     pub http: conn::HttpConfig,
+    /// `[[webhooks]]`: outgoing notifications (see [`webhooks`]).
+    #[arg(skip)]
+    pub webhooks: Vec<webhooks::WebhookConfig>,
 }
 
 /// How hard the embedded store syncs a commit (`durability`).
@@ -270,6 +274,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             tls: None,
             http: conn::HttpConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -317,6 +322,7 @@ pub struct Server {
     reconcile_every: Duration,
     /// The store is this process's alone (embedded SQLite): no other replica issues.
     exclusive_store: bool,
+    webhooks: webhooks::Webhooks,
 }
 
 /// Builds the router for a state.
@@ -455,6 +461,7 @@ struct Checked {
     x509: Option<mayfly_identity::X509SvidVerifier>,
     tls: Option<Arc<rustls::ServerConfig>>,
     policy: Option<mayfly_policy::ReloadingEngine>,
+    webhooks: webhooks::Webhooks,
 }
 
 impl Checked {
@@ -506,12 +513,14 @@ impl Checked {
         if let Some(url) = &config.store {
             mayfly_store::backend_of(url)?;
         }
+        let webhooks = webhooks::Webhooks::load(&config.webhooks, config.config.as_deref())?;
         Ok(Checked {
             svid,
             oidc,
             x509,
             tls,
             policy,
+            webhooks,
         })
     }
 }
@@ -571,6 +580,7 @@ impl Server {
             x509,
             tls,
             policy,
+            webhooks,
         } = checked;
         let mut authenticators: Vec<Arc<dyn Authenticator>> =
             vec![Arc::new(OperatorTokenAuthenticator::new(store.clone()))];
@@ -667,6 +677,7 @@ impl Server {
                 policy_reload,
                 reconcile_every,
                 exclusive_store,
+                webhooks,
             },
             bootstrap,
         ))
@@ -739,6 +750,7 @@ impl Server {
             self.reconcile_every,
         ));
         let failures = tokio::spawn(scheduler::run_auth_failure_audit(self.state.clone()));
+        let webhooks = self.webhooks.spawn(&self.state);
         let policy = tokio::spawn(scheduler::run_policy_reload(
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
@@ -759,6 +771,12 @@ impl Server {
         sweeper.abort();
         closing.abort();
         failures.abort();
+        for worker in &webhooks {
+            worker.abort();
+        }
+        // Undelivered events stay after the cursor; releasing the claims lets the next
+        // start (or another replica) send them at once.
+        self.webhooks.release(&self.state).await;
         scheduler::flush_auth_failures(&self.state, true).await;
         result
     }

@@ -59,6 +59,12 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// A configured webhook's name (bounded: names come from the configuration only).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    pub webhook: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
@@ -82,6 +88,10 @@ pub struct Metrics {
     /// Connections closed at once because the connection limit was reached.
     pub connections_refused: Counter,
     pub connection_timeouts: Family<PhaseLabel, Counter>,
+    /// Failed webhook delivery attempts.
+    pub webhook_failures: Family<WebhookLabel, Counter>,
+    /// Audit entries a webhook has yet to go through.
+    pub webhook_lag: Family<WebhookLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -179,7 +189,21 @@ impl Metrics {
             "Connections closed by a deadline, by phase (handshake, header, idle)",
             connection_timeouts.clone(),
         );
+        let webhook_failures = Family::<WebhookLabel, Counter>::default();
+        registry.register(
+            "webhook_failures",
+            "Failed webhook delivery attempts, by webhook (each is retried)",
+            webhook_failures.clone(),
+        );
+        let webhook_lag = Family::<WebhookLabel, Gauge>::default();
+        registry.register(
+            "webhook_lag_events",
+            "Audit entries after a webhook's cursor, not yet delivered or passed over",
+            webhook_lag.clone(),
+        );
         Metrics {
+            webhook_failures,
+            webhook_lag,
             http_requests,
             http_duration,
             connections_refused,
@@ -248,6 +272,22 @@ impl Metrics {
                 phase: phase.into(),
             })
             .inc();
+    }
+
+    pub fn webhook_failure(&self, webhook: &str) {
+        self.webhook_failures
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.into(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_lag(&self, webhook: &str, entries: u64) {
+        self.webhook_lag
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.into(),
+            })
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn encode(&self) -> String {

@@ -28,7 +28,7 @@ use mayfly_core::model::{
 };
 use mayfly_core::store::{
     ApprovalFilter, AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord, RevokeOutcome,
-    SigningKeyRecord, Store, StoreError, TaskFilter,
+    SigningKeyRecord, Store, StoreError, TaskFilter, WebhookCursor,
 };
 use mayfly_core::{now, CoreError, OffsetDateTime, Uuid};
 use serde_json::json;
@@ -160,7 +160,7 @@ macro_rules! conformance_suite {
             update_and_delete_identity,
             update_and_delete_target,
             tasks_end_with_their_leases_and_children,
-            approvals_are_counted_and_collected_once,
+    approvals_are_counted_and_collected_once, webhook_cursors,
         );
     };
     (@fresh $harness:ty; $($name:ident),* $(,)?) => {
@@ -3551,4 +3551,194 @@ pub async fn approvals_are_counted_and_collected_once(store: Arc<dyn Store>) {
         .count();
     assert_eq!(expired_events, 2);
     assert_chain_intact(store).await;
+}
+/// Webhook delivery cursors: a new cursor starts at the chain head; one holder at a time
+/// (a claim lapses, a release frees it at once); only a running claim moves it, never
+/// backwards; failures are counted, keep their first time and clear on success.
+pub async fn webhook_cursors(store: Arc<dyn Store>) {
+    let store = &*store;
+    let ms = |t: OffsetDateTime| mayfly_core::from_unix_ms(mayfly_core::to_unix_ms(t));
+    store
+        .append_audit(vec![
+            AuditDraft::new(AuditKind::AuthFailed, "anonymous"),
+            AuditDraft::new(AuditKind::AuthFailed, "anonymous"),
+        ])
+        .await
+        .unwrap();
+    let t0 = ms(now());
+    let claim_for = Duration::seconds(30);
+
+    // Created at the head (seq 2), claimed by `a`.
+    let c = store
+        .claim_webhook("ops", "a", t0, t0 + claim_for)
+        .await
+        .unwrap()
+        .expect("a new cursor is free");
+    assert_eq!(
+        c,
+        WebhookCursor {
+            name: "ops".into(),
+            delivered_seq: 2,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            failing_since: None,
+            claimed_by: Some("a".into()),
+            claimed_until: Some(t0 + claim_for),
+        }
+    );
+    // Another holder cannot take it while the claim runs, nor move it.
+    assert_eq!(
+        store
+            .claim_webhook("ops", "b", t0, t0 + claim_for)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!store
+        .advance_webhook("ops", "b", 3, t0, t0 + claim_for)
+        .await
+        .unwrap());
+    assert!(!store
+        .webhook_failed("ops", "b", "boom", t0, t0, t0 + claim_for)
+        .await
+        .unwrap());
+
+    // The holder's failures: counted, the first failure's time kept.
+    let t1 = t0 + Duration::seconds(1);
+    assert!(store
+        .webhook_failed(
+            "ops",
+            "a",
+            "HTTP 500",
+            t1 + Duration::seconds(2),
+            t1,
+            t1 + claim_for
+        )
+        .await
+        .unwrap());
+    let t2 = t0 + Duration::seconds(3);
+    assert!(store
+        .webhook_failed(
+            "ops",
+            "a",
+            "timed out",
+            t2 + Duration::seconds(4),
+            t2,
+            t2 + claim_for
+        )
+        .await
+        .unwrap());
+    // Renewing one's own claim reads the cursor back.
+    let c = store
+        .claim_webhook("ops", "a", t2, t2 + claim_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            c.attempts,
+            c.last_error.as_deref(),
+            c.failing_since,
+            c.next_attempt_at
+        ),
+        (
+            2,
+            Some("timed out"),
+            Some(t1),
+            Some(t2 + Duration::seconds(4))
+        )
+    );
+    assert_eq!(c.delivered_seq, 2);
+
+    // Success moves it and clears the failures; it never moves backwards.
+    assert!(store
+        .advance_webhook("ops", "a", 5, t2, t2 + claim_for)
+        .await
+        .unwrap());
+    assert!(!store
+        .advance_webhook("ops", "a", 4, t2, t2 + claim_for)
+        .await
+        .unwrap());
+    let c = store
+        .claim_webhook("ops", "a", t2, t2 + claim_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            c.delivered_seq,
+            c.attempts,
+            c.last_error,
+            c.failing_since,
+            c.next_attempt_at
+        ),
+        (5, 0, None, None, None)
+    );
+
+    // A lapsed claim moves nothing, and another holder takes it over where it stood.
+    let lapsed = t2 + claim_for + Duration::seconds(1);
+    assert!(!store
+        .advance_webhook("ops", "a", 6, lapsed, lapsed + claim_for)
+        .await
+        .unwrap());
+    let c = store
+        .claim_webhook("ops", "b", lapsed, lapsed + claim_for)
+        .await
+        .unwrap()
+        .expect("a lapsed claim is free");
+    assert_eq!((c.delivered_seq, c.claimed_by.as_deref()), (5, Some("b")));
+
+    // Released, it is free at once; releasing what one does not hold changes nothing.
+    store.release_webhook("ops", "a").await.unwrap();
+    assert_eq!(
+        store
+            .claim_webhook("ops", "a", lapsed, lapsed + claim_for)
+            .await
+            .unwrap(),
+        None
+    );
+    store.release_webhook("ops", "b").await.unwrap();
+    let c = store
+        .claim_webhook("ops", "a", lapsed, lapsed + claim_for)
+        .await
+        .unwrap()
+        .expect("released");
+    assert_eq!(c.delivered_seq, 5, "a claim never moves the cursor");
+
+    // Cursors are per webhook; a later one starts at the head as it is then.
+    store
+        .append_audit(vec![AuditDraft::new(AuditKind::AuthFailed, "anonymous")])
+        .await
+        .unwrap();
+    let other = store
+        .claim_webhook("slack", "a", t0, t0 + claim_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.delivered_seq, 3);
+
+    // Racing replicas: exactly one claim of a free cursor wins.
+    let claims = racing_claims(store, "race", t0, t0 + claim_for).await;
+    assert_eq!(claims, 1, "exactly one of the racing claims wins");
+    assert_chain_intact(store).await;
+}
+
+async fn racing_claims(
+    store: &dyn Store,
+    name: &str,
+    now: OffsetDateTime,
+    until: OffsetDateTime,
+) -> usize {
+    let holders: Vec<String> = (0..8).map(|i| format!("replica-{i}")).collect();
+    let claims = holders
+        .iter()
+        .map(|h| store.claim_webhook(name, h, now, until));
+    let mut won = 0;
+    for result in futures::future::join_all(claims).await {
+        if result.unwrap().is_some() {
+            won += 1;
+        }
+    }
+    won
 }

@@ -40,6 +40,8 @@ pub struct CopyReport {
     pub leases: u64,
     pub signing_keys: u64,
     pub operator_tokens: u64,
+    /// Outgoing webhooks' delivery positions, so none redelivers or skips after the move.
+    pub webhook_cursors: u64,
     pub audit_entries: u64,
     /// The chain head copied (sequence number and hash of the last entry).
     pub audit_head_seq: u64,
@@ -191,6 +193,20 @@ const TABLES: &[Table] = &[
             ("created_by", Text),
             ("revoked_at", Int),
             ("revoked_by", Text),
+        ],
+    },
+    Table {
+        name: "webhook_cursors",
+        cols: &[
+            ("name", Text),
+            ("delivered_seq", Int),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("last_error", Text),
+            ("failing_since", Int),
+            ("claimed_by", Text),
+            ("claimed_until", Int),
+            ("created_at", Int),
         ],
     },
     Table {
@@ -612,6 +628,7 @@ async fn copy_in_transaction(src: &mut Raw, dst: &mut Raw) -> Result<CopyReport,
             "leases" => &mut report.leases,
             "signing_keys" => &mut report.signing_keys,
             "operator_tokens" => &mut report.operator_tokens,
+            "webhook_cursors" => &mut report.webhook_cursors,
             _ => &mut report.audit_entries,
         };
         *slot = copied;

@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use mayfly_core::duration::Ttl;
 use mayfly_core::model::{ApprovalRecord, Grant, Identity, Lease, Target, Task};
-use mayfly_core::store::{OperatorTokenRecord, PendingRootRotation, SigningKeyRecord, StoreError};
+use mayfly_core::store::{
+    OperatorTokenRecord, PendingRootRotation, SigningKeyRecord, StoreError, WebhookCursor,
+};
 use mayfly_core::{from_unix_ms, OffsetDateTime, Uuid};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -292,4 +294,19 @@ pub(crate) fn task_from_row(row: &impl Columns) -> Result<Task, StoreError> {
 /// An approval request from its stored JSON document.
 pub(crate) fn approval_from_json(body: &str) -> Result<ApprovalRecord, StoreError> {
     serde_json::from_str(body).map_err(|e| corrupt("approval request", e))
+}
+
+/// A `webhook_cursors` row (columns as in the backends' `WEBHOOK_CURSOR_COLS`).
+pub(crate) fn webhook_cursor_from_row(row: &impl Columns) -> Result<WebhookCursor, StoreError> {
+    Ok(WebhookCursor {
+        name: text(row, "name")?,
+        delivered_seq: u64::try_from(int(row, "delivered_seq")?)
+            .map_err(|e| corrupt("delivered_seq", e))?,
+        attempts: u32::try_from(int(row, "attempts")?).map_err(|e| corrupt("attempts", e))?,
+        next_attempt_at: opt_ts(row, "next_attempt_at")?,
+        last_error: row.opt_str("last_error")?.map(str::to_string),
+        failing_since: opt_ts(row, "failing_since")?,
+        claimed_by: row.opt_str("claimed_by")?.map(str::to_string),
+        claimed_until: opt_ts(row, "claimed_until")?,
+    })
 }

@@ -384,7 +384,7 @@ async fn concurrent_opens_migrate_once() {
                 .is_some_and(|x| x == "sql")
         })
         .count();
-    assert_eq!(migrations, 5);
+    assert_eq!(migrations, 6);
     assert_eq!(applied, migrations as i64);
 }
 
@@ -786,6 +786,23 @@ async fn copy_sqlite_to_postgres() {
     ))
     .await
     .unwrap();
+    // A webhook's delivery position moves with the deployment.
+    let claimed = src
+        .claim_webhook("ops", "r1", now, now + time::Duration::seconds(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(src
+        .webhook_failed(
+            "ops",
+            "r1",
+            "HTTP 500",
+            now + time::Duration::seconds(1),
+            now,
+            now + time::Duration::seconds(30)
+        )
+        .await
+        .unwrap());
     let src_report = src.verify_audit().await.unwrap();
     let src_audit = all_audit(&src).await;
     src.close().await;
@@ -799,6 +816,7 @@ async fn copy_sqlite_to_postgres() {
     assert_eq!(report.leases, 1_200);
     assert_eq!(report.signing_keys, 1);
     assert_eq!(report.operator_tokens, 1);
+    assert_eq!(report.webhook_cursors, 1);
     assert_eq!(report.audit_entries, src_report.entries);
     assert_eq!(report.verified.as_ref(), Some(&src_report));
 
@@ -832,6 +850,19 @@ async fn copy_sqlite_to_postgres() {
         src.list_operator_tokens().await.unwrap()
     );
     assert!(dst.find_operator_token(&[1; 32]).await.unwrap().is_some());
+    let copied = dst
+        .claim_webhook("ops", "r1", now, now + time::Duration::seconds(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            copied.delivered_seq,
+            copied.attempts,
+            copied.last_error.as_deref()
+        ),
+        (claimed.delivered_seq, 1, Some("HTTP 500"))
+    );
     for id in &lease_ids {
         assert_eq!(
             dst.get_lease(*id).await.unwrap(),

@@ -31,7 +31,7 @@ use mayfly_core::model::{
     ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
     RevocationReason, Target, Task, TaskState,
 };
-use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
+use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError, WebhookCursor};
 use mayfly_core::{OffsetDateTime, Uuid};
 
 #[cfg(test)]
@@ -301,6 +301,46 @@ pub(crate) trait Backend: Send + 'static {
     async fn root_rotation_pending(&mut self, name: &str) -> Result<bool, StoreError>;
     /// Creating, active and revoking leases of an identity or a target.
     async fn count_live_leases(&mut self, of: LiveOf<'_>) -> Result<u64, StoreError>;
+
+    // --- webhook cursors ------------------------------------------------------------------
+    /// Creates the cursor of `name` at `seq` unless it exists (then nothing changes).
+    async fn insert_webhook_cursor(
+        &mut self,
+        name: &str,
+        seq: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Claims the cursor for `holder` until `until` when it is free, lapsed at `now`, or
+    /// `holder`'s already; the cursor as claimed, `None` when another holder keeps it.
+    async fn claim_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<WebhookCursor>, StoreError>;
+    /// Moves the cursor to `seq`, clearing failures and extending the claim, while
+    /// `holder`'s claim runs at `now` and the cursor is not past `seq`; whether it moved.
+    async fn advance_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Counts a failed attempt, under the same condition; whether it was counted.
+    async fn webhook_failed(
+        &mut self,
+        name: &str,
+        holder: &str,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Clears `holder`'s claim, if it holds one.
+    async fn release_webhook(&mut self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// Whose live leases [`Backend::count_live_leases`] counts.

@@ -12,7 +12,9 @@ use mayfly_core::model::{
     ApprovalRecord, ApprovalState, ApprovalVote, Grant, GrantState, Identity, Lease, LeaseSelector,
     LeaseState, RevocationReason, Target, Task, TaskState,
 };
-use mayfly_core::store::{OperatorTokenRecord, RevokeOutcome, SigningKeyRecord, StoreError};
+use mayfly_core::store::{
+    OperatorTokenRecord, RevokeOutcome, SigningKeyRecord, StoreError, WebhookCursor,
+};
 use mayfly_core::{now as core_now, to_unix_ms, CoreError, OffsetDateTime, Uuid};
 use tokio::sync::oneshot;
 
@@ -212,6 +214,35 @@ pub(crate) enum Op {
         limit: u32,
         reply: Reply<Vec<Uuid>>,
     },
+    ClaimWebhook {
+        name: String,
+        holder: String,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        reply: Reply<Option<WebhookCursor>>,
+    },
+    AdvanceWebhook {
+        name: String,
+        holder: String,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        reply: Reply<bool>,
+    },
+    WebhookFailed {
+        name: String,
+        holder: String,
+        error: String,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        reply: Reply<bool>,
+    },
+    ReleaseWebhook {
+        name: String,
+        holder: String,
+        reply: Reply<()>,
+    },
 }
 
 /// A decided grant, its lease if one was issued, and their audit events.
@@ -258,7 +289,10 @@ impl Op {
             | Op::AppendAudit { reply, .. }
             | Op::AddSigningKey { reply, .. }
             | Op::AddOperatorToken { reply, .. }
-            | Op::CreateTask { reply, .. } => send(reply, err),
+            | Op::CreateTask { reply, .. }
+            | Op::ReleaseWebhook { reply, .. } => send(reply, err),
+            Op::ClaimWebhook { reply, .. } => send(reply, err),
+            Op::AdvanceWebhook { reply, .. } | Op::WebhookFailed { reply, .. } => send(reply, err),
             Op::EndTask { reply, .. } => send(reply, err),
             Op::ExpireDueTasks { reply, .. } | Op::ExpireApprovals { reply, .. } => {
                 send(reply, err)
@@ -600,6 +634,50 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
             };
             answer(reply, result.await)
         }
+        Op::ClaimWebhook {
+            name,
+            holder,
+            now,
+            until,
+            reply,
+        } => {
+            let result = async {
+                // A new cursor starts at the head as this batch sees it: the webhook gets
+                // every event committed after it, none from before it was configured.
+                b.insert_webhook_cursor(&name, chain.head.seq, now).await?;
+                b.claim_webhook(&name, &holder, now, until).await
+            };
+            answer(reply, result.await)
+        }
+        Op::AdvanceWebhook {
+            name,
+            holder,
+            seq,
+            now,
+            until,
+            reply,
+        } => answer(
+            reply,
+            b.advance_webhook(&name, &holder, seq, now, until).await,
+        ),
+        Op::WebhookFailed {
+            name,
+            holder,
+            error,
+            next_attempt,
+            now,
+            until,
+            reply,
+        } => answer(
+            reply,
+            b.webhook_failed(&name, &holder, &error, next_attempt, now, until)
+                .await,
+        ),
+        Op::ReleaseWebhook {
+            name,
+            holder,
+            reply,
+        } => answer(reply, b.release_webhook(&name, &holder).await),
         Op::ClaimRevocations {
             now,
             limit,

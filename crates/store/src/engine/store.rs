@@ -16,7 +16,7 @@ use mayfly_core::model::{
 use mayfly_core::store::{
     ApprovalFilter, AuditFilter, GrantFilter, LeaseFilter, OperatorTokenRecord,
     PendingRootRotation, RevokeOutcome, SigningKeyRecord, Store, StoreError, StoreStats,
-    TaskFilter,
+    TaskFilter, WebhookCursor,
 };
 use mayfly_core::{OffsetDateTime, Uuid};
 
@@ -742,6 +742,80 @@ impl<R: Reads> Store for EngineStore<R> {
         let name = name.to_string();
         self.writer
             .call(|reply| Op::DeleteTarget { name, event, reply })
+            .await
+    }
+
+    async fn claim_webhook(
+        &self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.writer
+            .call(|reply| Op::ClaimWebhook {
+                name,
+                holder,
+                now,
+                until,
+                reply,
+            })
+            .await
+    }
+
+    async fn advance_webhook(
+        &self,
+        name: &str,
+        holder: &str,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.writer
+            .call(|reply| Op::AdvanceWebhook {
+                name,
+                holder,
+                seq,
+                now,
+                until,
+                reply,
+            })
+            .await
+    }
+
+    async fn webhook_failed(
+        &self,
+        name: &str,
+        holder: &str,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let (name, holder, error) = (name.to_string(), holder.to_string(), error.to_string());
+        self.writer
+            .call(|reply| Op::WebhookFailed {
+                name,
+                holder,
+                error,
+                next_attempt,
+                now,
+                until,
+                reply,
+            })
+            .await
+    }
+
+    async fn release_webhook(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.writer
+            .call(|reply| Op::ReleaseWebhook {
+                name,
+                holder,
+                reply,
+            })
             .await
     }
 }

@@ -284,6 +284,47 @@ impl Backend for Scripted {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn insert_webhook_cursor(
+        &mut self,
+        _: &str,
+        _: u64,
+        _: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn claim_webhook(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<Option<mayfly_core::store::WebhookCursor>, StoreError> {
+        Ok(None)
+    }
+    async fn advance_webhook(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn webhook_failed(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+        _: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn release_webhook(&mut self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Reads are not under test; the engine store needs some.

@@ -456,6 +456,34 @@ pub(crate) const LIST_APPROVALS: &str = "SELECT body FROM approvals WHERE ($1::t
 pub(crate) const DUE_APPROVALS: &str = "SELECT grant_id FROM approvals WHERE state IN ('pending', 'approved') AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED";
 pub(crate) const SET_GRANT_STATE: &str =
     "UPDATE grants SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2";
+// --- webhook cursors ----------------------------------------------------------------------
+
+macro_rules! webhook_cursor_cols {
+    () => {
+        "name, delivered_seq, attempts, next_attempt_at, last_error, failing_since, \
+         claimed_by, claimed_until"
+    };
+}
+pub(crate) const INSERT_WEBHOOK_CURSOR: &str = "INSERT INTO webhook_cursors \
+     (name, delivered_seq, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+/// Free (never claimed or released), lapsed at `$3`, or the holder's own. Every replica's
+/// batch holds the chain head lock, so two claims of one cursor never interleave; the
+/// condition is what makes the second one see the first.
+pub(crate) const CLAIM_WEBHOOK: &str = concat!(
+    "UPDATE webhook_cursors SET claimed_by = $2, claimed_until = $4 WHERE name = $1 ",
+    "AND (claimed_by = $2 OR claimed_until IS NULL OR claimed_until <= $3) RETURNING ",
+    webhook_cursor_cols!()
+);
+/// Only for a holder whose claim still runs at `$4`, and never backwards.
+pub(crate) const ADVANCE_WEBHOOK: &str = "UPDATE webhook_cursors SET delivered_seq = $3, \
+     attempts = 0, next_attempt_at = NULL, last_error = NULL, failing_since = NULL, \
+     claimed_until = $5 \
+     WHERE name = $1 AND claimed_by = $2 AND claimed_until > $4 AND delivered_seq <= $3";
+pub(crate) const WEBHOOK_FAILED: &str = "UPDATE webhook_cursors SET attempts = attempts + 1, \
+     last_error = $3, next_attempt_at = $4, failing_since = COALESCE(failing_since, $5), \
+     claimed_until = $6 WHERE name = $1 AND claimed_by = $2 AND claimed_until > $5";
+pub(crate) const RELEASE_WEBHOOK: &str = "UPDATE webhook_cursors \
+     SET claimed_by = NULL, claimed_until = NULL WHERE name = $1 AND claimed_by = $2";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

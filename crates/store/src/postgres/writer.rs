@@ -24,7 +24,7 @@ use mayfly_core::model::{
     ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
     RevocationReason, Target, Task, TaskState,
 };
-use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
+use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError, WebhookCursor};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -35,6 +35,7 @@ use crate::engine::{Backend, Ended, GrantEnd, GrantMove, Head, LeaseRow, LiveOf,
 use crate::rows::{
     approval_from_json, identity_from_row, identity_kind_text, lease_from_row,
     operator_token_from_row, target_from_row, task_from_row, to_json, ttl_secs,
+    webhook_cursor_from_row,
 };
 
 /// Reads the head row with `statement` (locking or not).
@@ -886,6 +887,95 @@ impl Backend for PgWriter {
             .as_ref()
             .map(task_from_row)
             .transpose()
+    }
+
+    async fn insert_webhook_cursor(
+        &mut self,
+        name: &str,
+        seq: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).map_err(|e| StoreError::Backend(e.to_string()))?;
+        sqlx::query(sql::INSERT_WEBHOOK_CURSOR)
+            .bind(name)
+            .bind(seq)
+            .bind(to_unix_ms(now))
+            .execute(self.conn()?)
+            .await
+            .map(drop)
+            .map_err(map_sqlx)
+    }
+
+    async fn claim_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        sqlx::query(sql::CLAIM_WEBHOOK)
+            .bind(name)
+            .bind(holder)
+            .bind(to_unix_ms(now))
+            .bind(to_unix_ms(until))
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| webhook_cursor_from_row(&row))
+            .transpose()
+    }
+
+    async fn advance_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let seq = i64::try_from(seq).map_err(|e| StoreError::Backend(e.to_string()))?;
+        sqlx::query(sql::ADVANCE_WEBHOOK)
+            .bind(name)
+            .bind(holder)
+            .bind(seq)
+            .bind(to_unix_ms(now))
+            .bind(to_unix_ms(until))
+            .execute(self.conn()?)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(map_sqlx)
+    }
+
+    async fn webhook_failed(
+        &mut self,
+        name: &str,
+        holder: &str,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(sql::WEBHOOK_FAILED)
+            .bind(name)
+            .bind(holder)
+            .bind(error)
+            .bind(to_unix_ms(next_attempt))
+            .bind(to_unix_ms(now))
+            .bind(to_unix_ms(until))
+            .execute(self.conn()?)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(map_sqlx)
+    }
+
+    async fn release_webhook(&mut self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::RELEASE_WEBHOOK)
+            .bind(name)
+            .bind(holder)
+            .execute(self.conn()?)
+            .await
+            .map(drop)
+            .map_err(map_sqlx)
     }
 
     async fn end_task_tree(

@@ -22,7 +22,7 @@ use mayfly_core::model::{
     ApprovalRecord, Grant, GrantState, Identity, Lease, LeaseSelector, LeaseState,
     RevocationReason, Target, Task, TaskState,
 };
-use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError};
+use mayfly_core::store::{OperatorTokenRecord, SigningKeyRecord, StoreError, WebhookCursor};
 use mayfly_core::{to_unix_ms, OffsetDateTime, Uuid};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Params};
 
@@ -36,6 +36,7 @@ use crate::errors::corrupt;
 use crate::rows::{
     approval_from_json, identity_from_row, identity_kind_text, lease_from_row,
     operator_token_from_row, target_from_row, task_from_row, to_json, ttl_secs,
+    webhook_cursor_from_row,
 };
 
 pub(crate) struct SqliteWriter {
@@ -733,6 +734,84 @@ impl Backend for SqliteWriter {
             LiveOf::Identity(id) => self.count(sql::COUNT_LIVE_LEASES_OF_IDENTITY, [id]),
             LiveOf::Target(name) => self.count(sql::COUNT_LIVE_LEASES_OF_TARGET, [name]),
         }
+    }
+
+    async fn insert_webhook_cursor(
+        &mut self,
+        name: &str,
+        seq: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.run(
+            sql::INSERT_WEBHOOK_CURSOR,
+            params![name, seq, to_unix_ms(now)],
+        )
+        .map(drop)
+    }
+
+    async fn claim_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        self.conn
+            .prepare_cached(sql::CLAIM_WEBHOOK)
+            .and_then(|mut s| {
+                s.query_row(
+                    params![name, holder, to_unix_ms(now), to_unix_ms(until)],
+                    |row| Ok(webhook_cursor_from_row(row)),
+                )
+                .optional()
+            })
+            .map_err(map_rusqlite)?
+            .transpose()
+    }
+
+    async fn advance_webhook(
+        &mut self,
+        name: &str,
+        holder: &str,
+        seq: u64,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let seq = i64::try_from(seq).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.run(
+            sql::ADVANCE_WEBHOOK,
+            params![name, holder, seq, to_unix_ms(now), to_unix_ms(until)],
+        )
+        .map(|n| n == 1)
+    }
+
+    async fn webhook_failed(
+        &mut self,
+        name: &str,
+        holder: &str,
+        error: &str,
+        next_attempt: OffsetDateTime,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.run(
+            sql::WEBHOOK_FAILED,
+            params![
+                name,
+                holder,
+                error,
+                to_unix_ms(next_attempt),
+                to_unix_ms(now),
+                to_unix_ms(until)
+            ],
+        )
+        .map(|n| n == 1)
+    }
+
+    async fn release_webhook(&mut self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.run(sql::RELEASE_WEBHOOK, params![name, holder])
+            .map(drop)
     }
 
     async fn end_task_tree(
