@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use cmd::approval::{AnswerArgs, ApprovalsArgs, ReviewsArgs};
 use cmd::audit::AuditCmd;
 use cmd::exec::ExecArgs;
 use cmd::grant::{GrantsArgs, RequestArgs};
@@ -72,6 +73,14 @@ enum Command {
     /// renewed while it runs, revoked when it ends (`mayfly exec --target db --purpose …
     /// -- psql`).
     Exec(Box<ExecArgs>),
+    /// Approval requests you may answer (people with an approver ID token, or operators).
+    Approvals(ApprovalsArgs),
+    /// Approve a request waiting for approval, with a comment.
+    Approve(AnswerArgs),
+    /// Deny a request waiting for approval, with a comment.
+    Deny(AnswerArgs),
+    /// Break-glass uses waiting for review, or close one (`reviews close ID --comment …`).
+    Reviews(ReviewsArgs),
     /// Revoke a grant or lease, or everything of a task, identity, owner, target or prefix.
     Revoke(RevokeArgs),
     /// The audit chain.
@@ -168,6 +177,10 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Renew(args) => cmd::lease::renew(args).await.map(done),
         Command::Tasks(args) => cmd::task::run(args).await.map(done),
         Command::Exec(args) => cmd::exec::run(*args).await,
+        Command::Approvals(args) => cmd::approval::list(args).await.map(done),
+        Command::Approve(args) => cmd::approval::answer(args, true).await.map(done),
+        Command::Deny(args) => cmd::approval::answer(args, false).await.map(done),
+        Command::Reviews(args) => cmd::approval::reviews(args).await.map(done),
         Command::Revoke(args) => cmd::revoke::run(args).await.map(done),
         Command::Audit(group) => cmd::audit::run(group).await,
         Command::Keys(group) => cmd::keys::run(group).await.map(done),

@@ -31,9 +31,17 @@ impl Issuer {
     }
 
     pub fn token(&self, sub: &str) -> String {
+        self.token_with(sub, json!({"repository": "acme/billing"}))
+    }
+
+    /// A token for `sub` with `extra` claims (a person's `email` and `groups`, say).
+    pub fn token_with(&self, sub: &str, extra: Value) -> String {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": "ci-1"});
-        let claims = json!({"iss": self.url, "sub": sub, "aud": "mayfly", "iat": now, "nbf": now, "exp": now + 300, "repository": "acme/billing"});
+        let mut claims = json!({"iss": self.url, "sub": sub, "aud": "mayfly", "iat": now, "nbf": now, "exp": now + 300});
+        if let (Value::Object(c), Value::Object(extra)) = (&mut claims, extra) {
+            c.extend(extra);
+        }
         let signing_input = format!(
             "{}.{}",
             B64.encode(header.to_string()),

@@ -34,8 +34,6 @@ const DEFAULT_DEADLINE: Ttl = Ttl::from_secs(3600);
 const KUBERNETES_TOKEN: &str = "/var/run/secrets/tokens/mayfly";
 /// How long `mayfly exec` waits, at its end, for targets to confirm revocation.
 const REVOCATION_WAIT: Duration = Duration::from_secs(10);
-/// How often a pending approval is asked after.
-const APPROVAL_POLL: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args)]
 #[command(after_help = AMBIENT_HELP)]
@@ -643,74 +641,29 @@ async fn issue_all(
     Ok(held)
 }
 
-/// Follows a grant waiting for approval, with a status line, up to `--wait`.
+/// Waits for a grant's approval (up to `--wait`, saying who must approve), then
+/// collects its credential.
 async fn wait_for_approval(
     client: &Client,
     args: &ExecArgs,
     target: &str,
     grant: mayfly_core::Uuid,
 ) -> anyhow::Result<(Lease, serde_json::Map<String, Value>)> {
-    let pending = |waited: &str| -> anyhow::Error {
-        Failure::PendingApproval(format!(
-            "--target {target}: grant {grant} waits for approval{waited}; the task is ended \
-             (approve it and run again, or give --wait)"
-        ))
-        .into()
-    };
     if args.wait.as_secs() == 0 {
-        return Err(pending(""));
+        return Err(Failure::PendingApproval(format!(
+            "--target {target}: grant {grant} waits for approval; the task is ended (run again \
+             with --wait to wait for the approvers)"
+        ))
+        .into());
     }
-    let until = Instant::now() + Duration::from_secs(args.wait.as_secs());
-    loop {
-        let seen: Value = client.get(&format!("/v1/grants/{grant}"), &[]).await?;
-        let state = seen
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        match state {
-            "pending_approval" => {}
-            "issued" => {
-                // The requester collects an approved credential from the grant itself.
-                let lease = seen
-                    .get("lease")
-                    .cloned()
-                    .map(serde_json::from_value::<Lease>);
-                let credential = seen.get("credential").and_then(Value::as_object).cloned();
-                if let (Some(Ok(lease)), Some(credential)) = (lease, credential) {
-                    return Ok((lease, credential));
-                }
-                anyhow::bail!(
-                    "--target {target}: grant {grant} was approved, but this broker does not hand \
-                     out approved credentials to the requester"
-                );
-            }
-            other => {
-                return Err(Failure::Api {
-                    status: 403,
-                    message: format!("--target {target}: grant {grant} was not approved ({other})"),
-                }
-                .into())
-            }
-        }
-        let needs = seen
-            .pointer("/decision/reasons")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default();
-        let left = until.saturating_duration_since(Instant::now());
-        eprintln!(
-            "mayfly exec: waiting for approval of grant {grant} ({target}): {needs} — {}s left",
-            left.as_secs()
-        );
-        if left.is_zero() {
-            return Err(pending(&format!(" after {}", args.wait)));
-        }
-        tokio::time::sleep(APPROVAL_POLL.min(left)).await;
+    let collected = super::grant::wait_and_collect(client, grant, args.wait, &|line| {
+        eprintln!("mayfly exec: {line}")
+    })
+    .await
+    .with_context(|| format!("--target {target}"))?;
+    match (collected.typed.lease, collected.typed.credential) {
+        (Some(lease), Some(Value::Object(credential))) => Ok((lease, credential)),
+        _ => anyhow::bail!("--target {target}: grant {grant} was collected without a credential"),
     }
 }
 

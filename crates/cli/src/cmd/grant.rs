@@ -47,6 +47,15 @@ pub struct RequestArgs {
     /// MAYFLY_ACCESS_TOKEN), for `eval "$(mayfly request … --env-format)"`.
     #[arg(long)]
     env_format: bool,
+    /// If policy requires approval, wait this long for it (a status line on stderr says
+    /// who must approve), then collect the credential.
+    #[arg(long)]
+    wait: Option<Ttl>,
+    /// Emergency access where policy allows `context.break_glass`: issued without
+    /// approval, at most 1h, audited loudly and reviewed afterwards. The purpose must say
+    /// what is on fire (at least 10 characters).
+    #[arg(long)]
+    break_glass: bool,
 }
 
 // `mayfly grants`; its help is the doc comment on `Command::Grants`.
@@ -73,9 +82,14 @@ pub struct GrantsArgs {
 
 #[derive(Subcommand)]
 pub enum GrantsCmd {
-    /// One grant, by id, with the decision that made it.
+    /// One grant, by id, with the decision that made it (and its approvals).
     Show {
         /// The grant's id (`mayfly grants` lists them).
+        id: String,
+    },
+    /// Collect the credential of an approved grant (once; its TTL starts now).
+    Collect {
+        /// The approved grant's id.
         id: String,
     },
 }
@@ -101,10 +115,17 @@ impl RequestArgs {
             purpose: self.purpose.clone(),
             task: self.task.clone(),
             ttl: self.ttl,
-            context: key_values("context", &self.context)?
-                .into_iter()
-                .map(|(k, v)| (k, typed(v)))
-                .collect(),
+            context: {
+                let mut context: serde_json::Map<String, Value> =
+                    key_values("context", &self.context)?
+                        .into_iter()
+                        .map(|(k, v)| (k, typed(v)))
+                        .collect();
+                if self.break_glass {
+                    context.insert("break_glass".into(), Value::Bool(true));
+                }
+                context
+            },
         })
     }
 }
@@ -123,7 +144,13 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
     if args.token_only {
         refuse_token_only_unless_token(&client, &args.target).await?;
     }
-    let answer: Answer<GrantResponse> = client.post("/v1/grants", &args.body()?).await?;
+    let mut answer: Answer<GrantResponse> = client.post("/v1/grants", &args.body()?).await?;
+    if let (GrantState::PendingApproval, Some(wait)) = (answer.typed.grant.state, args.wait) {
+        answer = wait_and_collect(&client, answer.typed.grant.id, wait, &|line| {
+            eprintln!("{line}")
+        })
+        .await?;
+    }
     let GrantResponse {
         grant,
         lease,
@@ -332,13 +359,84 @@ pub(crate) fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// Follows a grant waiting for approval, saying who must still approve (through `say`)
+/// every few seconds, until it is approved (then collects it), refused or expired, or
+/// `wait` runs out.
+pub(crate) async fn wait_and_collect(
+    client: &Client,
+    grant: mayfly_core::Uuid,
+    wait: Ttl,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Answer<GrantResponse>> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(wait.as_secs());
+    loop {
+        let seen: Value = client.get(&format!("/v1/grants/{grant}"), &[]).await?;
+        let approval = seen.get("approval").cloned().unwrap_or(Value::Null);
+        let state = approval.get("state").and_then(Value::as_str).unwrap_or("");
+        match state {
+            "approved" => {
+                return client
+                    .post_empty(&format!("/v1/grants/{grant}/collect"))
+                    .await
+            }
+            "pending" => {}
+            "" => anyhow::bail!("grant {grant} has no approval request to wait for"),
+            other => {
+                return Err(Failure::Api {
+                    status: 403,
+                    message: format!("grant {grant} was not approved: its request is {other}"),
+                }
+                .into())
+            }
+        }
+        let given = approval
+            .get("votes")
+            .and_then(Value::as_array)
+            .map_or(0, |v| v.len());
+        let needed = approval.get("needed").and_then(Value::as_u64).unwrap_or(0);
+        let groups: Vec<&str> = approval
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|g| g.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let who = if groups.is_empty() {
+            "any approver".to_string()
+        } else {
+            format!("a member of {}", groups.join(" or "))
+        };
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        say(&format!(
+            "waiting for approval of grant {grant}: {given} of {needed}, from {who} (`mayfly approve {grant} --comment …`); {}s left",
+            left.as_secs()
+        ));
+        if left.is_zero() {
+            return Err(Failure::PendingApproval(format!(
+                "grant {grant} is still waiting for approval after {wait}; `mayfly grants collect {grant}` once it is approved"
+            ))
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2).min(left)).await;
+    }
+}
+
 pub async fn grants(args: GrantsArgs) -> anyhow::Result<()> {
     let (client, out) = args.client.connect()?;
-    if let Some(GrantsCmd::Show { id }) = args.show {
-        let id = uuid("grant", &id)?;
-        let grant: Value = client.get(&format!("/v1/grants/{id}"), &[]).await?;
-        output::object(out, &grant);
-        return Ok(());
+    match args.show {
+        Some(GrantsCmd::Show { id }) => {
+            let id = uuid("grant", &id)?;
+            let grant: Value = client.get(&format!("/v1/grants/{id}"), &[]).await?;
+            output::object(out, &grant);
+            return Ok(());
+        }
+        Some(GrantsCmd::Collect { id }) => {
+            let id = uuid("grant", &id)?;
+            let issued: Value = client
+                .post_empty(&format!("/v1/grants/{id}/collect"))
+                .await?;
+            output::object(out, &issued);
+            return Ok(());
+        }
+        None => {}
     }
     let q = query(&[
         ("identity", args.identity),

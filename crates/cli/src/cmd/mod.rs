@@ -2,6 +2,7 @@
 //! they reach the broker ([`ClientArgs`]), how they print ([`Output`]), and the parsing of
 //! repeated `key=value` flags.
 
+pub mod approval;
 pub mod audit;
 pub mod completions;
 pub mod exec;
