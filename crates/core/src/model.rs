@@ -469,6 +469,7 @@ mod tests {
             (PendingApproval, Expired),
             (Approved, Issued),
             (Approved, Failed),
+            (Approved, Expired),
             (Issued, Revoked),
             (Issued, Expired),
         ];
