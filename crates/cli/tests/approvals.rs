@@ -8,7 +8,8 @@
 mod common;
 
 use common::issuer::Issuer;
-use common::{Broker, BIN};
+use common::webhook::{verify, Receiver};
+use common::{eventually, Broker, Options, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -33,22 +34,40 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let dir = common::scratch_dir();
-    let ci = Issuer::new();
-    let mut people = Issuer::new();
-    people.url = "https://idp.example.test".into();
+    setup_with("", Vec::new()).await
+}
+
+/// The broker configuration of [`setup`] plus `extra`, and its environment.
+fn config(dir: &std::path::Path, ci: &Issuer, people: &Issuer, extra: &str) -> String {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("approvals.cedar"), POLICY).unwrap();
     let mut config = ci.config(&dir.join("ci-jwks.json"), &[("etl", WORKLOAD)]);
     std::fs::write(dir.join("idp-jwks.json"), people.jwks().to_string()).unwrap();
     config.push_str(&format!(
-        "\n[[auth.oidc]]\nissuer = \"{}\"\naudiences = [\"mayfly\"]\njwks_file = \"{}\"\nalgorithms = [\"EdDSA\"]\n\n[auth.oidc.humans]\nname_claim = \"email\"\ngroups_claim = \"groups\"\n\n[policy]\ndir = \"{}\"\n",
+        "\n[[auth.oidc]]\nissuer = \"{}\"\naudiences = [\"mayfly\"]\njwks_file = \"{}\"\nalgorithms = [\"EdDSA\"]\n\n[auth.oidc.humans]\nname_claim = \"email\"\ngroups_claim = \"groups\"\n\n[policy]\ndir = \"{}\"\n{extra}",
         people.url,
         dir.join("idp-jwks.json").display(),
         policies.display()
     ));
-    let broker = Broker::start_with_config(BIN, &common::scratch_dir(), config);
+    config
+}
+
+async fn setup_with(extra: &str, env: Vec<(&'static str, String)>) -> Setup {
+    let dir = common::scratch_dir();
+    let ci = Issuer::new();
+    let mut people = Issuer::new();
+    people.url = "https://idp.example.test".into();
+    let config = config(&dir, &ci, &people, extra);
+    let broker = Broker::start_in(
+        BIN,
+        &common::scratch_dir(),
+        Options {
+            config: Some(config),
+            env,
+            ..Options::default()
+        },
+    );
     broker.add_identity("etl", "team-data").await;
     let (status, body) = broker
         .post(
@@ -371,4 +390,105 @@ async fn break_glass_is_fast_loud_and_reviewed() {
     assert_eq!(open, json!([]));
     let story = s.broker.audit("task=inc-4312").await;
     assert!(story.iter().any(|e| e["kind"] == "review.closed"));
+    let metrics = s
+        .broker
+        .http
+        .get(s.broker.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mayfly_break_glass_unreviewed_overdue 0"),
+        "the overdue gauge is exported"
+    );
+}
+
+const SECRET: &str = "whsec-approvals-test";
+
+/// Approval and break-glass notifications reach a signed webhook, and a broker killed
+/// before it could deliver them delivers them after its restart: the approval needed,
+/// the approval that completed it, and the break-glass use, each signed.
+#[tokio::test]
+async fn approval_and_break_glass_notifications_survive_a_restart() {
+    let receiver = Receiver::start("/hook", true).await;
+    let extra = format!(
+        "\n[[webhooks]]\nname = \"security\"\nurl = \"{}\"\nsecret_env = \"MAYFLY_TEST_WEBHOOK_SECRET\"\n",
+        receiver.url
+    );
+    let env = vec![("MAYFLY_TEST_WEBHOOK_SECRET", SECRET.to_string())];
+    let s = setup_with(&extra, env.clone()).await;
+    let alice = s.person("alice@acme.test", &["db-owners"]);
+    let dave = s.person("dave@acme.test", &["db-owners"]);
+    let (_, pending) = s
+        .request("read", "month-end close", "close-13", json!({}))
+        .await;
+    let grant = pending["grant"]["id"].as_str().unwrap().to_string();
+    assert_eq!(s.answer(&alice, &grant, "approve", "ok").await.0, 200);
+    assert_eq!(s.answer(&dave, &grant, "approve", "ok").await.0, 200);
+    let (status, _) = s
+        .request(
+            "write",
+            "INC-77: disk full on primary",
+            "inc-77",
+            json!({"break_glass": true}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // Everything so far was refused by the receiver; the broker dies with it undelivered.
+    let config_path = s.broker.dir.join("mayfly.toml");
+    let config = std::fs::read_to_string(&config_path).ok();
+    let (dir, token) = s.broker.kill();
+    receiver.fail(false);
+    let restarted = Broker::start_in(
+        BIN,
+        &dir,
+        Options {
+            config,
+            token: Some(token),
+            env,
+            ..Options::default()
+        },
+    );
+    let wanted = [
+        "approval.requested",
+        "approval.granted",
+        "grant.break_glass",
+    ];
+    let delivered = eventually(std::time::Duration::from_secs(30), async || {
+        let events: Vec<String> = receiver
+            .accepted()
+            .iter()
+            .map(|d| d.json()["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        wanted
+            .iter()
+            .all(|w| events.iter().any(|e| e == w))
+            .then_some(())
+            .ok_or(events)
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "not all delivered after the restart: {delivered:?}"
+    );
+    for d in receiver.accepted() {
+        verify(SECRET, &d).unwrap_or_else(|e| panic!("{e}: {}", d.json()));
+        assert!(!String::from_utf8_lossy(&d.body).contains("access_token"));
+    }
+    let completed = receiver
+        .accepted()
+        .into_iter()
+        .find(|d| d.json()["event"] == "approval.granted")
+        .unwrap();
+    assert_eq!(
+        completed.json()["detail"]["complete"],
+        true,
+        "{}",
+        completed.json()
+    );
+    drop(restarted);
 }

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub active_leases: Gauge,
     pub revoking_leases: Gauge,
     pub audit_entries: Gauge,
+    /// Break-glass uses nobody has reviewed within 24 hours (measured on each scrape).
+    pub break_glass_overdue: Gauge,
     /// Seconds from a lease's expiry to its revocation by the scheduler.
     pub expiry_lag: Histogram,
     pub store_up: Gauge,
@@ -159,6 +161,12 @@ impl Metrics {
             "Delay from lease expiry to its revocation",
             expiry_lag.clone(),
         );
+        let break_glass_overdue = Gauge::default();
+        registry.register(
+            "break_glass_unreviewed_overdue",
+            "Break-glass uses whose review has been open for more than 24 hours",
+            break_glass_overdue.clone(),
+        );
         let store_up = Gauge::default();
         registry.register(
             "store_up",
@@ -217,6 +225,7 @@ impl Metrics {
             active_leases,
             revoking_leases,
             audit_entries,
+            break_glass_overdue,
             expiry_lag,
             store_up,
         }

@@ -36,4 +36,5 @@ pub mod maria {
     pub use mayfly_testkit::mariadb::{superuser, superuser_or_skip, MariaFixture};
 }
 
+pub mod webhook;
 pub mod x509;

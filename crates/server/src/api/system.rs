@@ -44,6 +44,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(stats.revoking_leases as i64);
         state.metrics.audit_entries.set(stats.audit_entries as i64);
     }
+    let open_reviews = mayfly_core::store::ApprovalFilter {
+        state: Some(mayfly_core::model::ApprovalState::Review),
+        limit: Some(10_000),
+    };
+    if let Ok(open) = state.store.list_approvals(&open_reviews).await {
+        let due = mayfly_core::now() - super::approvals::REVIEW_DUE;
+        let overdue = open.iter().filter(|r| r.created_at <= due).count();
+        state.metrics.break_glass_overdue.set(overdue as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
