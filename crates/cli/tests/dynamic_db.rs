@@ -442,3 +442,68 @@ async fn crash_between_write_ahead_and_creation_leaves_no_orphan() {
 async fn crash_between_creation_and_commit_leaves_no_orphan() {
     crash_leaves_no_orphan("after-create").await;
 }
+
+/// A revocation that reports success while the role still exists (a revocation statement
+/// that drops nothing) is caught by the broker's check afterwards: the lease stays
+/// `revoking` with the reason, and is revoked once the target is fixed.
+#[tokio::test]
+async fn a_revocation_that_leaves_the_user_is_not_reported_revoked() {
+    let Some(mut su) = superuser_or_skip("verify after revoke").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su, "ver").await;
+    let broker = Broker::start(BIN);
+    broker.add_identity("etl", "team-data").await;
+    let mut target = f.target("pg");
+    target["settings"]["revocation_statements"] = json!(["COMMENT ON ROLE \"{{name}}\" IS 'kept'"]);
+    let (status, body) = broker.post("/v1/targets", target).await;
+    assert_eq!(status, 201, "{body}");
+    let issued = request(&broker, "read", "10m", "verify-1").await;
+    let lease = issued["lease"]["id"].as_str().unwrap().to_string();
+    let user = issued["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = broker
+        .post(&format!("/v1/leases/{lease}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let stuck = eventually(Duration::from_secs(10), || async {
+        let l = broker.get(&format!("/v1/leases/{lease}")).await;
+        if l["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("still exists"))
+        {
+            Ok(l)
+        } else {
+            Err(l)
+        }
+    })
+    .await
+    .unwrap_or_else(|l| panic!("the false success was not caught: {l}"));
+    assert_eq!(stuck["state"], "revoking", "{stuck}");
+    assert!(f.users(&mut su).await.contains(&user));
+
+    // Fixed: the default statements drop the role at the next attempt.
+    let (status, _, _) = broker
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/targets/pg",
+            Some(&broker.token),
+            Some(json!({"settings": f.target("pg")["settings"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let done = eventually(Duration::from_secs(30), || async {
+        let l = broker.get(&format!("/v1/leases/{lease}")).await;
+        if l["state"] == "revoked" {
+            Ok(l)
+        } else {
+            Err(l)
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "never revoked after the fix: {done:?}");
+    assert!(!f.users(&mut su).await.contains(&user));
+    f.drop_all(&mut su).await;
+}

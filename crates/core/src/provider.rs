@@ -143,6 +143,18 @@ pub trait Provider: Send + Sync {
     ) -> Result<Option<IssuedCredential>, ProviderError>;
     /// Destroys the credential; `Ok` when it is already gone.
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError>;
+    /// After `revoke` said "done": whether the credential is really gone from the target
+    /// (the user no longer exists). The broker counts `Ok(false)` as a failed attempt and
+    /// tries again: a revocation never reports success while the credential still works.
+    /// Kinds whose credential is the lease itself (tokens) are gone with it.
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let _ = (lease, target);
+        Ok(true)
+    }
     /// Removes credentials on the target that `ledger` records as created for this target
     /// with every lease ended; reports the other prefixed credentials as kept or unknown.
     async fn reconcile(

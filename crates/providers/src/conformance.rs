@@ -397,9 +397,15 @@ pub async fn lifecycle<E: Engine>() {
         assert_eq!(whole_seconds(until), whole_seconds(new_expiry));
     }
 
-    // revoke: user gone, new logins fail, the open session is ended
+    // revoke: user gone (and the provider's own check says so), new logins fail, the
+    // open session is ended
+    assert!(
+        !p.verify_revoked(&read.lease, fx.access()).await.unwrap(),
+        "a live user must not verify as revoked"
+    );
     p.revoke(&read.lease, fx.access()).await.unwrap();
     assert!(!E::user_exists(fx, &read.username).await);
+    assert!(p.verify_revoked(&read.lease, fx.access()).await.unwrap());
     assert!(
         E::connect(read.dsn()).await.is_err(),
         "revoked credentials must not connect"

@@ -599,6 +599,31 @@ impl Provider for MariaDbProvider {
         .await
     }
 
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut conn = self.connect(&ctx).await?;
+            let accounts: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE User = ?")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(|e| ctx.stmt_err("checking the user is gone", e, &[]))?;
+            self.release(&ctx, conn);
+            Ok(accounts == 0)
+        })
+        .await
+    }
+
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,

@@ -650,6 +650,31 @@ impl Provider for PostgresProvider {
         .await
     }
 
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut conn = self.connect(&ctx).await?;
+            let found: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+                    .bind(&name)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .map_err(|e| ctx.stmt_err("checking the role is gone", e, &[]))?;
+            self.release(&ctx, conn);
+            Ok(found.is_none())
+        })
+        .await
+    }
+
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,

@@ -811,6 +811,32 @@ impl Provider for RabbitMqProvider {
         .await
     }
 
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(self, target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.basics.username,
+            StateUse::Existing,
+        )?;
+        within(ctx.config.basics.timeout, ctx.name(), async {
+            let found = ctx
+                .call(
+                    Method::GET,
+                    &["users", &name],
+                    None,
+                    "checking the user is gone",
+                    &[],
+                )
+                .await?;
+            Ok(matches!(found, Answer::NotFound))
+        })
+        .await
+    }
+
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,

@@ -1119,6 +1119,34 @@ impl Provider for RedisProvider {
         .await
     }
 
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.basics.username,
+            StateUse::Existing,
+        )?;
+        within(ctx.config.basics.timeout, ctx.name(), async {
+            let mut c = self.acquire(&ctx).await?;
+            // `ACL GETUSER` answers nil for a user that does not exist.
+            let found = ctx
+                .run(
+                    &mut c,
+                    "checking the user is gone",
+                    &["ACL", "GETUSER", &name],
+                    &[],
+                )
+                .await?;
+            self.release(&ctx, c);
+            Ok(matches!(found, Reply::Bulk(None) | Reply::Array(None)))
+        })
+        .await
+    }
+
     async fn reconcile(
         &self,
         target: TargetAccess<'_>,

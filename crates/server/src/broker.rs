@@ -1471,15 +1471,20 @@ pub async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), Bro
             BrokerError::Internal(format!("target {:?} no longer exists", lease.target))
         })?;
     let admin = admin_secret(state, &lease.target).await?;
-    provider
-        .revoke(
-            lease,
-            TargetAccess {
-                target: &target,
-                admin: admin.as_ref(),
-            },
-        )
-        .await?;
+    let access = TargetAccess {
+        target: &target,
+        admin: admin.as_ref(),
+    };
+    provider.revoke(lease, access).await?;
+    // Trust, then verify: a revocation that reports success while the user still exists
+    // (a custom revocation statement that does nothing, a replica lagging) is a failed
+    // attempt, retried, never a silent "revoked".
+    if !provider.verify_revoked(lease, access).await? {
+        return Err(BrokerError::Target(ProviderError::Failed(format!(
+            "target {:?} reported the credential of lease {} removed, but it still exists",
+            lease.target, lease.id
+        ))));
+    }
     Ok(())
 }
 

@@ -212,6 +212,18 @@ impl Provider for Guarded {
         self.run("check_admin", target.target, self.inner.check_admin(target))
             .await
     }
+    async fn verify_revoked(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        self.run(
+            "verify_revoked",
+            target.target,
+            self.inner.verify_revoked(lease, target),
+        )
+        .await
+    }
     async fn check_target(&self, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         self.run(
             "check_target",
