@@ -507,3 +507,69 @@ async fn a_revocation_that_leaves_the_user_is_not_reported_revoked() {
     assert!(!f.users(&mut su).await.contains(&user));
     f.drop_all(&mut su).await;
 }
+
+/// A target that refuses the removal itself (not one that is down) gets the credential
+/// contained: no logins, sessions ended, reported as `contained` in the lease's error and
+/// audited once; removal keeps being retried and finishes once the target is fixed.
+#[tokio::test]
+async fn a_refused_removal_is_contained_and_retried() {
+    let Some(mut su) = superuser_or_skip("containment").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su, "con").await;
+    let broker = Broker::start(BIN);
+    broker.add_identity("etl", "team-data").await;
+    let mut target = f.target("pg");
+    target["settings"]["revocation_statements"] =
+        json!(["SELECT mayfly_no_such_function(\"{{name}}\")"]);
+    let (status, body) = broker.post("/v1/targets", target).await;
+    assert_eq!(status, 201, "{body}");
+    let issued = request(&broker, "read", "10m", "contain-1").await;
+    let lease = issued["lease"]["id"].as_str().unwrap().to_string();
+    let dsn = issued["credential"]["dsn"].as_str().unwrap().to_string();
+    let mut session = PgConnection::connect(&dsn).await.unwrap();
+    let (status, _) = broker
+        .post(&format!("/v1/leases/{lease}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let contained = eventually(Duration::from_secs(10), || async {
+        let l = broker.get(&format!("/v1/leases/{lease}")).await;
+        if l["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("contained: "))
+        {
+            Ok(l)
+        } else {
+            Err(l)
+        }
+    })
+    .await
+    .unwrap_or_else(|l| panic!("never contained: {l}"));
+    assert_eq!(contained["state"], "revoking");
+    assert!(
+        PgConnection::connect(&dsn).await.is_err(),
+        "a contained user logs in"
+    );
+    assert!(
+        session.execute("SELECT 1").await.is_err(),
+        "a contained user's session survived"
+    );
+    let story = broker.audit("task=contain-1").await;
+    let containments = story
+        .iter()
+        .filter(|e| e["kind"] == "lease.contained")
+        .count();
+    assert_eq!(containments, 1, "audited once: {story:?}");
+
+    let (status, _, _) = broker
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/targets/pg",
+            Some(&broker.token),
+            Some(json!({"settings": f.target("pg")["settings"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_state(&broker, &lease, "revoked").await;
+    f.drop_all(&mut su).await;
+}

@@ -102,6 +102,10 @@ pub enum AuditKind {
     /// An approver closed the review of a break-glass use.
     #[serde(rename = "review.closed")]
     ReviewClosed,
+    /// A credential whose removal the target refuses was made unusable (no logins, sessions
+    /// ended); its removal keeps being retried.
+    #[serde(rename = "lease.contained")]
+    LeaseContained,
 }
 
 impl AuditKind {
@@ -146,6 +150,7 @@ impl AuditKind {
             AuditKind::ApprovalExpired => "approval.expired",
             AuditKind::GrantBreakGlass => "grant.break_glass",
             AuditKind::ReviewClosed => "review.closed",
+            AuditKind::LeaseContained => "lease.contained",
         }
     }
 }
@@ -1094,6 +1099,7 @@ mod tests {
             ApprovalExpired,
             GrantBreakGlass,
             ReviewClosed,
+            LeaseContained,
         ] {
             assert_eq!(
                 serde_json::to_value(k).ok(),

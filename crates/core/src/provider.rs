@@ -143,6 +143,18 @@ pub trait Provider: Send + Sync {
     ) -> Result<Option<IssuedCredential>, ProviderError>;
     /// Destroys the credential; `Ok` when it is already gone.
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError>;
+    /// When `revoke` keeps failing for a reason other than the target being unreachable
+    /// (a role that owns objects, say): makes the credential unusable without removing it
+    /// (no logins, open sessions ended), so it is contained while removal is retried.
+    /// `Ok(true)` when contained; `Ok(false)` for kinds that cannot contain.
+    async fn contain(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let _ = (lease, target);
+        Ok(false)
+    }
     /// After `revoke` said "done": whether the credential is really gone from the target
     /// (the user no longer exists). The broker counts `Ok(false)` as a failed attempt and
     /// tries again: a revocation never reports success while the credential still works.

@@ -650,6 +650,36 @@ impl Provider for PostgresProvider {
         .await
     }
 
+    async fn contain(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.username,
+            StateUse::Existing,
+        )?;
+        let q = quote_ident(&name);
+        // No logins from now on, then every open session ended; `name` is `[a-z0-9_]`.
+        let stmt = format!(
+            "ALTER ROLE {q} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = '{name}' AND pid <> pg_backend_pid()"
+        );
+        with_timeout(&ctx.config, ctx.name(), async {
+            let mut conn = self.connect(&ctx).await?;
+            match exec(&mut conn, &stmt).await {
+                Ok(()) => {}
+                Err(e) if is_undefined_object(&e) => {}
+                Err(e) => return Err(ctx.stmt_err("containing the role", e, &[])),
+            }
+            self.release(&ctx, conn);
+            Ok(true)
+        })
+        .await
+    }
+
     async fn verify_revoked(
         &self,
         lease: &Lease,

@@ -1119,6 +1119,59 @@ impl Provider for RedisProvider {
         .await
     }
 
+    async fn contain(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        let ctx = Ctx::new(target)?;
+        let name = username_from_state(
+            &lease.provider_state,
+            &ctx.config.basics.username,
+            StateUse::Existing,
+        )?;
+        within(ctx.config.basics.timeout, ctx.name(), async {
+            let mut c = self.acquire(&ctx).await?;
+            // `ACL SETUSER` would create a user that is gone: nothing to contain then.
+            let found = ctx
+                .run(
+                    &mut c,
+                    "looking up the user",
+                    &["ACL", "GETUSER", &name],
+                    &[],
+                )
+                .await?;
+            if matches!(found, Reply::Bulk(None) | Reply::Array(None)) {
+                self.release(&ctx, c);
+                return Ok(true);
+            }
+            // Disabled (no new connections), then its open connections ended.
+            ctx.run(
+                &mut c,
+                "disabling the user",
+                &["ACL", "SETUSER", &name, "off"],
+                &[],
+            )
+            .await?;
+            if let Err(e) = ctx
+                .run(
+                    &mut c,
+                    "ending the user's connections",
+                    &["CLIENT", "KILL", "USER", &name],
+                    &[],
+                )
+                .await
+            {
+                if !e.to_string().contains("No such user") {
+                    return Err(e);
+                }
+            }
+            self.release(&ctx, c);
+            Ok(true)
+        })
+        .await
+    }
+
     async fn verify_revoked(
         &self,
         lease: &Lease,

@@ -1488,6 +1488,21 @@ pub async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), Bro
     Ok(())
 }
 
+/// Makes a lease's credential unusable while its removal keeps failing (see
+/// [`mayfly_core::provider::Provider::contain`]); whether the kind could.
+pub async fn contain_on_target(state: &AppState, lease: &Lease) -> Result<bool, BrokerError> {
+    let provider = provider_for(state, &lease.kind)?;
+    let Some(target) = state.store.get_target(&lease.target).await? else {
+        return Ok(false);
+    };
+    let admin = admin_secret(state, &lease.target).await?;
+    let access = TargetAccess {
+        target: &target,
+        admin: admin.as_ref(),
+    };
+    Ok(provider.contain(lease, access).await?)
+}
+
 /// A target's admin secret, unsealed for one call to its provider (the seal is bound to
 /// the target's name, so a secret copied to another row does not open).
 pub async fn admin_secret(

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub audit_entries: Gauge,
     /// Break-glass uses nobody has reviewed within 24 hours (measured on each scrape).
     pub break_glass_overdue: Gauge,
+    /// Credentials contained because their target refused to remove them.
+    pub containments: Counter,
     /// Seconds from a lease's expiry to its revocation by the scheduler.
     pub expiry_lag: Histogram,
     pub store_up: Gauge,
@@ -161,6 +163,12 @@ impl Metrics {
             "Delay from lease expiry to its revocation",
             expiry_lag.clone(),
         );
+        let containments = Counter::default();
+        registry.register(
+            "containments",
+            "Credentials made unusable because their target refused to remove them",
+            containments.clone(),
+        );
         let break_glass_overdue = Gauge::default();
         registry.register(
             "break_glass_unreviewed_overdue",
@@ -226,6 +234,7 @@ impl Metrics {
             revoking_leases,
             audit_entries,
             break_glass_overdue,
+            containments,
             expiry_lag,
             store_up,
         }

@@ -212,6 +212,14 @@ impl Provider for Guarded {
         self.run("check_admin", target.target, self.inner.check_admin(target))
             .await
     }
+    async fn contain(
+        &self,
+        lease: &Lease,
+        target: TargetAccess<'_>,
+    ) -> Result<bool, ProviderError> {
+        self.run("contain", target.target, self.inner.contain(lease, target))
+            .await
+    }
     async fn verify_revoked(
         &self,
         lease: &Lease,

@@ -256,12 +256,46 @@ pub async fn close_interrupted(state: &AppState, leases: Vec<Lease>) {
     state.revoker_wake.notify_one();
 }
 
+/// What a lease's `last_error` starts with once its credential is contained.
+pub const CONTAINED: &str = "contained: ";
+
 /// Revokes one lease's credential on its target; the error, as text, is what the lease
-/// records for its next attempt (never a secret).
+/// records for its next attempt (never a secret). When the target refuses the removal
+/// itself (not when it is unreachable), the credential is contained first: it cannot be
+/// used while removal is retried, and the error says so.
 async fn revoke_on_target(state: &AppState, lease: &Lease) -> Result<(), String> {
-    crate::broker::revoke_on_target(state, lease)
-        .await
-        .map_err(|e| e.to_string())
+    use crate::broker::BrokerError;
+    use mayfly_core::provider::ProviderError;
+    let error = match crate::broker::revoke_on_target(state, lease).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if !matches!(error, BrokerError::Target(ProviderError::Failed(_))) {
+        return Err(error.to_string());
+    }
+    match crate::broker::contain_on_target(state, lease).await {
+        Ok(true) => {
+            let first = !lease
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(CONTAINED));
+            if first {
+                state.metrics.containments.inc();
+                let event = AuditDraft::new(AuditKind::LeaseContained, "system:revoker")
+                    .for_lease(lease)
+                    .detail(serde_json::json!({ "error": error.to_string() }));
+                if let Err(e) = state.store.append_audit(vec![event]).await {
+                    tracing::warn!(lease = %lease.id, error = %e, "cannot audit a containment");
+                }
+                tracing::warn!(lease = %lease.id, target = %lease.target, %error, "revocation refused; credential contained, removal retried");
+            }
+            Err(format!(
+                "{CONTAINED}the credential cannot be used; its removal keeps being retried: {error}"
+            ))
+        }
+        Ok(false) => Err(error.to_string()),
+        Err(contain) => Err(format!("{error}; containing it failed too: {contain}")),
+    }
 }
 
 /// Exponential backoff with jitter, capped at five minutes: retried until it succeeds, but
