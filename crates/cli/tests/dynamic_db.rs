@@ -573,3 +573,85 @@ async fn a_refused_removal_is_contained_and_retried() {
     wait_state(&broker, &lease, "revoked").await;
     f.drop_all(&mut su).await;
 }
+
+/// Copies a stopped broker's data directory (store, WAL, master key) as a backup would.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A store restored from a backup taken before some grants: the users issued after the
+/// backup are unknown to it, so reconciliation reports them and drops none of them (they
+/// are live credentials of somebody's task), while the credentials it does know are
+/// still managed (revoked at their end). The restore scenario the README documents.
+#[tokio::test]
+async fn a_restored_store_drops_no_user_issued_after_its_backup() {
+    let Some(mut su) = superuser_or_skip("restored store").await else {
+        return;
+    };
+    let f = PgFixture::create(&mut su, "rst").await;
+    let (broker, _) = common::pg::broker_with_target(&f, "etl", "team-data").await;
+    let before = request(&broker, "read", "30m", "before-backup").await;
+    let known = before["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (dir, token) = broker.kill();
+    let backup = common::scratch_dir();
+    copy_dir(&dir, &backup);
+    let broker = Broker::start_in(
+        BIN,
+        &dir,
+        Options {
+            token: Some(token.clone()),
+            ..Options::default()
+        },
+    );
+    let after = request(&broker, "read", "30m", "after-backup").await;
+    let newer = after["credential"]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(broker.kill());
+
+    let restored = Broker::start_in(
+        BIN,
+        &backup,
+        Options {
+            token: Some(token),
+            ..Options::default()
+        },
+    );
+    let (status, report) = restored.post("/v1/targets/pg/reconcile", json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["unknown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == newer.as_str()),
+        "the user issued after the backup is reported: {report}"
+    );
+    assert_eq!(report["dropped"], json!([]), "{report}");
+    let users = f.users(&mut su).await;
+    assert!(
+        users.contains(&newer) && users.contains(&known),
+        "{users:?}"
+    );
+    // What the restored store knows, it still ends.
+    let lease = before["lease"]["id"].as_str().unwrap();
+    let (status, _) = restored
+        .post(&format!("/v1/leases/{lease}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    wait_state(&restored, lease, "revoked").await;
+    assert!(!f.users(&mut su).await.contains(&known));
+    f.drop_all(&mut su).await;
+}
