@@ -65,6 +65,7 @@ macro_rules! provider_suite {
             interrupted_rotation,
             target_down,
             secrets_not_in_errors,
+            contained_credentials_are_unusable,
         );
     };
     (@tests $engine:ty; $($name:ident),* $(,)?) => {
@@ -681,6 +682,43 @@ pub async fn interrupted_rotation<E: Engine>() {
 
     guard.fx.admin = next.clone();
     guard.fx.admin_password = password_of(&next);
+}
+
+/// Containment (when a target refuses the removal): the user still exists but can no
+/// longer be used, open sessions included; the revocation after it still removes it.
+/// Kinds that cannot contain say so (`false`) and are left as they were.
+pub async fn contained_credentials_are_unusable<E: Engine>() {
+    let Some(guard) = fixture::<E>().await else {
+        return;
+    };
+    let fx = &guard.fx;
+    let p = E::provider();
+    let issued = issue(p.as_ref(), fx, "read").await.unwrap();
+    let mut open = E::connect(issued.dsn()).await.unwrap();
+    if !p.contain(&issued.lease, fx.access()).await.unwrap() {
+        assert!(
+            E::connect(issued.dsn()).await.is_ok(),
+            "not contained, not changed"
+        );
+        p.revoke(&issued.lease, fx.access()).await.unwrap();
+        return;
+    }
+    assert!(
+        E::user_exists(fx, &issued.username).await,
+        "contained, not removed"
+    );
+    assert!(
+        E::connect(issued.dsn()).await.is_err(),
+        "a contained credential still connects"
+    );
+    assert!(
+        session_ends(&mut open).await,
+        "a contained credential's session survived"
+    );
+    // Idempotent, and the removal still works afterwards.
+    assert!(p.contain(&issued.lease, fx.access()).await.unwrap());
+    p.revoke(&issued.lease, fx.access()).await.unwrap();
+    assert!(!E::user_exists(fx, &issued.username).await);
 }
 
 /// An unreachable target is `Unavailable` (retried by the server), never `Failed`.

@@ -662,18 +662,25 @@ impl Provider for PostgresProvider {
             StateUse::Existing,
         )?;
         let q = quote_ident(&name);
-        // No logins from now on, then every open session ended; `name` is `[a-z0-9_]`.
-        let stmt = format!(
-            "ALTER ROLE {q} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+        // No logins from now on (committed first, so no login slips in between), with the
+        // membership that lets a CREATEROLE admin signal the role's backends; then every
+        // open session ended. `name` is `[a-z0-9_]`, safe inside the literal.
+        let block = format!("ALTER ROLE {q} NOLOGIN; GRANT {q} TO CURRENT_USER");
+        let terminate = format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE usename = '{name}' AND pid <> pg_backend_pid()"
         );
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
-            match exec(&mut conn, &stmt).await {
+            match exec(&mut conn, &block).await {
                 Ok(()) => {}
-                Err(e) if is_undefined_object(&e) => {}
-                Err(e) => return Err(ctx.stmt_err("containing the role", e, &[])),
+                // Gone already: nothing left to contain.
+                Err(e) if is_undefined_object(&e) => return Ok(true),
+                Err(e) => return Err(ctx.stmt_err("blocking the role's logins", e, &[])),
             }
+            exec(&mut conn, &terminate)
+                .await
+                .map_err(|e| ctx.stmt_err("ending the role's sessions", e, &[]))?;
             self.release(&ctx, conn);
             Ok(true)
         })

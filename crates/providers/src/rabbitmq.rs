@@ -426,6 +426,12 @@ impl<'a> Ctx<'a> {
         // After the deletion nobody can log in as the user. RabbitMQ 3.10 also closes the
         // user's connections itself (`CONNECTION_FORCED - user … is deleted`); closing
         // what is still listed covers releases that do not, and closes in flight.
+        self.close_connections(name).await?;
+        Ok(existed)
+    }
+
+    /// Closes every open connection of `name`.
+    async fn close_connections(&self, name: &str) -> Result<(), ProviderError> {
         let conns = match self
             .call(
                 Method::GET,
@@ -476,7 +482,7 @@ impl<'a> Ctx<'a> {
                 "closed connections"
             );
         }
-        Ok(existed)
+        Ok(())
     }
 }
 
