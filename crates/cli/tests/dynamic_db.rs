@@ -15,16 +15,42 @@ use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 
 async fn wait_state(broker: &Broker, lease: &str, state: &str) -> Value {
+    wait_lease(broker, lease, &format!("became {state}"), |l| {
+        l["state"] == state
+    })
+    .await
+}
+
+/// The lease once `holds` is true of it (within 10 s), else a failure saying `what`.
+async fn wait_lease(
+    broker: &Broker,
+    lease: &str,
+    what: &str,
+    holds: impl Fn(&Value) -> bool,
+) -> Value {
     eventually(Duration::from_secs(10), || async {
         let last = broker.get(&format!("/v1/leases/{lease}")).await;
-        if last["state"] == state {
+        if holds(&last) {
             Ok(last)
         } else {
             Err(last)
         }
     })
     .await
-    .unwrap_or_else(|last| panic!("lease {lease} never became {state}: {last}"))
+    .unwrap_or_else(|last| panic!("lease {lease} never {what}: {last}"))
+}
+
+/// Points target `pg` back at the fixture's own settings (undoing a test's breakage).
+async fn restore_settings(broker: &Broker, f: &PgFixture) {
+    let (status, body, _) = broker
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/targets/pg",
+            Some(&broker.token),
+            Some(json!({"settings": f.target("pg")["settings"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 async fn request(broker: &Broker, action: &str, ttl: &str, task: &str) -> Value {
@@ -468,42 +494,18 @@ async fn a_revocation_that_leaves_the_user_is_not_reported_revoked() {
         .post(&format!("/v1/leases/{lease}/revoke"), json!({}))
         .await;
     assert_eq!(status, 200);
-    let stuck = eventually(Duration::from_secs(10), || async {
-        let l = broker.get(&format!("/v1/leases/{lease}")).await;
-        if l["last_error"]
+    let stuck = wait_lease(&broker, &lease, "caught the false success", |l| {
+        l["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("still exists"))
-        {
-            Ok(l)
-        } else {
-            Err(l)
-        }
     })
-    .await
-    .unwrap_or_else(|l| panic!("the false success was not caught: {l}"));
+    .await;
     assert_eq!(stuck["state"], "revoking", "{stuck}");
     assert!(f.users(&mut su).await.contains(&user));
 
     // Fixed: the default statements drop the role at the next attempt.
-    let (status, _, _) = broker
-        .call(
-            reqwest::Method::PATCH,
-            "/v1/targets/pg",
-            Some(&broker.token),
-            Some(json!({"settings": f.target("pg")["settings"]})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let done = eventually(Duration::from_secs(30), || async {
-        let l = broker.get(&format!("/v1/leases/{lease}")).await;
-        if l["state"] == "revoked" {
-            Ok(l)
-        } else {
-            Err(l)
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "never revoked after the fix: {done:?}");
+    restore_settings(&broker, &f).await;
+    wait_state(&broker, &lease, "revoked").await;
     assert!(!f.users(&mut su).await.contains(&user));
     f.drop_all(&mut su).await;
 }
@@ -532,19 +534,12 @@ async fn a_refused_removal_is_contained_and_retried() {
         .post(&format!("/v1/leases/{lease}/revoke"), json!({}))
         .await;
     assert_eq!(status, 200);
-    let contained = eventually(Duration::from_secs(10), || async {
-        let l = broker.get(&format!("/v1/leases/{lease}")).await;
-        if l["last_error"]
+    let contained = wait_lease(&broker, &lease, "was contained", |l| {
+        l["last_error"]
             .as_str()
             .is_some_and(|e| e.starts_with("contained: "))
-        {
-            Ok(l)
-        } else {
-            Err(l)
-        }
     })
-    .await
-    .unwrap_or_else(|l| panic!("never contained: {l}"));
+    .await;
     assert_eq!(contained["state"], "revoking");
     assert!(
         PgConnection::connect(&dsn).await.is_err(),
@@ -561,15 +556,7 @@ async fn a_refused_removal_is_contained_and_retried() {
         .count();
     assert_eq!(containments, 1, "audited once: {story:?}");
 
-    let (status, _, _) = broker
-        .call(
-            reqwest::Method::PATCH,
-            "/v1/targets/pg",
-            Some(&broker.token),
-            Some(json!({"settings": f.target("pg")["settings"]})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    restore_settings(&broker, &f).await;
     wait_state(&broker, &lease, "revoked").await;
     f.drop_all(&mut su).await;
 }

@@ -751,6 +751,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Whether ACL user `name` exists (`ACL GETUSER` answers nil for one that does not).
+    async fn user_exists(&self, c: &mut Client, name: &str) -> Result<bool, ProviderError> {
+        let found = self
+            .run(c, "looking up the user", &["ACL", "GETUSER", name], &[])
+            .await?;
+        Ok(!matches!(found, Reply::Bulk(None) | Reply::Array(None)))
+    }
+
     /// `ACL DELUSER` and `CLIENT KILL USER`; whether the user existed.
     async fn drop_user(&self, c: &mut Client, name: &str) -> Result<bool, ProviderError> {
         // One round trip: the three replies come back in order.
@@ -1133,15 +1141,7 @@ impl Provider for RedisProvider {
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = self.acquire(&ctx).await?;
             // `ACL SETUSER` would create a user that is gone: nothing to contain then.
-            let found = ctx
-                .run(
-                    &mut c,
-                    "looking up the user",
-                    &["ACL", "GETUSER", &name],
-                    &[],
-                )
-                .await?;
-            if matches!(found, Reply::Bulk(None) | Reply::Array(None)) {
+            if !ctx.user_exists(&mut c, &name).await? {
                 self.release(&ctx, c);
                 return Ok(true);
             }
@@ -1185,17 +1185,9 @@ impl Provider for RedisProvider {
         )?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = self.acquire(&ctx).await?;
-            // `ACL GETUSER` answers nil for a user that does not exist.
-            let found = ctx
-                .run(
-                    &mut c,
-                    "checking the user is gone",
-                    &["ACL", "GETUSER", &name],
-                    &[],
-                )
-                .await?;
+            let exists = ctx.user_exists(&mut c, &name).await?;
             self.release(&ctx, c);
-            Ok(matches!(found, Reply::Bulk(None) | Reply::Array(None)))
+            Ok(!exists)
         })
         .await
     }
