@@ -229,6 +229,19 @@ async fn two_distinct_approvers_with_separation_of_duties() {
     );
     let (status, _) = s.call(Method::POST, &collect, &s.workload, None).await;
     assert_eq!(status, 409, "collected twice");
+    // A renewal's replacement token carries the approval too.
+    let lease = issued["lease"]["id"].as_str().unwrap();
+    let (status, renewed) = s
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{lease}/renew"),
+            &s.workload,
+            Some(json!({"ttl": "20m"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    let again = renewed["credential"]["access_token"].as_str().unwrap();
+    assert_eq!(jwt_claims(again)["authorization_details"][0], *details);
 
     // The task's story: request, decision, approvals, issuance, in order.
     let story = s.broker.audit("task=close-11").await;

@@ -482,14 +482,7 @@ pub async fn collect(
         )))
         }
     }
-    let approved_at = approval.approved_at.map(rfc3339).unwrap_or_default();
-    let details = serde_json::json!({
-        "type": "mayfly_approval",
-        "approvers": approvers,
-        "approved_at": approved_at,
-        "request_hash": approval.request_hash,
-        "grant_id": grant_id.to_string(),
-    });
+    let details = approval_details(&approval);
     let mut grant = grant;
     if let serde_json::Value::Object(map) = &mut grant.context {
         map.insert(
@@ -516,6 +509,18 @@ pub async fn collect(
         .await
         .map_err(|e| BrokerError::Internal(format!("the issuance task failed: {e}")))??;
     still_in_open_task(state, outcome).await
+}
+
+/// The RFC 9396 authorization detail an approved grant's token carries: who approved,
+/// when, and the hash of the request they approved.
+fn approval_details(approval: &ApprovalRecord) -> serde_json::Value {
+    serde_json::json!({
+        "type": "mayfly_approval",
+        "approvers": approval.approvers(),
+        "approved_at": approval.approved_at.map(rfc3339).unwrap_or_default(),
+        "request_hash": approval.request_hash,
+        "grant_id": approval.grant_id.to_string(),
+    })
 }
 
 /// What policy explained, and what an allowed request would be granted.
@@ -1428,6 +1433,18 @@ pub async fn renew(
         })?;
     let provider = provider_for(state, &lease.kind)?;
     let admin = admin_secret(state, &target.name).await?;
+    // A renewed token of an approved grant carries its approval as the first one did.
+    let mut grant = grant;
+    if let Some(approval) = state.store.get_approval(grant.id).await? {
+        if approval.state == ApprovalState::Collected {
+            if let serde_json::Value::Object(map) = &mut grant.context {
+                map.insert(
+                    "authorization_details".into(),
+                    serde_json::json!([approval_details(&approval)]),
+                );
+            }
+        }
+    }
     let credential = provider
         .renew(
             &renewed,
