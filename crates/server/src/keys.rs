@@ -233,10 +233,11 @@ fn is_audit_key(record: &SigningKeyRecord) -> bool {
 /// audit chain (see `mayfly_core::checkpoint`), never a token.
 ///
 /// It is stored with the signing keys (same table, sealed under the master key the same
-/// way, bound to its `kid`) and told apart by its public JWK's `use: audit`. Token key
-/// rotation marks every unretired row retired, this one included; that flag means nothing
-/// for the audit key, which stays the newest audit key and stays published, because
-/// checkpoints are kept for years and must remain verifiable.
+/// way, bound to its `kid`) and told apart by its public JWK's `use: audit`. It is stored
+/// already `retired` as a token key: the table allows one active token key, and this one
+/// must never be it. That flag means nothing for the audit key, which stays the newest
+/// audit key and stays published, because checkpoints are kept for years and must remain
+/// verifiable.
 pub struct AuditKey {
     kid: String,
     pair: Ed25519KeyPair,
@@ -252,7 +253,9 @@ impl AuditKey {
     ) -> Result<AuditKey, KeyError> {
         let mut records = audit_keys(store.list_signing_keys().await?);
         if records.is_empty() {
-            let record = new_record(master, mayfly_core::now(), AUDIT_KEY_USE)?;
+            let now = mayfly_core::now();
+            let mut record = new_record(master, now, AUDIT_KEY_USE)?;
+            record.retired_at = Some(now);
             let event = AuditDraft::new(AuditKind::KeyCreated, "system:bootstrap").detail(
                 serde_json::json!({"kid": record.kid, "alg": "EdDSA", "use": AUDIT_KEY_USE}),
             );
