@@ -225,7 +225,8 @@ fn token_keys(mut records: Vec<SigningKeyRecord>) -> Vec<SigningKeyRecord> {
     records
 }
 
-fn is_audit_key(record: &SigningKeyRecord) -> bool {
+/// Whether a stored key is the audit checkpoint key (see [`AuditKey`]).
+pub fn is_audit_key(record: &SigningKeyRecord) -> bool {
     record.public_jwk.get("use").and_then(|u| u.as_str()) == Some(AUDIT_KEY_USE)
 }
 
