@@ -185,3 +185,149 @@ fn audit_key(keys: &serde_json::Value, kid: &str) -> Option<Vec<u8>> {
     }
     B64.decode(x).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn key() -> (Ed25519KeyPair, String, serde_json::Value) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = B64.encode(pair.public_key().as_ref());
+        let kid = jwk_thumbprint(&x);
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": AUDIT_KEY_USE}
+        ]});
+        (pair, kid, jwks)
+    }
+
+    fn sign(pair: &Ed25519KeyPair, typ: &str, kid: &str, seq: u64, hash: &str) -> Checkpoint {
+        let at = crate::now();
+        let claims = CheckpointClaims {
+            seq,
+            hash: hash.into(),
+            at,
+            kid: kid.into(),
+        };
+        let header = serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": kid});
+        let mut jws = B64.encode(serde_json::to_vec(&header).unwrap());
+        jws.push('.');
+        jws.push_str(&B64.encode(serde_json::to_vec(&claims).unwrap()));
+        let sig = pair.sign(jws.as_bytes());
+        jws.push('.');
+        jws.push_str(&B64.encode(sig.as_ref()));
+        Checkpoint {
+            seq,
+            hash: hash.into(),
+            at,
+            kid: kid.into(),
+            jws,
+        }
+    }
+
+    fn report(last_seq: u64, first_break: Option<ChainBreak>) -> VerifyReport {
+        VerifyReport {
+            entries: last_seq,
+            last_seq: Some(last_seq),
+            last_hash: Some("h".into()),
+            first_break,
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_verifies() {
+        let (pair, kid, jwks) = key();
+        let c = sign(&pair, CHECKPOINT_TYPE, &kid, 7, "abc");
+        let text = serde_json::to_string(&c).unwrap();
+        let parsed = Checkpoint::parse(&text).unwrap();
+        assert_eq!(parsed, c);
+        parsed.verify(&jwks).unwrap();
+    }
+
+    #[test]
+    fn forgeries_are_refused() {
+        let (pair, kid, jwks) = key();
+        let (other, other_kid, other_jwks) = key();
+        let good = sign(&pair, CHECKPOINT_TYPE, &kid, 7, "abc");
+        // Another key, even one that is published for audit elsewhere.
+        let foreign = sign(&other, CHECKPOINT_TYPE, &other_kid, 7, "abc");
+        assert_eq!(
+            foreign.verify(&jwks),
+            Err(CheckpointError::UnknownKey(other_kid.clone()))
+        );
+        // Another key claiming the real key's kid.
+        let impostor = sign(&other, CHECKPOINT_TYPE, &kid, 7, "abc");
+        assert_eq!(impostor.verify(&jwks), Err(CheckpointError::BadSignature));
+        // A key planted under a kid that is not its thumbprint vouches for nothing.
+        let mut planted = other_jwks.clone();
+        planted["keys"][0]["kid"] = serde_json::Value::String(kid.clone());
+        assert_eq!(
+            impostor.verify(&planted),
+            Err(CheckpointError::UnknownKey(kid.clone()))
+        );
+        // A token key (`use: sig`) cannot sign checkpoints.
+        let mut token_use = jwks.clone();
+        token_use["keys"][0]["use"] = "sig".into();
+        assert!(matches!(
+            good.verify(&token_use),
+            Err(CheckpointError::UnknownKey(_))
+        ));
+        // Another type of token signed by the same key.
+        let token = sign(&pair, "at+jwt", &kid, 7, "abc");
+        assert!(matches!(
+            token.verify(&jwks),
+            Err(CheckpointError::Malformed(_))
+        ));
+        // Readable fields that differ from the signed ones.
+        let mut moved = good.clone();
+        moved.seq = 8;
+        assert_eq!(moved.verify(&jwks), Err(CheckpointError::Altered));
+        let mut rehashed = good.clone();
+        rehashed.hash = "abd".into();
+        assert_eq!(rehashed.verify(&jwks), Err(CheckpointError::Altered));
+        for text in [
+            "",
+            "{}",
+            "[1]",
+            r#"{"seq":1,"hash":"a","at":"x","kid":"k","jws":"j"}"#,
+        ] {
+            assert!(
+                matches!(Checkpoint::parse(text), Err(CheckpointError::Malformed(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_entry_at_seq_must_have_the_signed_hash() {
+        let (pair, kid, _) = key();
+        let c = sign(&pair, CHECKPOINT_TYPE, &kid, 5, "abc");
+        let ok = c.check(report(9, None), Some("abc"));
+        assert_eq!(ok.first_break, None);
+        assert!(ok.checkpoint.as_ref().unwrap().covered);
+
+        let rewritten = c.check(report(9, None), Some("abd"));
+        assert_eq!(
+            rewritten.first_break,
+            Some(ChainBreak::CheckpointMismatch { seq: 5 })
+        );
+        assert!(!rewritten.checkpoint.as_ref().unwrap().covered);
+
+        let gone = c.check(report(3, None), None);
+        assert_eq!(
+            gone.first_break,
+            Some(ChainBreak::CheckpointMismatch { seq: 5 })
+        );
+
+        // A break after the checkpoint's entry is reported; what it covers still holds.
+        let later = c.check(report(9, Some(ChainBreak::Edited { seq: 8 })), Some("abc"));
+        assert_eq!(later.first_break, Some(ChainBreak::Edited { seq: 8 }));
+        assert!(later.checkpoint.as_ref().unwrap().covered);
+        let earlier = c.check(report(9, Some(ChainBreak::Edited { seq: 2 })), Some("abc"));
+        assert_eq!(earlier.first_break, Some(ChainBreak::Edited { seq: 2 }));
+        assert!(!earlier.checkpoint.as_ref().unwrap().covered);
+    }
+}
