@@ -187,6 +187,7 @@ fn audit_key(keys: &serde_json::Value, kid: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use ring::signature::{Ed25519KeyPair, KeyPair};
