@@ -1,12 +1,13 @@
 //! Signed checkpoints of the audit chain (see `mayfly_core::checkpoint`): taken at
-//! `[audit] checkpoint_interval` and on demand (`POST /v1/audit/checkpoint`).
+//! `[audit] checkpoint_interval` and on demand (`POST /v1/audit/checkpoint`), and kept in
+//! the store's `audit_checkpoints`.
 //!
 //! A checkpoint is signed only after the chain has been walked and found intact, so the
 //! broker never vouches for a head it cannot itself verify: a checkpoint taken after a
 //! rewrite would otherwise launder it. Walking costs about a second per million entries,
 //! which an interval of minutes affords.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use mayfly_core::checkpoint::Checkpoint;
 use mayfly_core::store::{Store, StoreError};
@@ -27,20 +28,16 @@ pub enum CheckpointError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Takes checkpoints and remembers the latest this process took.
+/// Takes checkpoints and keeps them in the store (the signature, not the store, is what
+/// an operator trusts: a kept checkpoint cannot be altered without the audit key).
 pub struct Checkpoints {
     store: Arc<dyn Store>,
     key: AuditKey,
-    latest: RwLock<Option<Checkpoint>>,
 }
 
 impl Checkpoints {
     pub fn new(store: Arc<dyn Store>, key: AuditKey) -> Checkpoints {
-        Checkpoints {
-            store,
-            key,
-            latest: RwLock::new(None),
-        }
+        Checkpoints { store, key }
     }
 
     /// The public audit keys, as a JWKS (`use: audit`).
@@ -58,20 +55,13 @@ impl Checkpoints {
             return Err(CheckpointError::Empty);
         };
         let checkpoint = self.key.sign_checkpoint(seq, &hash, mayfly_core::now())?;
-        match self.latest.write() {
-            Ok(mut guard) => *guard = Some(checkpoint.clone()),
-            Err(poisoned) => *poisoned.into_inner() = Some(checkpoint.clone()),
-        }
+        self.store.add_audit_checkpoint(&checkpoint).await?;
         Ok(checkpoint)
     }
 
-    /// The latest checkpoint this process took, or a fresh one when it has taken none.
+    /// The latest kept checkpoint (any replica's), or a fresh one when none is kept yet.
     pub async fn latest(&self) -> Result<Checkpoint, CheckpointError> {
-        let latest = match self.latest.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        match latest {
+        match self.store.latest_audit_checkpoint().await? {
             Some(c) => Ok(c),
             None => self.take().await,
         }

@@ -59,8 +59,8 @@ pub async fn verify(
     Ok(Json(state.store.verify_audit().await?))
 }
 
-/// The latest signed checkpoint of the chain head this broker took (a fresh one if it has
-/// taken none yet). Keep it outside the database: `mayfly audit verify --checkpoint`.
+/// The latest signed checkpoint of the chain head kept in the store (a fresh one if none
+/// is kept yet). Keep it outside the database: `mayfly audit verify --checkpoint`.
 #[utoipa::path(get, path = "/v1/audit/checkpoint", responses((status = 200, description = "a signed statement of the chain head", body = Checkpoint), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the chain is empty or broken: nothing is signed", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn checkpoint(
     State(state): State<AppState>,
