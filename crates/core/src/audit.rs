@@ -706,6 +706,9 @@ pub enum ChainBreak {
     /// value: the entry was re-filed (say, hidden from `audit list --task`) without
     /// touching what the hash covers.
     ColumnEdited { seq: u64, column: AuditColumn },
+    /// The entry a signed checkpoint covers no longer has the hash the checkpoint signed
+    /// (or is gone): the chain up to it was rewritten, even if it links up again.
+    CheckpointMismatch { seq: u64 },
 }
 
 /// The columns a store keeps beside an entry's hashed body, copied from it so that
@@ -751,6 +754,23 @@ pub struct StoredColumns<'a> {
     pub grant_id: Option<&'a [u8]>,
 }
 
+impl ChainBreak {
+    /// The first entry the break puts in doubt: every entry before it is intact.
+    pub fn first_bad_seq(&self) -> u64 {
+        match self {
+            ChainBreak::Edited { seq }
+            | ChainBreak::InsertedOrReordered { seq }
+            | ChainBreak::Unreadable { seq }
+            | ChainBreak::ColumnEdited { seq, .. } => *seq,
+            ChainBreak::Deleted { missing_from, .. } => *missing_from,
+            ChainBreak::Truncated { last_seq, .. } => last_seq + 1,
+            // Some entry up to and including it was rewritten; which one the signed head
+            // alone cannot tell.
+            ChainBreak::CheckpointMismatch { .. } => 1,
+        }
+    }
+}
+
 impl std::fmt::Display for ChainBreak {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -771,6 +791,10 @@ impl std::fmt::Display for ChainBreak {
                 f,
                 "entry {seq} was re-filed: its {column} column no longer matches the hashed entry"
             ),
+            ChainBreak::CheckpointMismatch { seq } => write!(
+                f,
+                "entry {seq} does not have the hash the checkpoint signed: the chain up to it was rewritten"
+            ),
         }
     }
 }
@@ -783,6 +807,24 @@ pub struct VerifyReport {
     pub last_hash: Option<String>,
     /// The first break found; `None` means the chain is intact.
     pub first_break: Option<ChainBreak>,
+    /// The signed checkpoint the chain was checked against, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointCovered>,
+}
+
+/// What a verification against a signed checkpoint found (see [`Checkpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointCovered {
+    /// The entry the checkpoint signed.
+    pub seq: u64,
+    pub hash: String,
+    pub kid: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// Whether the chain holds that entry with that hash (and so, by its links, every
+    /// entry before it as it was when the checkpoint was signed).
+    pub covered: bool,
 }
 
 impl VerifyReport {
@@ -913,6 +955,7 @@ impl ChainVerifier {
             last_hash: last_seq.map(|_| String::from_utf8_lossy(&self.prev_hash).into_owned()),
             last_seq,
             first_break,
+            checkpoint: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod checkpoint;
 pub mod duration;
 pub mod error;
 pub mod model;

@@ -479,6 +479,17 @@ pub trait Store: Send + Sync {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
     /// Walks the whole chain in order, in constant memory.
     async fn verify_audit(&self) -> Result<VerifyReport, StoreError>;
+    /// Keeps a signed checkpoint of the chain head, unaudited (a checkpoint is a statement
+    /// about the chain, not an event in it). One per entry and key: keeping the same again
+    /// is `Ok` and changes nothing.
+    async fn add_audit_checkpoint(
+        &self,
+        checkpoint: &crate::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError>;
+    /// The kept checkpoint of the highest entry, if any.
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<crate::checkpoint::Checkpoint>, StoreError>;
 
     // --- keys and operator tokens -----------------------------------------------------------
     /// Adds a signing key. When `retire_active` is set, the current active key is retired

@@ -223,6 +223,17 @@ impl Store for TokenStore {
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         unused()
     }
+    async fn add_audit_checkpoint(
+        &self,
+        _: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<mayfly_core::checkpoint::Checkpoint>, StoreError> {
+        unused()
+    }
     async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {
         self.tokens.lock().unwrap().push(token.clone());
         Ok(())

@@ -10,6 +10,9 @@ use std::sync::{Arc, RwLock};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use mayfly_core::audit::{AuditDraft, AuditKind};
+use mayfly_core::checkpoint::{
+    jwk_thumbprint, Checkpoint, CheckpointClaims, AUDIT_KEY_USE, CHECKPOINT_TYPE,
+};
 use mayfly_core::duration::Ttl;
 use mayfly_core::seal::MasterKey;
 use mayfly_core::store::{SigningKeyRecord, Store, StoreError};
@@ -79,7 +82,7 @@ impl Keyring {
         master: Arc<MasterKey>,
         token_max_ttl: Ttl,
     ) -> Result<Keyring, KeyError> {
-        let mut records = store.list_signing_keys().await?;
+        let mut records = token_keys(store.list_signing_keys().await?);
         if !records.iter().any(|r| r.retired_at.is_none()) {
             let record = new_key_record(&master, mayfly_core::now())?;
             let event = AuditDraft::new(AuditKind::KeyCreated, "system:bootstrap")
@@ -90,7 +93,7 @@ impl Keyring {
                 Ok(()) | Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-            records = store.list_signing_keys().await?;
+            records = token_keys(store.list_signing_keys().await?);
         }
         let set = build_set(&master, &records, mayfly_core::now())?;
         Ok(Keyring {
@@ -110,7 +113,7 @@ impl Keyring {
 
     /// Re-reads keys from the store (rotation by another replica; expiry of retired keys).
     pub async fn reload(&self) -> Result<(), KeyError> {
-        let records = self.store.list_signing_keys().await?;
+        let records = token_keys(self.store.list_signing_keys().await?);
         let set = build_set(&self.master, &records, mayfly_core::now())?;
         match self.set.write() {
             Ok(mut guard) => *guard = Arc::new(set),
@@ -216,7 +219,131 @@ impl Keyring {
     }
 }
 
+/// The token signing keys among the stored keys: never the audit checkpoint key.
+fn token_keys(mut records: Vec<SigningKeyRecord>) -> Vec<SigningKeyRecord> {
+    records.retain(|r| !is_audit_key(r));
+    records
+}
+
+/// Whether a stored key is the audit checkpoint key (see [`AuditKey`]).
+pub fn is_audit_key(record: &SigningKeyRecord) -> bool {
+    record.public_jwk.get("use").and_then(|u| u.as_str()) == Some(AUDIT_KEY_USE)
+}
+
+/// The audit checkpoint key: an Ed25519 key of its own that signs only checkpoints of the
+/// audit chain (see `mayfly_core::checkpoint`), never a token.
+///
+/// It is stored with the signing keys (same table, sealed under the master key the same
+/// way, bound to its `kid`) and told apart by its public JWK's `use: audit`. It is stored
+/// already `retired` as a token key: the table allows one active token key, and this one
+/// must never be it. That flag means nothing for the audit key, which stays the newest
+/// audit key and stays published, because checkpoints are kept for years and must remain
+/// verifiable.
+pub struct AuditKey {
+    kid: String,
+    pair: Ed25519KeyPair,
+    /// Every audit key ever made, newest first, as a JWKS.
+    jwks: serde_json::Value,
+}
+
+impl AuditKey {
+    /// Loads the newest audit key, creating it on first start.
+    pub async fn load_or_create(
+        store: &Arc<dyn Store>,
+        master: &MasterKey,
+    ) -> Result<AuditKey, KeyError> {
+        let mut records = audit_keys(store.list_signing_keys().await?);
+        if records.is_empty() {
+            let now = mayfly_core::now();
+            let mut record = new_record(master, now, AUDIT_KEY_USE)?;
+            record.retired_at = Some(now);
+            let event = AuditDraft::new(AuditKind::KeyCreated, "system:bootstrap").detail(
+                serde_json::json!({"kid": record.kid, "alg": "EdDSA", "use": AUDIT_KEY_USE}),
+            );
+            // Another replica may have made one at the same moment: the newest wins.
+            match store.add_signing_key(&record, None, event).await {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            records = audit_keys(store.list_signing_keys().await?);
+        }
+        let newest = records.first().ok_or(KeyError::NoActiveKey)?;
+        let pkcs8 = master
+            .open(
+                &newest.private_sealed,
+                &format!("signing-key:{}", newest.kid),
+            )
+            .map_err(|source| KeyError::Unseal {
+                kid: newest.kid.clone(),
+                source,
+            })?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.expose())
+            .map_err(|_| KeyError::BadKey(newest.kid.clone()))?;
+        let jwks = serde_json::json!({
+            "keys": records.iter().map(|r| r.public_jwk.clone()).collect::<Vec<_>>()
+        });
+        Ok(AuditKey {
+            kid: newest.kid.clone(),
+            pair,
+            jwks,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public audit keys (`use: audit`), for verifying checkpoints.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.jwks.clone()
+    }
+
+    /// Signs a checkpoint of the entry `seq` with hash `hash`.
+    pub fn sign_checkpoint(
+        &self,
+        seq: u64,
+        hash: &str,
+        at: OffsetDateTime,
+    ) -> Result<Checkpoint, serde_json::Error> {
+        let claims = CheckpointClaims {
+            seq,
+            hash: hash.to_string(),
+            at,
+            kid: self.kid.clone(),
+        };
+        let header = serde_json::json!({"alg": "EdDSA", "typ": CHECKPOINT_TYPE, "kid": self.kid});
+        let mut jws = B64.encode(serde_json::to_vec(&header)?);
+        jws.push('.');
+        jws.push_str(&B64.encode(serde_json::to_vec(&claims)?));
+        let signature = self.pair.sign(jws.as_bytes());
+        jws.push('.');
+        jws.push_str(&B64.encode(signature.as_ref()));
+        Ok(Checkpoint {
+            seq,
+            hash: claims.hash,
+            at,
+            kid: claims.kid,
+            jws,
+        })
+    }
+}
+
+/// The audit keys among the stored keys, newest first.
+fn audit_keys(mut records: Vec<SigningKeyRecord>) -> Vec<SigningKeyRecord> {
+    records.retain(is_audit_key);
+    records.sort_by(|a, b| (b.created_at, &b.kid).cmp(&(a.created_at, &a.kid)));
+    records
+}
+
 fn new_key_record(master: &MasterKey, now: OffsetDateTime) -> Result<SigningKeyRecord, KeyError> {
+    new_record(master, now, "sig")
+}
+
+fn new_record(
+    master: &MasterKey,
+    now: OffsetDateTime,
+    key_use: &str,
+) -> Result<SigningKeyRecord, KeyError> {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
@@ -229,7 +356,7 @@ fn new_key_record(master: &MasterKey, now: OffsetDateTime) -> Result<SigningKeyR
             source,
         })?;
     Ok(SigningKeyRecord {
-        public_jwk: public_jwk(&kid, &x),
+        public_jwk: public_jwk(&kid, &x, key_use),
         kid,
         alg: "EdDSA".into(),
         private_sealed: sealed,
@@ -239,17 +366,8 @@ fn new_key_record(master: &MasterKey, now: OffsetDateTime) -> Result<SigningKeyR
     })
 }
 
-/// RFC 7638 thumbprint of an Ed25519 JWK: SHA-256 over the required members in order.
-fn jwk_thumbprint(x: &str) -> String {
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    B64.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        canonical.as_bytes(),
-    ))
-}
-
-fn public_jwk(kid: &str, x: &str) -> serde_json::Value {
-    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
+fn public_jwk(kid: &str, x: &str, key_use: &str) -> serde_json::Value {
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": key_use})
 }
 
 fn build_set(

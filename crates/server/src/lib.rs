@@ -29,6 +29,7 @@ pub mod api;
 pub mod auth;
 pub mod auth_failures;
 pub mod broker;
+pub mod checkpoint;
 pub mod conn;
 pub mod dpop;
 pub mod error;
@@ -146,6 +147,25 @@ pub struct Config {
     /// `[[webhooks]]`: outgoing notifications (see [`webhooks`]).
     #[arg(skip)]
     pub webhooks: Vec<webhooks::WebhookConfig>,
+    /// `[audit]`: signed checkpoints of the audit chain (see [`checkpoint`]).
+    #[arg(skip)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how often the broker signs the chain head with its audit key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often a signed checkpoint of the chain head is taken (at least 1s).
+    pub checkpoint_interval: Ttl,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_interval: Ttl::from_secs(5 * 60),
+        }
+    }
 }
 
 /// How hard the embedded store syncs a commit (`durability`).
@@ -275,6 +295,7 @@ impl Default for Config {
             tls: None,
             http: conn::HttpConfig::default(),
             webhooks: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -319,6 +340,7 @@ pub struct Server {
     tls: Option<Arc<rustls::ServerConfig>>,
     http: conn::HttpConfig,
     policy_reload: Ttl,
+    checkpoint_every: Duration,
     reconcile_every: Duration,
     /// The store is this process's alone (embedded SQLite): no other replica issues.
     exclusive_store: bool,
@@ -567,6 +589,10 @@ impl Server {
             keys::Keyring::load_or_create(store.clone(), master.clone(), config.token_max_ttl)
                 .await?,
         );
+        let checkpoints = Arc::new(checkpoint::Checkpoints::new(
+            store.clone(),
+            keys::AuditKey::load_or_create(&store, &master).await?,
+        ));
 
         if store.count_operator_tokens().await? == 0 {
             let (token, _) =
@@ -653,6 +679,7 @@ impl Server {
             x509,
             providers,
             keys,
+            checkpoints,
             metrics,
             master,
             revoker_wake: tokio::sync::Notify::new(),
@@ -667,6 +694,8 @@ impl Server {
             dpop: dpop::DpopVerifier::new(),
         }));
         let policy_reload = config.policy.reload_interval;
+        let checkpoint_every =
+            Duration::from_secs(config.audit.checkpoint_interval.as_secs().max(1));
         let exclusive_store = backend == mayfly_store::Backend::Sqlite;
         let reconcile_every = Duration::from_secs(config.reconcile_interval.as_secs().max(10));
         Ok((
@@ -675,6 +704,7 @@ impl Server {
                 tls,
                 http: config.http.clone(),
                 policy_reload,
+                checkpoint_every,
                 reconcile_every,
                 exclusive_store,
                 webhooks,
@@ -755,6 +785,10 @@ impl Server {
             self.state.clone(),
             Duration::from_secs(self.policy_reload.as_secs().max(1)),
         ));
+        let checkpoints = tokio::spawn(checkpoint::run(
+            self.state.checkpoints.clone(),
+            self.checkpoint_every,
+        ));
         let result = conn::serve(
             listener,
             self.tls.clone(),
@@ -771,6 +805,7 @@ impl Server {
         sweeper.abort();
         closing.abort();
         failures.abort();
+        checkpoints.abort();
         for worker in &webhooks {
             worker.abort();
         }

@@ -22,7 +22,7 @@ use crate::api;
         api::targets::create, api::targets::list, api::targets::show, api::targets::reconcile, api::targets::rotate_root,
         api::grants::request, api::grants::list, api::grants::show, api::grants::revoke, api::grants::bulk_revoke, api::grants::explain,
         api::leases::list, api::leases::show, api::leases::renew,
-        api::audit::list, api::audit::verify,
+        api::audit::list, api::audit::verify, api::audit::checkpoint, api::audit::take_checkpoint, api::audit::keys,
         api::leases::revoke, api::system::list_keys,
         api::operators::create, api::operators::list, api::operators::revoke,
         api::targets::update, api::targets::delete, api::identities::update, api::identities::delete,
@@ -34,7 +34,7 @@ use crate::api;
     components(schemas(
         crate::error::Problem,
         mayfly_core::model::Identity, mayfly_core::model::Target, mayfly_core::model::Grant, mayfly_core::model::Lease,
-        mayfly_core::audit::AuditEvent, mayfly_core::audit::VerifyReport, mayfly_core::audit::ChainBreak,
+        mayfly_core::audit::AuditEvent, mayfly_core::audit::VerifyReport, mayfly_core::audit::ChainBreak, mayfly_core::audit::CheckpointCovered, mayfly_core::checkpoint::Checkpoint,
         mayfly_core::store::RevokeOutcome, mayfly_core::policy::Decision,
         mayfly_core::model::Task, mayfly_core::model::TaskState,
         mayfly_core::model::ApprovalRecord, mayfly_core::model::ApprovalState, mayfly_core::model::ApprovalVote,

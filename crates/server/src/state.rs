@@ -42,6 +42,8 @@ pub struct Inner {
     pub x509: Option<mayfly_identity::X509SvidVerifier>,
     pub providers: Providers,
     pub keys: Arc<Keyring>,
+    /// Signed checkpoints of the audit chain, with their own key (never `keys`).
+    pub checkpoints: Arc<crate::checkpoint::Checkpoints>,
     pub metrics: Arc<Metrics>,
     /// Key-encryption key, for sealing and unsealing target admin secrets.
     pub master: Arc<mayfly_core::seal::MasterKey>,

@@ -160,7 +160,7 @@ macro_rules! conformance_suite {
             update_and_delete_identity,
             update_and_delete_target,
             tasks_end_with_their_leases_and_children,
-    approvals_are_counted_and_collected_once, webhook_cursors,
+    approvals_are_counted_and_collected_once, webhook_cursors, audit_checkpoints,
         );
     };
     (@fresh $harness:ty; $($name:ident),* $(,)?) => {
@@ -3741,4 +3741,45 @@ async fn racing_claims(
         }
     }
     won
+}
+
+/// Signed checkpoints: kept as given, the highest entry's is the latest, and keeping one
+/// again (a tick with no new entry) changes nothing.
+pub async fn audit_checkpoints(store: Arc<dyn Store>) {
+    use mayfly_core::checkpoint::Checkpoint;
+    let store = &*store;
+    assert_eq!(store.latest_audit_checkpoint().await.unwrap(), None);
+    let at = now();
+    let checkpoint = |seq: u64, kid: &str| Checkpoint {
+        seq,
+        hash: format!("{seq:064x}"),
+        at,
+        kid: kid.into(),
+        jws: format!("h.{seq}.{kid}"),
+    };
+    store
+        .add_audit_checkpoint(&checkpoint(5, "k1"))
+        .await
+        .unwrap();
+    store
+        .add_audit_checkpoint(&checkpoint(9, "k1"))
+        .await
+        .unwrap();
+    store
+        .add_audit_checkpoint(&checkpoint(7, "k1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_audit_checkpoint().await.unwrap(),
+        Some(checkpoint(9, "k1"))
+    );
+    let mut again = checkpoint(9, "k1");
+    again.jws = "h.9.other".into();
+    store.add_audit_checkpoint(&again).await.unwrap();
+    assert_eq!(
+        store.latest_audit_checkpoint().await.unwrap(),
+        Some(checkpoint(9, "k1"))
+    );
+    // Unaudited: a checkpoint is about the chain, not an event in it.
+    assert_eq!(store.verify_audit().await.unwrap().entries, 0);
 }

@@ -42,6 +42,8 @@ pub struct CopyReport {
     pub operator_tokens: u64,
     /// Outgoing webhooks' delivery positions, so none redelivers or skips after the move.
     pub webhook_cursors: u64,
+    /// Signed checkpoints of the audit chain (still valid: the entries are copied as they are).
+    pub audit_checkpoints: u64,
     pub audit_entries: u64,
     /// The chain head copied (sequence number and hash of the last entry).
     pub audit_head_seq: u64,
@@ -193,6 +195,18 @@ const TABLES: &[Table] = &[
             ("created_by", Text),
             ("revoked_at", Int),
             ("revoked_by", Text),
+        ],
+    },
+    Table {
+        name: "audit_checkpoints",
+        // Copied in order of `jws`, the one column that is unique on its own (the first
+        // column is the copy's paging key).
+        cols: &[
+            ("jws", Text),
+            ("seq", Int),
+            ("kid", Text),
+            ("hash", Text),
+            ("at_ms", Int),
         ],
     },
     Table {
@@ -629,6 +643,7 @@ async fn copy_in_transaction(src: &mut Raw, dst: &mut Raw) -> Result<CopyReport,
             "signing_keys" => &mut report.signing_keys,
             "operator_tokens" => &mut report.operator_tokens,
             "webhook_cursors" => &mut report.webhook_cursors,
+            "audit_checkpoints" => &mut report.audit_checkpoints,
             _ => &mut report.audit_entries,
         };
         *slot = copied;

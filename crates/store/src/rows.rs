@@ -238,6 +238,20 @@ pub(crate) fn lease_from_row(row: &impl Columns) -> Result<LeaseRow, StoreError>
     })
 }
 
+/// An `audit_checkpoints` row.
+pub(crate) fn audit_checkpoint_from_row(
+    row: &impl Columns,
+) -> Result<mayfly_core::checkpoint::Checkpoint, StoreError> {
+    Ok(mayfly_core::checkpoint::Checkpoint {
+        seq: u64::try_from(int(row, "seq")?)
+            .map_err(|_| StoreError::Corrupt("audit_checkpoints has a negative seq".into()))?,
+        hash: text(row, "hash")?,
+        at: ts(row, "at_ms")?,
+        kid: text(row, "kid")?,
+        jws: text(row, "jws")?,
+    })
+}
+
 pub(crate) fn signing_key_from_row(row: &impl Columns) -> Result<SigningKeyRecord, StoreError> {
     Ok(SigningKeyRecord {
         kid: text(row, "kid")?,

@@ -384,7 +384,7 @@ async fn concurrent_opens_migrate_once() {
                 .is_some_and(|x| x == "sql")
         })
         .count();
-    assert_eq!(migrations, 6);
+    assert_eq!(migrations, 7);
     assert_eq!(applied, migrations as i64);
 }
 

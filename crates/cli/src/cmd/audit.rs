@@ -1,11 +1,14 @@
-//! `mayfly audit`: verify the chain (on the broker, or offline on a store) and list a
-//! credential's story.
+//! `mayfly audit`: verify the chain (on the broker, or offline on a store), optionally
+//! against a signed checkpoint kept outside the database; print a checkpoint to keep; and
+//! list a credential's story.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
 use mayfly_core::audit::{AuditEvent, ChainBreak, VerifyReport};
+use mayfly_core::checkpoint::{Checkpoint, AUDIT_KEY_USE};
+use mayfly_core::store::AuditFilter;
 use serde_json::Value;
 
 use super::{query, Group};
@@ -19,6 +22,17 @@ pub enum AuditCmd {
         /// Verify a store offline instead of asking the broker (e.g. sqlite:///path/mayfly.db).
         #[arg(long)]
         store: Option<String>,
+        /// Also check the chain against this signed checkpoint (the JSON of
+        /// `mayfly audit checkpoint`, kept outside the database): a chain rewritten and
+        /// rehashed since it was taken no longer has the entry it signed.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Print a signed checkpoint of the chain head (JSON), to keep outside the database.
+    Checkpoint {
+        /// Take a fresh one now instead of the latest the broker took.
+        #[arg(long)]
+        new: bool,
     },
     /// A credential's whole story, in order.
     List {
@@ -43,17 +57,72 @@ pub enum AuditCmd {
 pub async fn run(group: Group<AuditCmd>) -> anyhow::Result<ExitCode> {
     let out = group.client.output.output;
     match group.cmd {
-        AuditCmd::Verify { store: Some(url) } => {
+        AuditCmd::Verify {
+            store: Some(url),
+            checkpoint,
+        } => {
+            // Read before anything else: a bad file is the operator's to fix first.
+            let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose()?;
             let store = mayfly_store::open(&url, mayfly_store::Durability::Fsync)
                 .await
                 .context("cannot open store")?;
-            let report = store.verify_audit().await.context("verification failed")?;
+            let mut report = store.verify_audit().await.context("verification failed")?;
+            if let Some(checkpoint) = checkpoint {
+                // The store holds the audit keys' public halves; a key planted there
+                // cannot stand in for the real one, since a `kid` is its key's thumbprint.
+                let keys = store
+                    .list_signing_keys()
+                    .await
+                    .context("cannot read the audit keys")?
+                    .into_iter()
+                    .map(|k| k.public_jwk)
+                    .filter(|jwk| jwk.get("use").and_then(Value::as_str) == Some(AUDIT_KEY_USE))
+                    .collect::<Vec<_>>();
+                checkpoint
+                    .verify(&serde_json::json!({ "keys": keys }))
+                    .context("checkpoint rejected")?;
+                let entry = store
+                    .list_audit(&AuditFilter {
+                        after_seq: Some(checkpoint.seq.saturating_sub(1)),
+                        limit: Some(1),
+                        ..AuditFilter::default()
+                    })
+                    .await
+                    .context("cannot read the checkpoint's entry")?;
+                report = checkpoint.check(report, entry_hash(&entry, checkpoint.seq));
+            }
             Ok(print_verify(out, &serde_json::to_value(&report)?, &report))
         }
-        AuditCmd::Verify { store: None } => {
+        AuditCmd::Verify {
+            store: None,
+            checkpoint,
+        } => {
+            let checkpoint = checkpoint.as_deref().map(read_checkpoint).transpose()?;
             let (client, out) = group.client.connect()?;
             let answer: Answer<VerifyReport> = client.get("/v1/audit/verify", &[]).await?;
-            Ok(print_verify(out, &answer.raw, &answer.typed))
+            let Some(checkpoint) = checkpoint else {
+                return Ok(print_verify(out, &answer.raw, &answer.typed));
+            };
+            let keys: Value = client.get("/v1/audit/keys", &[]).await?;
+            checkpoint.verify(&keys).context("checkpoint rejected")?;
+            let q = [
+                ("after", checkpoint.seq.saturating_sub(1).to_string()),
+                ("limit", "1".to_string()),
+            ];
+            let entry: Vec<AuditEvent> = client.get("/v1/audit", &q).await?;
+            let report = checkpoint.check(answer.typed, entry_hash(&entry, checkpoint.seq));
+            Ok(print_verify(out, &serde_json::to_value(&report)?, &report))
+        }
+        AuditCmd::Checkpoint { new } => {
+            let (client, _) = group.client.connect()?;
+            let checkpoint: Value = if new {
+                client.post_empty("/v1/audit/checkpoint").await?
+            } else {
+                client.get("/v1/audit/checkpoint", &[]).await?
+            };
+            // Always JSON: it is a document to keep, and `--checkpoint` reads it back.
+            println!("{checkpoint}");
+            Ok(ExitCode::SUCCESS)
         }
         AuditCmd::List {
             task,
@@ -69,6 +138,21 @@ pub async fn run(group: Group<AuditCmd>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Reads a kept checkpoint; nothing in it is trusted until its signature is checked.
+fn read_checkpoint(path: &std::path::Path) -> anyhow::Result<Checkpoint> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    Checkpoint::parse(&text).with_context(|| format!("checkpoint {}", path.display()))
+}
+
+/// The stored hash of entry `seq` among `entries` (a listing that starts there).
+fn entry_hash(entries: &[AuditEvent], seq: u64) -> Option<&str> {
+    entries
+        .first()
+        .filter(|e| e.seq == seq)
+        .map(|e| e.hash.as_str())
+}
+
 /// Prints a verification (`raw` is `report` as JSON) and says how to exit: the check's own
 /// code when broken.
 fn print_verify(out: Format, raw: &Value, report: &VerifyReport) -> ExitCode {
@@ -80,7 +164,8 @@ fn print_verify(out: Format, raw: &Value, report: &VerifyReport) -> ExitCode {
                     ChainBreak::Edited { seq }
                     | ChainBreak::Deleted { seq, .. }
                     | ChainBreak::InsertedOrReordered { seq }
-                    | ChainBreak::Unreadable { seq } => (*seq, None),
+                    | ChainBreak::Unreadable { seq }
+                    | ChainBreak::CheckpointMismatch { seq } => (*seq, None),
                     ChainBreak::Truncated { head_seq, .. } => (*head_seq, None),
                     ChainBreak::ColumnEdited { seq, column } => (*seq, Some(column)),
                 };
@@ -103,6 +188,23 @@ fn print_verify(out: Format, raw: &Value, report: &VerifyReport) -> ExitCode {
                 report.last_hash.as_deref().unwrap_or("-")
             ),
         },
+    }
+    if let (Format::Table, Some(c)) = (out, &report.checkpoint) {
+        let at = output::time(c.at);
+        match report.first_break {
+            Some(ChainBreak::CheckpointMismatch { seq }) => println!(
+                "checkpoint of entry {seq} (signed {at}, key {}) NOT matched: the chain at or before entry {seq} was rewritten",
+                c.kid
+            ),
+            _ if c.covered => println!(
+                "checkpoint of entry {} (signed {at}, key {}) covered: entries 1..{} are as signed",
+                c.seq, c.kid, c.seq
+            ),
+            _ => println!(
+                "checkpoint of entry {} (signed {at}, key {}) not covered",
+                c.seq, c.kid
+            ),
+        }
     }
     if report.first_break.is_some() {
         ExitCode::from(crate::failure::CHECK_FAILED)

@@ -322,6 +322,9 @@ body_timeout = "7s"
 
 [policy]
 utc_offset = "+01:00"
+
+[audit]
+checkpoint_interval = "90s"
 "#,
         )
         .unwrap();
@@ -335,6 +338,7 @@ utc_offset = "+01:00"
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.provider_timeout, Ttl::from_secs(30));
         assert_eq!(config.http.header_timeout, Ttl::from_secs(10));
+        assert_eq!(config.audit.checkpoint_interval, Ttl::from_secs(5 * 60));
 
         // The file over the defaults; what it leaves out stays default.
         let config = load(&["--config", path]);
@@ -348,6 +352,7 @@ utc_offset = "+01:00"
         assert_eq!(config.http.body_timeout, Ttl::from_secs(7));
         assert_eq!(config.http.idle_timeout, Ttl::from_secs(60));
         assert_eq!(config.policy.utc_offset, "+01:00");
+        assert_eq!(config.audit.checkpoint_interval, Ttl::from_secs(90));
         assert_eq!(config.data_dir, defaults.data_dir);
 
         // The environment over the file (the file itself named by MAYFLY_CONFIG).
@@ -392,6 +397,10 @@ utc_offset = "+01:00"
             ("[http]\nheader_timout = \"1s\"", "header_timout"),
             ("[auth.failures]\nbrust = 3", "brust"),
             ("[policy]\ndirectory = \"p\"", "directory"),
+            (
+                "[audit]\ncheckpoint_intervall = \"1m\"",
+                "checkpoint_intervall",
+            ),
             // `--config` is not a file key: a file naming another file is a loop.
             ("config = \"other.toml\"", "config"),
         ] {

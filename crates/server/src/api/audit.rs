@@ -1,8 +1,9 @@
-//! `/v1/audit`: the chain, filtered, and its verification.
+//! `/v1/audit`: the chain, filtered, its verification, and signed checkpoints of its head.
 
 use axum::extract::State;
 use axum::Json;
 use mayfly_core::audit::{AuditEvent, VerifyReport};
+use mayfly_core::checkpoint::Checkpoint;
 use mayfly_core::store::AuditFilter;
 use mayfly_core::Uuid;
 use serde::Deserialize;
@@ -56,4 +57,47 @@ pub async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     caller.require_operator()?;
     Ok(Json(state.store.verify_audit().await?))
+}
+
+/// The latest signed checkpoint of the chain head kept in the store (a fresh one if none
+/// is kept yet). Keep it outside the database: `mayfly audit verify --checkpoint`.
+#[utoipa::path(get, path = "/v1/audit/checkpoint", responses((status = 200, description = "a signed statement of the chain head", body = Checkpoint), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the chain is empty or broken: nothing is signed", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Checkpoint>, ApiError> {
+    caller.require_operator()?;
+    Ok(Json(state.checkpoints.latest().await.map_err(map_error)?))
+}
+
+/// Verifies the chain and signs its head now.
+#[utoipa::path(post, path = "/v1/audit/checkpoint", responses((status = 200, description = "a fresh signed statement of the chain head", body = Checkpoint), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the chain is empty or broken: nothing is signed", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn take_checkpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Checkpoint>, ApiError> {
+    caller.require_operator()?;
+    Ok(Json(state.checkpoints.take().await.map_err(map_error)?))
+}
+
+/// The public audit checkpoint keys (a JWKS whose keys have `use: audit`). They sign
+/// checkpoints only, never tokens, so they are not in `/.well-known/jwks.json`.
+#[utoipa::path(get, path = "/v1/audit/keys", responses((status = 200, description = "the keys that sign audit checkpoints", body = Object), (status = 403, description = "operators only", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_operator()?;
+    Ok(Json(state.checkpoints.jwks()))
+}
+
+fn map_error(e: crate::checkpoint::CheckpointError) -> ApiError {
+    use crate::checkpoint::CheckpointError as E;
+    match e {
+        E::Store(s) => s.into(),
+        e @ (E::Broken(_) | E::Empty) => ApiError::Conflict {
+            detail: e.to_string(),
+        },
+        E::Encode(e) => ApiError::Internal(e.to_string()),
+    }
 }

@@ -148,6 +148,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/leases/{id}/renew", post(leases::renew))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route(
+            "/v1/audit/checkpoint",
+            get(audit::checkpoint).post(audit::take_checkpoint),
+        )
+        .route("/v1/audit/keys", get(audit::keys))
         .route("/v1/leases/{id}/revoke", post(leases::revoke))
         .route("/v1/keys", get(system::list_keys))
         .route("/v1/tasks", post(tasks::create).get(tasks::list))

@@ -234,6 +234,8 @@ pub async fn list_keys(
         .list_signing_keys()
         .await?
         .into_iter()
+        // The audit checkpoint key signs no token: it is listed at /v1/audit/keys.
+        .filter(|k| !crate::keys::is_audit_key(k))
         .map(|k| KeyInfo {
             kid: k.kid,
             alg: k.alg,

@@ -260,6 +260,11 @@ pub(crate) trait Backend: Send + 'static {
     ) -> Result<(), StoreError>;
     /// `Conflict` naming the active key when another one is active.
     async fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<(), StoreError>;
+    /// Keeps a checkpoint; one already kept for its entry and key is left as it is.
+    async fn insert_audit_checkpoint(
+        &mut self,
+        checkpoint: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError>;
     async fn insert_operator_token(
         &mut self,
         token: &OperatorTokenRecord,

@@ -139,6 +139,10 @@ pub(crate) enum Op {
         token: OperatorTokenRecord,
         reply: Reply<()>,
     },
+    AddAuditCheckpoint {
+        checkpoint: Box<mayfly_core::checkpoint::Checkpoint>,
+        reply: Reply<()>,
+    },
     CreateOperatorToken {
         token: OperatorTokenRecord,
         event: AuditDraft,
@@ -289,6 +293,7 @@ impl Op {
             | Op::AppendAudit { reply, .. }
             | Op::AddSigningKey { reply, .. }
             | Op::AddOperatorToken { reply, .. }
+            | Op::AddAuditCheckpoint { reply, .. }
             | Op::CreateTask { reply, .. }
             | Op::ReleaseWebhook { reply, .. } => send(reply, err),
             Op::ClaimWebhook { reply, .. } => send(reply, err),
@@ -733,6 +738,9 @@ pub(crate) async fn run<B: Backend>(b: &mut B, chain: &mut Chain, op: Op) -> Box
         }
         Op::AddOperatorToken { token, reply } => {
             answer(reply, b.insert_operator_token(&token).await)
+        }
+        Op::AddAuditCheckpoint { checkpoint, reply } => {
+            answer(reply, b.insert_audit_checkpoint(&checkpoint).await)
         }
         Op::CreateOperatorToken {
             token,

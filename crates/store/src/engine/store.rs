@@ -60,6 +60,9 @@ pub trait Reads: Send + Sync + 'static {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
     async fn verify_audit(&self) -> Result<VerifyReport, StoreError>;
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<mayfly_core::checkpoint::Checkpoint>, StoreError>;
     async fn find_operator_token(
         &self,
         sha256: &[u8],
@@ -639,6 +642,22 @@ impl<R: Reads> Store for EngineStore<R> {
 
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.reads.list_signing_keys().await
+    }
+
+    async fn add_audit_checkpoint(
+        &self,
+        checkpoint: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        let checkpoint = Box::new(checkpoint.clone());
+        self.writer
+            .call(|reply| Op::AddAuditCheckpoint { checkpoint, reply })
+            .await
+    }
+
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<mayfly_core::checkpoint::Checkpoint>, StoreError> {
+        self.reads.latest_audit_checkpoint().await
     }
 
     async fn add_operator_token(&self, token: &OperatorTokenRecord) -> Result<(), StoreError> {

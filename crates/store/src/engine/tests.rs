@@ -190,6 +190,12 @@ impl Backend for Scripted {
     async fn insert_operator_token(&mut self, _: &OperatorTokenRecord) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn insert_audit_checkpoint(
+        &mut self,
+        _: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     fn encode_audit(rows: Vec<SealedRow>) -> Result<usize, StoreError> {
         Ok(rows.len())
     }
@@ -419,6 +425,11 @@ impl Reads for NoReads {
     }
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<mayfly_core::checkpoint::Checkpoint>, StoreError> {
+        Ok(None)
     }
     async fn find_operator_token(
         &self,

@@ -430,6 +430,18 @@ impl Reads for PgReads {
         Ok(verifier.finish(head))
     }
 
+    async fn latest_audit_checkpoint(
+        &self,
+    ) -> Result<Option<mayfly_core::checkpoint::Checkpoint>, StoreError> {
+        sqlx::query(sql::LATEST_AUDIT_CHECKPOINT)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .as_ref()
+            .map(crate::rows::audit_checkpoint_from_row)
+            .transpose()
+    }
+
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         sqlx::query(sql::LIST_SIGNING_KEYS)
             .fetch_all(&self.pool)

@@ -676,6 +676,24 @@ impl Backend for PgWriter {
         }
     }
 
+    async fn insert_audit_checkpoint(
+        &mut self,
+        checkpoint: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(checkpoint.seq)
+            .map_err(|_| StoreError::Corrupt("checkpoint seq out of range".into()))?;
+        sqlx::query(sql::INSERT_AUDIT_CHECKPOINT)
+            .bind(seq)
+            .bind(&checkpoint.kid)
+            .bind(&checkpoint.hash)
+            .bind(to_unix_ms(checkpoint.at))
+            .bind(&checkpoint.jws)
+            .execute(self.conn()?)
+            .await
+            .map(|_| ())
+            .map_err(map_sqlx)
+    }
+
     async fn insert_operator_token(
         &mut self,
         token: &OperatorTokenRecord,

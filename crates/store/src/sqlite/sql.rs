@@ -214,6 +214,10 @@ pub(crate) const RETIRE_ACTIVE_KEY: &str = "UPDATE signing_keys SET retired_at =
 pub(crate) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys \
      (kid, alg, public_jwk, private_sealed, created_at, retired_at, publish_until) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+pub(crate) const INSERT_AUDIT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints \
+     (seq, kid, hash, at_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (seq, kid) DO NOTHING";
+pub(crate) const LATEST_AUDIT_CHECKPOINT: &str = "SELECT seq, kid, hash, at_ms, jws \
+     FROM audit_checkpoints ORDER BY seq DESC, at_ms DESC LIMIT 1";
 pub(crate) const LIST_SIGNING_KEYS: &str = "SELECT kid, alg, public_jwk, private_sealed, \
      created_at, retired_at, publish_until FROM signing_keys ORDER BY created_at, kid";
 

@@ -548,6 +548,27 @@ impl Backend for SqliteWriter {
         }
     }
 
+    async fn insert_audit_checkpoint(
+        &mut self,
+        checkpoint: &mayfly_core::checkpoint::Checkpoint,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(checkpoint.seq)
+            .map_err(|_| StoreError::Corrupt("checkpoint seq out of range".into()))?;
+        self.conn
+            .prepare_cached(sql::INSERT_AUDIT_CHECKPOINT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    seq,
+                    checkpoint.kid,
+                    checkpoint.hash,
+                    to_unix_ms(checkpoint.at),
+                    checkpoint.jws,
+                ])
+            })
+            .map(|_| ())
+            .map_err(map_rusqlite)
+    }
+
     async fn insert_operator_token(
         &mut self,
         token: &OperatorTokenRecord,
