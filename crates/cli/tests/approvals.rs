@@ -505,3 +505,62 @@ async fn approval_and_break_glass_notifications_survive_a_restart() {
     );
     drop(restarted);
 }
+
+/// `mayfly exec --wait` waits for the approvers (saying who is needed), collects the
+/// credential once they have approved, and runs the command with it.
+#[tokio::test]
+async fn exec_waits_for_approval_then_runs_the_command() {
+    let s = setup().await;
+    let alice = s.person("alice@acme.test", &["db-owners"]);
+    let dave = s.person("dave@acme.test", &["db-owners"]);
+    let token_file = common::scratch_dir().join("identity-token");
+    std::fs::write(&token_file, &s.workload).unwrap();
+    let exec = std::process::Command::new(BIN)
+        .args([
+            "exec",
+            "--target",
+            "ledger:read",
+            "--purpose",
+            "month-end close",
+        ])
+        .args([
+            "--wait",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            r#"test -n "$MAYFLY_ACCESS_TOKEN""#,
+        ])
+        .env("MAYFLY_ADDR", &s.broker.addr)
+        .env("MAYFLY_IDENTITY_TOKEN_FILE", &token_file)
+        .env_remove("MAYFLY_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The request appears for the approvers; both answer it.
+    let grant = eventually(std::time::Duration::from_secs(20), async || {
+        let (_, listed) = s.call(Method::GET, "/v1/approvals", &alice, None).await;
+        listed[0]["grant_id"].as_str().map(str::to_string)
+    })
+    .await
+    .expect("the request never reached the approvers");
+    assert_eq!(s.answer(&alice, &grant, "approve", "ok").await.0, 200);
+    assert_eq!(s.answer(&dave, &grant, "approve", "ok").await.0, 200);
+    let out = exec.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("waiting for approval"),
+        "a status line names who must approve: {stderr}"
+    );
+    assert!(stderr.contains("db-owners"), "{stderr}");
+    let (_, shown) = s
+        .call(
+            Method::GET,
+            &format!("/v1/grants/{grant}"),
+            &s.workload,
+            None,
+        )
+        .await;
+    assert_eq!(shown["approval"]["state"], "collected", "{shown}");
+}
