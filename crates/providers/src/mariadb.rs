@@ -47,7 +47,8 @@ use time::OffsetDateTime;
 use crate::common::{format_expiration, Config, EngineSpec};
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
 use crate::plan::{
-    generate_password, removable, sanitize, username_from_state, Candidate, StateUse,
+    generate_password, lease_username, removable, sanitize, username_from_state, Candidate,
+    StateUse,
 };
 use crate::template::{Template, Values, Var};
 use crate::verifier;
@@ -584,11 +585,7 @@ impl Provider for MariaDbProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let existed = self.drop_user(&ctx, &mut conn, &name).await?;
@@ -605,11 +602,7 @@ impl Provider for MariaDbProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let accounts: i64 =

@@ -227,6 +227,15 @@ pub fn plan_username(
     Ok(serde_json::json!({ LIVE_KEY: name }))
 }
 
+/// The account name a lease recorded ([`username_from_state`] for an existing one): what
+/// revoke, containment and the check after revocation act on.
+pub fn lease_username(
+    lease: &mayfly_core::model::Lease,
+    template: &UsernameTemplate,
+) -> Result<String, ProviderError> {
+    username_from_state(&lease.provider_state, template, StateUse::Existing)
+}
+
 /// The username recorded by `plan` (and so in the lease's provider state).
 ///
 /// `Fresh` (issuing) also requires the current template's prefix. `Existing` (renew,

@@ -44,7 +44,8 @@ use time::OffsetDateTime;
 use crate::common::{format_expiration, Config, EngineSpec};
 use crate::conn::{user_dsn, with_timeout, Admin, ConnCache};
 use crate::plan::{
-    generate_password, removable, sanitize, username_from_state, Candidate, StateUse,
+    generate_password, lease_username, removable, sanitize, username_from_state, Candidate,
+    StateUse,
 };
 use crate::template::{Template, Values, Var};
 use crate::verifier;
@@ -601,11 +602,7 @@ impl Provider for PostgresProvider {
         new_expiry: OffsetDateTime,
     ) -> Result<Option<IssuedCredential>, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         let expiration = format_expiration(new_expiry)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
@@ -635,11 +632,7 @@ impl Provider for PostgresProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let existed = self.drop_user(&ctx, &mut conn, &name).await?;
@@ -656,11 +649,7 @@ impl Provider for PostgresProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         let q = quote_ident(&name);
         // No logins from now on (committed first, so no login slips in between), with the
         // membership that lets a CREATEROLE admin signal the role's backends; then every
@@ -693,11 +682,7 @@ impl Provider for PostgresProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.username)?;
         with_timeout(&ctx.config, ctx.name(), async {
             let mut conn = self.connect(&ctx).await?;
             let found: Option<i32> =

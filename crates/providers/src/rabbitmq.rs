@@ -51,8 +51,8 @@ use time::OffsetDateTime;
 
 use crate::conn::{user_dsn, within, Admin};
 use crate::plan::{
-    check_grant_actions, generate_password, removable, username_from_state, Basics, Candidate,
-    NameRules, StateUse,
+    check_grant_actions, generate_password, lease_username, removable, username_from_state, Basics,
+    Candidate, NameRules, StateUse,
 };
 use crate::verifier;
 
@@ -804,11 +804,7 @@ impl Provider for RabbitMqProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(self, target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.basics.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.basics.username)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let existed = ctx.drop_user(&name).await?;
             tracing::info!(target = ctx.name(), user = %name, existed, "revoked user");
@@ -823,11 +819,7 @@ impl Provider for RabbitMqProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(self, target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.basics.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.basics.username)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let found = ctx
                 .call(

@@ -65,8 +65,8 @@ use tokio::net::TcpStream;
 
 use crate::conn::{within, Admin};
 use crate::plan::{
-    check_grant_actions, generate_password, removable, username_from_state, Basics, Candidate,
-    NameRules, StateUse,
+    check_grant_actions, generate_password, lease_username, removable, username_from_state, Basics,
+    Candidate, NameRules, StateUse,
 };
 use crate::verifier;
 
@@ -1112,11 +1112,7 @@ impl Provider for RedisProvider {
 
     async fn revoke(&self, lease: &Lease, target: TargetAccess<'_>) -> Result<(), ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.basics.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.basics.username)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = self.acquire(&ctx).await?;
             let existed = ctx.drop_user(&mut c, &name).await?;
@@ -1133,11 +1129,7 @@ impl Provider for RedisProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.basics.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.basics.username)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = self.acquire(&ctx).await?;
             // `ACL SETUSER` would create a user that is gone: nothing to contain then.
@@ -1178,11 +1170,7 @@ impl Provider for RedisProvider {
         target: TargetAccess<'_>,
     ) -> Result<bool, ProviderError> {
         let ctx = Ctx::new(target)?;
-        let name = username_from_state(
-            &lease.provider_state,
-            &ctx.config.basics.username,
-            StateUse::Existing,
-        )?;
+        let name = lease_username(lease, &ctx.config.basics.username)?;
         within(ctx.config.basics.timeout, ctx.name(), async {
             let mut c = self.acquire(&ctx).await?;
             let exists = ctx.user_exists(&mut c, &name).await?;
